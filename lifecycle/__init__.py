@@ -1,0 +1,58 @@
+"""lifecycle-bus: reliable environment lifecycle callbacks on an async event bus."""
+
+from __future__ import annotations
+
+from ._bus import DEFAULT, BusState, EventBus, ResultHook
+from ._environment import Environment, Run
+from ._event import (
+    EXITED,
+    HEARTBEAT,
+    SCHEMA_VERSION,
+    STARTING,
+    EnvironmentInfo,
+    ErrorInfo,
+    Event,
+    Outcome,
+)
+from ._exceptions import (
+    BusClosedError,
+    ConfigError,
+    EmitDepthError,
+    LifecycleError,
+    RunTerminated,
+    RunTimeoutError,
+    StartAborted,
+)
+from ._results import CloseReport, EmitReport, HandlerResult, Status
+from ._subscription import Subscription
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT",
+    "EXITED",
+    "HEARTBEAT",
+    "SCHEMA_VERSION",
+    "STARTING",
+    "BusClosedError",
+    "BusState",
+    "CloseReport",
+    "ConfigError",
+    "EmitDepthError",
+    "EmitReport",
+    "Environment",
+    "EnvironmentInfo",
+    "ErrorInfo",
+    "Event",
+    "EventBus",
+    "HandlerResult",
+    "LifecycleError",
+    "Outcome",
+    "ResultHook",
+    "Run",
+    "RunTerminated",
+    "RunTimeoutError",
+    "StartAborted",
+    "Status",
+    "Subscription",
+]

@@ -1,0 +1,565 @@
+"""The async event bus: blinker signals for receivers, isolated concurrent dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import math
+from collections.abc import Callable, Iterable
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import blinker
+from blinker import ANY
+
+from ._dispatch import result_of, retrieve_quietly, run_group_asyncio, run_group_generic, start_task
+from ._exceptions import BusClosedError, EmitDepthError
+from ._logging import log_failure, logger
+from ._results import CloseReport, EmitReport, HandlerResult, Status
+from ._subscription import Handler, Subscription, check_timeout, handler_name, is_async_callable
+from ._threads import WorkerPool
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Self
+
+    from ._event import Event
+
+__all__ = ["DEFAULT", "EventBus", "ResultHook"]
+
+H = TypeVar("H", bound=Handler)
+
+_depth: contextvars.ContextVar[int] = contextvars.ContextVar("lifecycle_emit_depth", default=0)
+
+
+class _Default(enum.Enum):
+    DEFAULT = "DEFAULT"
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT = _Default.DEFAULT
+"""Marks an option left to the bus's default (``timeout=DEFAULT``)."""
+
+RESULT_SIGNAL = "lifecycle.handler_result"
+
+
+class BusState(enum.Enum):
+    OPEN = "open"
+    """Accepting subscriptions and emits."""
+    CLOSING = "closing"
+    """``aclose`` is draining background handlers; new emits are refused."""
+    CLOSED = "closed"
+    """Closed for good; a bus cannot be reopened."""
+
+
+class ResultHook:
+    """A connected result hook; :meth:`disconnect` (or leaving the ``with``) removes it."""
+
+    __slots__ = ("_receiver", "_signal")
+
+    def __init__(self, signal: blinker.Signal, receiver: Callable[..., Any]) -> None:
+        self._signal = signal
+        self._receiver = receiver
+
+    def disconnect(self) -> None:
+        self._signal.disconnect(self._receiver)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.disconnect()
+
+
+class _Plan:
+    """Who receives one signal from one sender, grouped for dispatch; rebuilt on change."""
+
+    __slots__ = ("background", "filtered", "groups", "receivers")
+
+    def __init__(self, subs: list[Subscription], receivers: int) -> None:
+        subs.sort(key=lambda sub: (sub.order, sub.sequence))
+        groups: list[list[Subscription]] = []
+        for sub in subs:
+            if sub.background:
+                continue
+            if groups and groups[-1][0].order == sub.order:
+                groups[-1].append(sub)
+            else:
+                groups.append([sub])
+        self.groups = tuple(tuple(group) for group in groups)
+        self.background = tuple(sub for sub in subs if sub.background)
+        self.filtered = any(sub.labels for sub in subs)
+        self.receivers = receivers
+
+    def for_labels(
+        self, labels: frozenset[str]
+    ) -> tuple[tuple[tuple[Subscription, ...], ...], tuple[Subscription, ...]]:
+        groups = []
+        for group in self.groups:
+            kept = tuple(sub for sub in group if sub.labels <= labels)
+            if kept:
+                groups.append(kept)
+        background = tuple(sub for sub in self.background if sub.labels <= labels)
+        return tuple(groups), background
+
+
+_NO_PLAN = _Plan([], 0)
+
+
+def _blinker_receiver(receiver: Callable[..., Any], sender: Any) -> Handler:
+    """Adapt a plain blinker receiver, ``receiver(sender, **kwargs)``, to a handler."""
+    sent_by = None if sender is ANY else sender
+    if is_async_callable(receiver):
+
+        async def call_async(event: Event) -> Any:
+            return await receiver(sent_by, event=event)
+
+        return call_async
+
+    def call(event: Event) -> Any:
+        return receiver(sent_by, event=event)
+
+    return call
+
+
+class EventBus:
+    """An async event bus for lifecycle events.
+
+    Receivers live in blinker signals, one namespace per bus (:meth:`signal`). Each emit
+    runs the blocking handlers concurrently, each isolated (an exception or a timeout is
+    a result, never a crash) and bounded by its timeout, and returns an
+    :class:`~lifecycle.EmitReport`. Background handlers are tracked and drained on close.
+
+    Args:
+        name: shown in logs and errors.
+        default_timeout: seconds a handler may take unless its subscription says
+            otherwise; ``None`` for no limit.
+        max_background: background handlers in flight at once; past it, ``emit`` waits.
+        max_depth: how deep handlers may emit from handlers before ``EmitDepthError``.
+        max_threads: worker threads for plain (sync) handlers.
+        close_grace: seconds ``aclose`` waits for background handlers by default.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        default_timeout: float | None = 10.0,
+        max_background: int = 1000,
+        max_depth: int = 8,
+        max_threads: int = 32,
+        close_grace: float | None = 30.0,
+    ) -> None:
+        self.name = name or f"bus-{id(self):x}"
+        self.default_timeout = check_timeout(default_timeout, "default_timeout")
+        self.close_grace = check_timeout(close_grace, "close_grace")
+        for option, value in (("max_background", max_background), ("max_depth", max_depth)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{option} must be a positive int, not {value!r}")
+        self.max_background = max_background
+        self.max_depth = max_depth
+        self._state = BusState.OPEN
+        self._signals = blinker.Namespace()
+        self._plans: dict[tuple[str, int], _Plan] = {}
+        self._results = blinker.Signal("Announces every handler result: receiver(bus, result=...)")
+        self._pool = WorkerPool(max_threads)
+        self._limiter = anyio.CapacityLimiter(max_threads)
+        # Background handlers in flight: future (asyncio) or cancel scope (trio) -> entry.
+        self._background: dict[Any, tuple[Subscription, Event, float, asyncio.TimerHandle | None]] = {}
+        self._room: anyio.Event | None = None
+        self._idle: anyio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<EventBus {self.name!r} {self._state.value}>"
+
+    # -- receivers -------------------------------------------------------------------
+
+    @property
+    def state(self) -> BusState:
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        return self._state is not BusState.OPEN
+
+    def signal(self, name: str) -> blinker.NamedSignal:
+        """The blinker signal for ``name`` on this bus; plain blinker receivers may connect."""
+        signal = self._signals.get(name)
+        if signal is None:
+            signal = self._signals.signal(name)
+            signal.receiver_connected.connect(self._receivers_changed)
+            signal.receiver_disconnected.connect(self._receivers_changed)
+        return signal
+
+    def _receivers_changed(self, signal: blinker.Signal, **_: Any) -> None:
+        self._plans.clear()
+
+    def subscribe(
+        self,
+        signal: str,
+        handler: Handler,
+        *,
+        timeout: float | None | _Default = DEFAULT,
+        background: bool = False,
+        critical: bool = False,
+        order: int = 0,
+        inline: bool = False,
+        sender: Any = ANY,
+        labels: Iterable[str] = (),
+        name: str | None = None,
+    ) -> Subscription:
+        """Subscribe ``handler`` to ``signal``; return a handle that unsubscribes.
+
+        Args:
+            signal: the signal name, such as :data:`~lifecycle.EXITED`.
+            handler: ``async def h(event)`` or ``def h(event)``, or either taking no
+                argument. Plain functions run in a worker thread unless ``inline``.
+            timeout: seconds before the handler is given up (an async one cancelled, a
+                sync one abandoned); the bus's ``default_timeout`` unless given; ``None``
+                for no limit.
+            background: the emitter does not wait; the bus tracks and drains it.
+            critical: a failure of this ``environment.starting`` handler aborts the run.
+            order: lower orders finish before higher ones start; equal orders run
+                concurrently.
+            inline: run a cheap plain function directly in the event loop (no thread,
+                no timeout).
+            sender: only events emitted by this sender (an ``Environment``).
+            labels: only events whose environment carries all these labels.
+            name: the name shown in reports and logs (default: the qualified name).
+
+        Raises:
+            TypeError: ``handler`` is not callable, or cannot take the event.
+            ValueError: an option is out of range.
+            BusClosedError: the bus is closed.
+        """
+        if self._state is not BusState.OPEN:
+            raise BusClosedError(self.name, "subscribe to")
+        if not isinstance(signal, str) or not signal:
+            raise TypeError(f"signal must be a non-empty signal name string, not {signal!r}")
+        subscription = Subscription(
+            self.signal(signal),
+            signal,
+            handler,
+            timeout=self.default_timeout if timeout is DEFAULT else timeout,
+            background=background,
+            critical=critical,
+            order=order,
+            inline=inline,
+            sender=sender,
+            labels=labels,
+            name=name,
+        )
+        subscription.connect()
+        return subscription
+
+    def on(
+        self,
+        signal: str,
+        *,
+        timeout: float | None | _Default = DEFAULT,
+        background: bool = False,
+        critical: bool = False,
+        order: int = 0,
+        inline: bool = False,
+        sender: Any = ANY,
+        labels: Iterable[str] = (),
+        name: str | None = None,
+    ) -> Callable[[H], H]:
+        """Decorator form of :meth:`subscribe`; returns the function unchanged.
+
+        Use :meth:`unsubscribe` with the function to remove it.
+        """
+
+        def decorator(handler: H) -> H:
+            self.subscribe(
+                signal,
+                handler,
+                timeout=timeout,
+                background=background,
+                critical=critical,
+                order=order,
+                inline=inline,
+                sender=sender,
+                labels=labels,
+                name=name,
+            )
+            return handler
+
+        return decorator
+
+    def subscriptions(self, signal: str | None = None) -> list[Subscription]:
+        """The subscriptions made through this bus, for one signal or all, in order."""
+        names = [signal] if signal is not None else list(self._signals)
+        found: list[Subscription] = []
+        for name in names:
+            blinker_signal = self._signals.get(name)
+            if blinker_signal is None:
+                continue
+            for receiver in blinker_signal.receivers.values():
+                if isinstance(receiver, Subscription):
+                    found.append(receiver)
+        found.sort(key=lambda sub: (sub.order, sub.sequence))
+        return found
+
+    def unsubscribe(self, handler: Handler, signal: str | None = None) -> int:
+        """Remove every subscription of ``handler`` (to ``signal``, or to any); return how many."""
+        removed = 0
+        for subscription in self.subscriptions(signal):
+            if subscription.handler is handler or subscription.handler == handler:
+                subscription.unsubscribe()
+                removed += 1
+        return removed
+
+    def on_result(self, receiver: Callable[..., Any]) -> ResultHook:
+        """Call ``receiver(bus, result=HandlerResult)`` after every handler finishes.
+
+        This is the hook metrics adapters observe; it must be cheap and must not block.
+        Background handlers are announced when they finish, time out or are cancelled.
+        """
+        self._results.connect(receiver, weak=False)
+        return ResultHook(self._results, receiver)
+
+    # -- emitting --------------------------------------------------------------------
+
+    def _plan(self, name: str, sender: Any) -> _Plan:
+        signal = self._signals.get(name)
+        if signal is None or not signal.receivers:
+            return _NO_PLAN
+        key = (name, id(sender))
+        plan = self._plans.get(key)
+        # Weakly held blinker receivers vanish without a disconnect signal: the count tells.
+        if plan is not None and plan.receivers == len(signal.receivers):
+            return plan
+        subs: list[Subscription] = []
+        for receiver in signal.receivers_for(sender):
+            if isinstance(receiver, Subscription):
+                subs.append(receiver)
+            else:
+                subs.append(
+                    Subscription(
+                        None,
+                        name,
+                        _blinker_receiver(receiver, sender),
+                        timeout=self.default_timeout,
+                        name=handler_name(receiver),
+                        takes_event=True,
+                    )
+                )
+        plan = self._plans[key] = _Plan(subs, len(signal.receivers))
+        return plan
+
+    async def emit(self, event: Event, *, sender: Any = ANY) -> EmitReport:
+        """Deliver ``event`` to the receivers of ``event.name``; return one result per handler.
+
+        Blocking handlers run concurrently, group by group in ``order``; background handlers
+        are started and named in the report. A handler's exception or timeout is its result
+        and is logged; it never reaches the emitter. Cancelling the emitter cancels the
+        blocking handlers and propagates.
+
+        Raises:
+            BusClosedError: the bus is closing or closed.
+            EmitDepthError: handlers emitting from handlers nested too deep.
+        """
+        if self._state is not BusState.OPEN:
+            raise BusClosedError(self.name)
+        depth = _depth.get()
+        if depth >= self.max_depth:
+            raise EmitDepthError(event.name, depth + 1, self.max_depth)
+        plan = self._plan(event.name, sender)
+        if plan is _NO_PLAN:
+            return EmitReport(event, ())
+        if plan.filtered:
+            groups, background = plan.for_labels(event.environment.labels)
+        else:
+            groups, background = plan.groups, plan.background
+        started = perf_counter()
+        results: list[HandlerResult] = []
+        token = _depth.set(depth + 1)
+        try:
+            try:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            for sub in background:
+                await self._start_background(loop, sub, event)
+            if loop is not None:
+                for group in groups:
+                    await run_group_asyncio(loop, self._pool, group, event, results)
+            else:
+                for group in groups:
+                    await run_group_generic(self._limiter, group, event, results)
+        finally:
+            _depth.reset(token)
+        report = EmitReport(
+            event,
+            tuple(results),
+            tuple(sub.name for sub in background) if background else (),
+            perf_counter() - started,
+        )
+        if self._results.receivers:
+            for result in results:
+                self._announce(result)
+        else:
+            for result in results:
+                if result.status is not Status.OK:
+                    log_failure(result, bus=self.name)
+        return report
+
+    def _announce(self, result: HandlerResult) -> None:
+        if result.status is not Status.OK:
+            log_failure(result, bus=self.name)
+        if self._results.receivers:
+            try:
+                self._results.send(self, result=result)
+            except Exception:
+                logger.exception("result hook failed", bus=self.name, handler=result.handler)
+
+    # -- background handlers ---------------------------------------------------------
+
+    @property
+    def background_in_flight(self) -> int:
+        """How many background handlers are running now."""
+        return len(self._background)
+
+    async def _start_background(
+        self, loop: asyncio.AbstractEventLoop | None, sub: Subscription, event: Event
+    ) -> None:
+        while len(self._background) >= self.max_background:
+            # Back-pressure instead of loss: wait for a slot.
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+        started = perf_counter()
+        if loop is None:
+            await self._start_background_generic(sub, event, started)
+            return
+        future = (
+            start_task(loop, sub.call(event))
+            if sub.is_async
+            else self._pool.submit(sub.call, event, loop)
+        )
+        timer = None
+        if sub.timeout is not None and not future.done():
+            timer = loop.call_at(loop.time() + sub.timeout, self._background_expired, future)
+        self._background[future] = (sub, event, started, timer)
+        if future.done():
+            self._background_done(future)
+        else:
+            future.add_done_callback(self._background_done)
+
+    def _background_done(self, future: asyncio.Future[Any]) -> None:
+        entry = self._background.pop(future, None)
+        if entry is None:
+            retrieve_quietly(future)  # given up at its timeout or at close, already reported
+            return
+        sub, event, started, timer = entry
+        if timer is not None:
+            timer.cancel()
+        self._background_finished(result_of(sub, event, future, perf_counter() - started, False))
+
+    def _background_expired(self, future: asyncio.Future[Any]) -> None:
+        entry = self._background.pop(future, None)
+        if entry is None:
+            return
+        sub, event, started, _ = entry
+        future.cancel()
+        self._background_finished(result_of(sub, event, future, perf_counter() - started, True))
+
+    def _background_finished(self, result: HandlerResult) -> None:
+        self._announce(result)
+        if self._room is not None and len(self._background) < self.max_background:
+            self._room.set()
+            self._room = None
+        if self._idle is not None and not self._background:
+            self._idle.set()
+
+    async def _start_background_generic(self, sub: Subscription, event: Event, started: float) -> None:
+        import trio  # the only other anyio backend
+
+        scope = anyio.CancelScope()
+        self._background[scope] = (sub, event, started, None)
+        trio.lowlevel.spawn_system_task(self._run_background_generic, sub, event, scope)
+
+    async def _run_background_generic(
+        self, sub: Subscription, event: Event, scope: anyio.CancelScope
+    ) -> None:
+        slot: list[HandlerResult] = []
+        with scope:
+            await run_group_generic(self._limiter, (sub,), event, slot)
+        if self._background.pop(scope, None) is not None and slot:
+            self._background_finished(slot[0])
+
+    async def drain(self, grace: float | None = None) -> CloseReport:
+        """Wait up to ``grace`` seconds for background handlers; cancel and report the rest.
+
+        ``None`` waits until they finish (each is still bounded by its own timeout).
+        """
+        grace = check_timeout(grace, "grace")
+        with anyio.move_on_after(math.inf if grace is None else grace):
+            while self._background:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+        self._idle = None
+        cancelled: list[HandlerResult] = []
+        while self._background:
+            key, (sub, event, started, timer) = self._background.popitem()
+            if timer is not None:
+                timer.cancel()
+            key.cancel()
+            result = HandlerResult(
+                sub.name, event.name, Status.CANCELLED, perf_counter() - started, None,
+                sub.critical, True, event.run_id,
+            )  # fmt: skip
+            cancelled.append(result)
+            self._background_finished(result)
+        if cancelled:
+            logger.warning(
+                "background handlers cancelled after the grace period",
+                bus=self.name,
+                grace=grace,
+                handlers=[f"{r.handler} ({r.signal}, run {r.run_id})" for r in cancelled],
+            )
+        return CloseReport(tuple(cancelled))
+
+    # -- closing ---------------------------------------------------------------------
+
+    async def aclose(self, grace: float | None | _Default = DEFAULT) -> CloseReport:
+        """Refuse new emits, drain background handlers for ``grace`` seconds, and close.
+
+        Returns the report of the handlers that had to be cancelled. Closing twice is
+        harmless; the second call reports nothing.
+        """
+        if self._state is not BusState.OPEN:
+            return CloseReport()
+        self._state = BusState.CLOSING
+        try:
+            with anyio.CancelScope(shield=True):
+                report = await self.drain(self.close_grace if grace is DEFAULT else grace)
+        finally:
+            self._state = BusState.CLOSED
+        return report
+
+    async def __aenter__(self) -> Self:
+        if self._state is not BusState.OPEN:
+            raise BusClosedError(self.name, "reopen")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

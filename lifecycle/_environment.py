@@ -1,0 +1,274 @@
+"""Environments: where a run happens, and the guarantee that ``exited`` fires once."""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from time import perf_counter
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from ._bus import EventBus
+from ._event import EXITED, STARTING, EnvironmentInfo, ErrorInfo, Event, Outcome
+from ._exceptions import RunTimeoutError, StartAborted
+from ._logging import logger
+from ._results import EmitReport
+from ._subscription import Handler, check_timeout
+
+__all__ = ["Environment", "Run"]
+
+T = TypeVar("T")
+
+Callback = Handler | Iterable[Handler] | None
+
+
+class Terminated(BaseException):
+    """Raised into a run's body by the blocking runner when SIGTERM or SIGINT arrives.
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so ``except Exception`` in user code
+    does not swallow it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class Run:
+    """One run of an environment, as seen from inside ``Environment.running``.
+
+    ``attributes`` and ``exit_code`` may be set by the body; they travel on the
+    ``environment.exited`` event.
+    """
+
+    def __init__(self, environment: Environment, run_id: str, attributes: Mapping[str, Any]) -> None:
+        self.environment = environment
+        self.run_id = run_id
+        self.attributes: dict[str, Any] = dict(attributes)
+        self.exit_code: int | None = None
+        self.started_at = perf_counter()
+        self.start_report: EmitReport | None = None
+        self.exit_report: EmitReport | None = None
+        self.exited: Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run_id} of {self.environment.name!r}>"
+
+
+def _callbacks(value: Callback, option: str) -> list[Handler]:
+    if value is None:
+        return []
+    if callable(value):
+        return [value]
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{option} must be a callable or an iterable of callables, not {value!r}")
+    try:
+        handlers = list(value)
+    except TypeError:
+        raise TypeError(
+            f"{option} must be a callable or an iterable of callables, not {value!r}"
+        ) from None
+    return handlers
+
+
+class Environment:
+    """Where a job runs, with ``on_start`` and ``on_exit`` callbacks.
+
+    ``on_start`` and ``on_exit`` (a callable, or several) are subscribers of this
+    environment's own ``environment.starting`` and ``environment.exited`` events on
+    ``bus``; they may take the event or nothing. Any other subscriber of the bus listens
+    alongside them. Without a ``bus`` the environment makes one of its own.
+
+    Args:
+        name: the environment's name (default: the class name).
+        labels: an iterable of strings; subscriptions may filter on them.
+        on_start: called before the body runs.
+        on_exit: called after the body ends, however it ends.
+        bus: the bus to emit on.
+        exit_grace: seconds the ``exited`` emit may take once the body has ended.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        labels: Iterable[str] = (),
+        on_start: Callback = None,
+        on_exit: Callback = None,
+        bus: EventBus | None = None,
+        *,
+        exit_grace: float = 30.0,
+    ) -> None:
+        if isinstance(labels, str):
+            raise TypeError(f"labels must be an iterable of strings, not the string {labels!r}")
+        self.name = name or type(self).__name__
+        self.labels = frozenset(labels)
+        for label in self.labels:
+            if not isinstance(label, str):
+                raise TypeError(f"labels must be strings, not {label!r}")
+        self._owns_bus = bus is None
+        self.bus = EventBus(name=self.name) if bus is None else bus
+        self.exit_grace = check_timeout(exit_grace, "exit_grace") or 30.0
+        self.info = EnvironmentInfo.current(self.name, self.labels)
+        for handler in _callbacks(on_start, "on_start"):
+            self.bus.subscribe(STARTING, handler, sender=self)
+        for handler in _callbacks(on_exit, "on_exit"):
+            self.bus.subscribe(EXITED, handler, sender=self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} labels={sorted(self.labels)}>"
+
+    def event(self, name: str, run_id: str, **fields: Any) -> Event:
+        """Build an event of this environment."""
+        return Event(name=name, run_id=run_id, environment=self.info, **fields)
+
+    async def emit(self, event: Event) -> EmitReport:
+        """Emit an event of this environment on its bus (with this environment as sender)."""
+        return await self.bus.emit(event, sender=self)
+
+    @asynccontextmanager
+    async def running(
+        self,
+        run_id: str | None = None,
+        *,
+        attributes: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Run]:
+        """Run the body as one run of this environment.
+
+        Emits ``environment.starting`` and waits for its blocking handlers, runs the body,
+        then emits ``environment.exited`` exactly once, however the body ends: shielded
+        from the body's cancellation and bounded by ``exit_grace``. The body's exception
+        still reaches the caller.
+
+        Args:
+            run_id: the run's id (default: a new random one).
+            attributes: JSON-safe data carried on both events.
+            timeout: seconds the body may take; past it the body is cancelled, ``exited``
+                says ``timeout`` and :exc:`~lifecycle.RunTimeoutError` is raised.
+
+        Raises:
+            StartAborted: a critical ``starting`` handler failed; the body did not run.
+            RunTimeoutError: the body outlived ``timeout``.
+        """
+        timeout = check_timeout(timeout)
+        run = Run(self, run_id or uuid.uuid4().hex, attributes or {})
+        try:
+            run.start_report = await self.emit(
+                self.event(STARTING, run.run_id, attributes=run.attributes)
+            )
+        except anyio.get_cancelled_exc_class():
+            await self._exited(run, Outcome.CANCELLED)
+            raise
+        if run.start_report.critical_failures:
+            error = StartAborted(self.name, run.start_report)
+            await self._exited(run, Outcome.ABORTED, error=error)
+            raise error
+        deadline = anyio.current_time() + timeout if timeout is not None else float("inf")
+        try:
+            with anyio.CancelScope(deadline=deadline) as scope:
+                yield run
+        except BaseException as exc:
+            outcome, exit_code = _classify(exc)
+            await self._exited(run, outcome, error=exc, exit_code=exit_code)
+            raise
+        if scope.cancelled_caught:
+            assert timeout is not None
+            error = RunTimeoutError(self.name, timeout)
+            await self._exited(run, Outcome.TIMEOUT, error=error)
+            raise error
+        await self._exited(run, Outcome.SUCCEEDED)
+
+    async def _exited(
+        self,
+        run: Run,
+        outcome: Outcome,
+        *,
+        error: BaseException | None = None,
+        exit_code: int | None = None,
+    ) -> None:
+        if exit_code is None:
+            exit_code = run.exit_code
+        if outcome is Outcome.SUCCEEDED and exit_code:
+            outcome = Outcome.FAILED
+        event = self.event(
+            EXITED,
+            run.run_id,
+            attributes=run.attributes,
+            outcome=outcome,
+            duration=perf_counter() - run.started_at,
+            exit_code=exit_code,
+            error=_error_info(error, outcome),
+        )
+        run.exited = event
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.exit_grace) as scope:
+            run.exit_report = await self.emit(event)
+            if self._owns_bus:
+                # Nobody else will close this bus: its background handlers end with the run.
+                await self.bus.drain(self.exit_grace)
+        if scope.cancelled_caught:
+            logger.error(
+                "exited handlers cut off by the exit grace period",
+                environment=self.name,
+                run_id=run.run_id,
+                outcome=outcome.value,
+                grace=self.exit_grace,
+            )
+
+    async def run(self, fn: Callable[..., Awaitable[T] | T], *args: Any, run_id: str | None = None) -> T:
+        """Run ``fn(*args)`` (async, or sync in a worker thread) as one run; return its result."""
+        async with self.running(run_id):
+            if inspect.iscoroutinefunction(fn):
+                return await fn(*args)  # type: ignore[no-any-return]
+            result = await anyio.to_thread.run_sync(_call, fn, args, abandon_on_cancel=True)
+            if inspect.isawaitable(result):
+                return await result  # type: ignore[no-any-return]
+            return result  # type: ignore[no-any-return]
+
+    def run_sync(
+        self,
+        fn: Callable[..., Awaitable[T] | T],
+        *args: Any,
+        run_id: str | None = None,
+        backend: str = "asyncio",
+    ) -> T:
+        """Run ``fn(*args)`` as one run from a program that is not async.
+
+        SIGTERM and SIGINT end the run with outcome ``terminated`` and raise
+        :exc:`~lifecycle.RunTerminated`; background handlers are drained before returning.
+        """
+        from ._runner import run_blocking
+
+        return run_blocking(self, fn, args, run_id=run_id, backend=backend)
+
+
+def _error_info(error: BaseException | None, outcome: Outcome) -> ErrorInfo | None:
+    # Cancellation and a clean SystemExit are not errors; their exceptions are plumbing.
+    if error is None or outcome in (Outcome.SUCCEEDED, Outcome.CANCELLED):
+        return None
+    return ErrorInfo.from_exception(error)
+
+
+def _call(fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    return fn(*args)
+
+
+def _classify(exc: BaseException) -> tuple[Outcome, int | None]:
+    """How an exception ending the body maps to an outcome and an exit code."""
+    if isinstance(exc, Terminated):
+        return Outcome.TERMINATED, 128 + exc.signum
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return Outcome.CANCELLED, None
+    if isinstance(exc, KeyboardInterrupt):
+        return Outcome.TERMINATED, 130
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        if code is None or code == 0:
+            return Outcome.SUCCEEDED, 0
+        return Outcome.FAILED, code if isinstance(code, int) else 1
+    return Outcome.FAILED, None

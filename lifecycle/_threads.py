@@ -1,0 +1,79 @@
+"""Daemon worker threads for sync handlers on asyncio.
+
+``concurrent.futures.ThreadPoolExecutor`` joins its workers at interpreter exit, so one
+abandoned sync handler that never returns would keep the process alive forever. Handlers
+past their timeout are abandoned by design, hence daemon threads of our own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+_IDLE_SECONDS = 30.0
+
+
+def _deliver(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    # The emitter may have given up on the future (timeout, cancellation) meanwhile.
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(result)
+    else:
+        future.set_exception(exc)
+
+
+class WorkerPool:
+    """Runs callables in up to ``max_workers`` daemon threads, growing on demand."""
+
+    def __init__(self, max_workers: int) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_threads must be at least 1, not {max_workers}")
+        self._max_workers = max_workers
+        self._cond = threading.Condition(threading.Lock())
+        self._jobs: deque[tuple[Callable[[Any], Any], Any, asyncio.Future[Any]]] = deque()
+        self._idle = 0
+        self._threads = 0
+
+    def submit(
+        self, fn: Callable[[Any], Any], arg: Any, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[Any]:
+        """Run ``fn(arg)`` in a worker, in a copy of the caller's context; return its future."""
+        future: asyncio.Future[Any] = loop.create_future()
+        context = contextvars.copy_context()
+        with self._cond:
+            self._jobs.append((context.run, (fn, arg), future))
+            if self._idle >= len(self._jobs):
+                self._cond.notify()
+            elif self._threads < self._max_workers:
+                self._threads += 1
+                threading.Thread(target=self._work, name="lifecycle-handler", daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                self._idle += 1
+                while not self._jobs:
+                    if not self._cond.wait(_IDLE_SECONDS) and not self._jobs:
+                        self._idle -= 1
+                        self._threads -= 1
+                        return
+                self._idle -= 1
+                run, (fn, arg), future = self._jobs.popleft()
+            try:
+                result = run(fn, arg)
+            except BaseException as exc:  # delivered to the emitter, which decides what it is
+                outcome: tuple[Any, BaseException | None] = (None, exc)
+            else:
+                outcome = (result, None)
+            try:
+                future.get_loop().call_soon_threadsafe(_deliver, future, *outcome)
+            except RuntimeError:
+                # The loop closed while the handler ran; nobody is waiting any more.
+                pass
+            del future, outcome
