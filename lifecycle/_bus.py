@@ -6,7 +6,6 @@ import asyncio
 import contextvars
 import enum
 import math
-from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,6 +21,7 @@ from ._subscription import Handler, Subscription, check_timeout, handler_name, i
 from ._threads import WorkerPool
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
     from types import TracebackType
 
     from typing_extensions import Self
@@ -177,7 +177,9 @@ class EventBus:
         self._pool = WorkerPool(max_threads)
         self._limiter = anyio.CapacityLimiter(max_threads)
         # Background handlers in flight: future (asyncio) or cancel scope (trio) -> entry.
-        self._background: dict[Any, tuple[Subscription, Event, float, asyncio.TimerHandle | None]] = {}
+        self._background: dict[
+            Any, tuple[Subscription, Event, float, asyncio.TimerHandle | None]
+        ] = {}
         self._room: anyio.Event | None = None
         self._idle: anyio.Event | None = None
 
@@ -211,7 +213,7 @@ class EventBus:
         signal: str,
         handler: Handler,
         *,
-        timeout: float | None | _Default = DEFAULT,
+        timeout: float | _Default | None = DEFAULT,
         background: bool = False,
         critical: bool = False,
         order: int = 0,
@@ -268,7 +270,7 @@ class EventBus:
         self,
         signal: str,
         *,
-        timeout: float | None | _Default = DEFAULT,
+        timeout: float | _Default | None = DEFAULT,
         background: bool = False,
         critical: bool = False,
         order: int = 0,
@@ -485,7 +487,9 @@ class EventBus:
         if self._idle is not None and not self._background:
             self._idle.set()
 
-    async def _start_background_generic(self, sub: Subscription, event: Event, started: float) -> None:
+    async def _start_background_generic(
+        self, sub: Subscription, event: Event, started: float
+    ) -> None:
         import trio  # the only other anyio backend
 
         scope = anyio.CancelScope()
@@ -535,7 +539,7 @@ class EventBus:
 
     # -- closing ---------------------------------------------------------------------
 
-    async def aclose(self, grace: float | None | _Default = DEFAULT) -> CloseReport:
+    async def aclose(self, grace: float | _Default | None = DEFAULT) -> CloseReport:
         """Refuse new emits, drain background handlers for ``grace`` seconds, and close.
 
         Returns the report of the handlers that had to be cancelled. Closing twice is

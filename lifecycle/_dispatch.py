@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,8 @@ import anyio
 from ._results import HandlerResult, Status
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from ._event import Event
     from ._subscription import Subscription
     from ._threads import WorkerPool
@@ -124,16 +125,21 @@ async def run_group_asyncio(
 ) -> None:
     """Run one group of blocking handlers concurrently and append their results in order."""
     group = AsyncioGroup(loop)
-    futures: list[asyncio.Future[Any] | HandlerResult] = []
+    # One entry per handler, in order: its future, or its result if it ran inline.
+    futures: list[Any] = []
     by_timeout: dict[float, list[asyncio.Future[Any]]] = {}
     inline: list[int] = []
     started = perf_counter()
     for sub in subs:
         if sub.inline:
             inline.append(len(futures))
-            futures.append(None)  # type: ignore[arg-type]  # filled below
+            futures.append(None)  # filled below, once the tasks are started
             continue
-        future = start_task(loop, sub.call(event)) if sub.is_async else pool.submit(sub.call, event, loop)
+        future = (
+            start_task(loop, sub.call(event))
+            if sub.is_async
+            else pool.submit(sub.call, event, loop)
+        )
         group.watch(future)
         futures.append(future)
         if sub.timeout is not None:
@@ -167,7 +173,7 @@ async def run_group_asyncio(
         timer.cancel()
     ends = group.ends
     given_up = group.given_up
-    for sub, future in zip(subs, futures):
+    for sub, future in zip(subs, futures, strict=False):
         if isinstance(future, HandlerResult):
             results.append(future)
         else:
@@ -197,9 +203,15 @@ async def _run_one_generic(
         status = Status.OK if exc is None else Status.ERROR
     slot.append(
         HandlerResult(
-            sub.name, event.name, status, perf_counter() - started, exc, sub.critical,
-            sub.background, event.run_id,
-        )  # fmt: skip
+            sub.name,
+            event.name,
+            status,
+            perf_counter() - started,
+            exc,
+            sub.critical,
+            sub.background,
+            event.run_id,
+        )
     )
 
 
@@ -212,7 +224,7 @@ async def run_group_generic(
     """The same contract as :func:`run_group_asyncio`, through an anyio task group."""
     slots: list[list[Any]] = [[] for _ in subs]
     async with anyio.create_task_group() as tg:
-        for sub, slot in zip(subs, slots):
+        for sub, slot in zip(subs, slots, strict=False):
             if sub.inline:
                 slot.append(run_inline(sub, event))
             else:

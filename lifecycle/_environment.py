@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from time import perf_counter
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -16,8 +16,10 @@ from ._bus import EventBus
 from ._event import EXITED, STARTING, EnvironmentInfo, ErrorInfo, Event, Outcome
 from ._exceptions import RunTimeoutError, StartAborted
 from ._logging import logger
-from ._results import EmitReport
 from ._subscription import Handler, check_timeout
+
+if TYPE_CHECKING:
+    from ._results import EmitReport
 
 __all__ = ["Environment", "Run"]
 
@@ -45,7 +47,9 @@ class Run:
     ``environment.exited`` event.
     """
 
-    def __init__(self, environment: Environment, run_id: str, attributes: Mapping[str, Any]) -> None:
+    def __init__(
+        self, environment: Environment, run_id: str, attributes: Mapping[str, Any]
+    ) -> None:
         self.environment = environment
         self.run_id = run_id
         self.attributes: dict[str, Any] = dict(attributes)
@@ -137,7 +141,7 @@ class Environment:
         run_id: str | None = None,
         *,
         attributes: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a run's time limit, reported as outcome timeout
     ) -> AsyncIterator[Run]:
         """Run the body as one run of this environment.
 
@@ -166,9 +170,9 @@ class Environment:
             await self._exited(run, Outcome.CANCELLED)
             raise
         if run.start_report.critical_failures:
-            error = StartAborted(self.name, run.start_report)
-            await self._exited(run, Outcome.ABORTED, error=error)
-            raise error
+            aborted = StartAborted(self.name, run.start_report)
+            await self._exited(run, Outcome.ABORTED, error=aborted)
+            raise aborted
         deadline = anyio.current_time() + timeout if timeout is not None else float("inf")
         try:
             with anyio.CancelScope(deadline=deadline) as scope:
@@ -179,9 +183,9 @@ class Environment:
             raise
         if scope.cancelled_caught:
             assert timeout is not None
-            error = RunTimeoutError(self.name, timeout)
-            await self._exited(run, Outcome.TIMEOUT, error=error)
-            raise error
+            timed_out = RunTimeoutError(self.name, timeout)
+            await self._exited(run, Outcome.TIMEOUT, error=timed_out)
+            raise timed_out
         await self._exited(run, Outcome.SUCCEEDED)
 
     async def _exited(
@@ -220,15 +224,17 @@ class Environment:
                 grace=self.exit_grace,
             )
 
-    async def run(self, fn: Callable[..., Awaitable[T] | T], *args: Any, run_id: str | None = None) -> T:
+    async def run(
+        self, fn: Callable[..., Awaitable[T] | T], *args: Any, run_id: str | None = None
+    ) -> T:
         """Run ``fn(*args)`` (async, or sync in a worker thread) as one run; return its result."""
         async with self.running(run_id):
             if inspect.iscoroutinefunction(fn):
                 return await fn(*args)  # type: ignore[no-any-return]
             result = await anyio.to_thread.run_sync(_call, fn, args, abandon_on_cancel=True)
             if inspect.isawaitable(result):
-                return await result  # type: ignore[no-any-return]
-            return result  # type: ignore[no-any-return]
+                return await result
+            return result
 
     def run_sync(
         self,

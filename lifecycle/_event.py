@@ -130,7 +130,12 @@ class EnvironmentInfo:
         return cls(name=name, labels=frozenset(labels))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "labels": sorted(self.labels), "host": self.host, "pid": self.pid}
+        return {
+            "name": self.name,
+            "labels": sorted(self.labels),
+            "host": self.host,
+            "pid": self.pid,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EnvironmentInfo:

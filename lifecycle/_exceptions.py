@@ -65,7 +65,9 @@ class StartAborted(LifecycleError):
 
     def __init__(self, environment: str, report: EmitReport) -> None:
         causes = [r for r in report.results if r.critical and not r.ok]
-        described = ", ".join(f"{r.handler} ({r.status.value}: {r.describe_error()})" for r in causes)
+        described = ", ".join(
+            f"{r.handler} ({r.status.value}: {r.describe_error()})" for r in causes
+        )
         super().__init__(
             f"run of environment {environment!r} aborted before its body ran: "
             f"critical starting handler failed: {described}"
@@ -79,7 +81,9 @@ class RunTimeoutError(LifecycleError, TimeoutError):
     """Raised by ``Environment.running`` when the body outlived the run's ``timeout``."""
 
     def __init__(self, environment: str, timeout: float) -> None:
-        super().__init__(f"run of environment {environment!r} exceeded its time limit of {timeout:g} s")
+        super().__init__(
+            f"run of environment {environment!r} exceeded its time limit of {timeout:g} s"
+        )
         self.environment = environment
         self.timeout = timeout
 

@@ -53,7 +53,7 @@ class HandlerResult:
         if self.status is Status.TIMEOUT:
             return f"did not finish within its timeout ({self.duration:.3g} s)"
         if self.exception is None:
-            return self.status.value
+            return str(self.status.value)
         return f"{type(self.exception).__name__}: {self.exception}"
 
 
@@ -108,7 +108,9 @@ class EmitReport:
                 line += f"  {problem}"
             lines.append(line)
         if self.background:
-            lines.append(f"  (+ {len(self.background)} in background: {', '.join(self.background)})")
+            lines.append(
+                f"  (+ {len(self.background)} in background: {', '.join(self.background)})"
+            )
         return "\n".join(lines)
 
 

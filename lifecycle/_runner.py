@@ -13,9 +13,7 @@ import contextlib
 import inspect
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import CancelledError as FutureCancelled
-from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -25,6 +23,9 @@ from ._exceptions import RunTerminated
 from ._logging import logger
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator
+    from types import FrameType
+
     from ._environment import Environment
 
 T = TypeVar("T")
@@ -47,7 +48,9 @@ class _Signals:
         self.received.append(signum)
         if self.armed and len(self.received) == 1:
             raise Terminated(signum)
-        logger.warning("signal noted while the run starts or exits", signal=signal.Signals(signum).name)
+        logger.warning(
+            "signal noted while the run starts or exits", signal=signal.Signals(signum).name
+        )
 
     def arm(self) -> None:
         self.armed = True

@@ -41,8 +41,9 @@ def is_async_callable(handler: Any) -> bool:
         handler = handler.func
     if inspect.iscoroutinefunction(handler):
         return True
-    call = getattr(type(handler), "__call__", None)
-    return call is not None and not inspect.isfunction(handler) and inspect.iscoroutinefunction(call)
+    # A callable object whose __call__ is async (functions have a sync __call__ slot).
+    call = type(handler).__dict__.get("__call__") if not inspect.isfunction(handler) else None
+    return call is not None and inspect.iscoroutinefunction(call)
 
 
 def _takes_event(handler: Handler, name: str) -> bool:
@@ -75,7 +76,9 @@ def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"{what} must be a number of seconds or None, not {timeout!r}")
     if not timeout > 0:
-        raise ValueError(f"{what} must be greater than 0 seconds (or None for no limit), not {timeout!r}")
+        raise ValueError(
+            f"{what} must be greater than 0 seconds (or None for no limit), not {timeout!r}"
+        )
     return None if math.isinf(timeout) else float(timeout)
 
 
@@ -88,6 +91,7 @@ class Subscription:
     """
 
     __slots__ = (
+        "__weakref__",
         "_connected",
         "_signal",
         "background",
@@ -103,7 +107,6 @@ class Subscription:
         "sequence",
         "signal_name",
         "timeout",
-        "__weakref__",
     )
 
     def __init__(

@@ -7,12 +7,15 @@ past their timeout are abandoned by design, hence daemon threads of our own.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import contextvars
 import threading
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable
 
 _IDLE_SECONDS = 30.0
 
@@ -66,14 +69,12 @@ class WorkerPool:
                 self._idle -= 1
                 run, (fn, arg), future = self._jobs.popleft()
             try:
-                result = run(fn, arg)
+                result = run(fn, arg)  # type: ignore[call-arg]
             except BaseException as exc:  # delivered to the emitter, which decides what it is
                 outcome: tuple[Any, BaseException | None] = (None, exc)
             else:
                 outcome = (result, None)
-            try:
+            # The loop may have closed while the handler ran: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
                 future.get_loop().call_soon_threadsafe(_deliver, future, *outcome)
-            except RuntimeError:
-                # The loop closed while the handler ran; nobody is waiting any more.
-                pass
             del future, outcome
