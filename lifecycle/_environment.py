@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 import anyio.to_thread
@@ -224,25 +224,41 @@ class Environment:
                 grace=self.exit_grace,
             )
 
+    @overload
     async def run(
-        self, fn: Callable[..., Awaitable[T] | T], *args: Any, run_id: str | None = None
-    ) -> T:
+        self, fn: Callable[..., Awaitable[T]], *args: Any, run_id: str | None = None
+    ) -> T: ...
+    @overload
+    async def run(self, fn: Callable[..., T], *args: Any, run_id: str | None = None) -> T: ...
+    async def run(self, fn: Callable[..., Any], *args: Any, run_id: str | None = None) -> Any:
         """Run ``fn(*args)`` (async, or sync in a worker thread) as one run; return its result."""
         async with self.running(run_id):
             if inspect.iscoroutinefunction(fn):
-                return await fn(*args)  # type: ignore[no-any-return]
+                return await fn(*args)
             result = await anyio.to_thread.run_sync(_call, fn, args, abandon_on_cancel=True)
             if inspect.isawaitable(result):
                 return await result
             return result
 
+    @overload
     def run_sync(
         self,
-        fn: Callable[..., Awaitable[T] | T],
+        fn: Callable[..., Awaitable[T]],
         *args: Any,
         run_id: str | None = None,
         backend: str = "asyncio",
-    ) -> T:
+    ) -> T: ...
+    @overload
+    def run_sync(
+        self, fn: Callable[..., T], *args: Any, run_id: str | None = None, backend: str = "asyncio"
+    ) -> T: ...
+    def run_sync(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        run_id: str | None = None,
+        backend: str = "asyncio",
+    ) -> Any:
         """Run ``fn(*args)`` as one run from a program that is not async.
 
         SIGTERM and SIGINT end the run with outcome ``terminated`` and raise
