@@ -16,7 +16,7 @@ from ._bus import EventBus
 from ._event import EXITED, STARTING, EnvironmentInfo, ErrorInfo, Event, Outcome
 from ._exceptions import RunTimeoutError, StartAborted
 from ._logging import logger
-from ._subscription import Handler, check_timeout
+from ._subscription import Handler, check_timeout, handler_name
 
 if TYPE_CHECKING:
     from ._results import EmitReport
@@ -61,6 +61,11 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} of {self.environment.name!r}>"
+
+
+def _callback_name(handler: Handler, option: str) -> str | None:
+    # A lambda's name says nothing; the option it was given as says what it is for.
+    return option if callable(handler) and handler_name(handler).endswith("<lambda>") else None
 
 
 def _callbacks(value: Callback, option: str) -> list[Handler]:
@@ -120,9 +125,9 @@ class Environment:
         self.exit_grace = check_timeout(exit_grace, "exit_grace") or 30.0
         self.info = EnvironmentInfo.current(self.name, self.labels)
         for handler in _callbacks(on_start, "on_start"):
-            self.bus.subscribe(STARTING, handler, sender=self)
+            self.bus.subscribe(STARTING, handler, sender=self, name=_callback_name(handler, "on_start"))
         for handler in _callbacks(on_exit, "on_exit"):
-            self.bus.subscribe(EXITED, handler, sender=self)
+            self.bus.subscribe(EXITED, handler, sender=self, name=_callback_name(handler, "on_exit"))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} labels={sorted(self.labels)}>"

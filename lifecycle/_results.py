@@ -51,7 +51,7 @@ class HandlerResult:
         if self.status is Status.OK:
             return ""
         if self.status is Status.TIMEOUT:
-            return f"did not finish within its timeout ({self.duration:.3g} s)"
+            return f"given up at its timeout after {self.duration:.3g} s"
         if self.exception is None:
             return str(self.status.value)
         return f"{type(self.exception).__name__}: {self.exception}"

@@ -30,6 +30,8 @@ def handler_name(handler: Any) -> str:
     """A readable name for a handler: module-qualified function name where there is one."""
     target = handler.func if isinstance(handler, functools.partial) else handler
     qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    # "main.<locals>.notify" says less than "notify" and reads worse in every log line.
+    qualname = str(qualname).rpartition("<locals>.")[2]
     module = getattr(target, "__module__", None)
     if module and module not in ("__main__", "builtins"):
         return f"{module}.{qualname}"
