@@ -14,7 +14,7 @@ import anyio.to_thread
 
 from ._bus import EventBus
 from ._event import EXITED, STARTING, EnvironmentInfo, ErrorInfo, Event, Outcome
-from ._exceptions import RunTimeoutError, StartAborted
+from ._exceptions import LifecycleError, RunTimeoutError, StartAborted
 from ._logging import logger
 from ._subscription import Handler, check_timeout, handler_name
 
@@ -125,9 +125,13 @@ class Environment:
         self.exit_grace = check_timeout(exit_grace, "exit_grace") or 30.0
         self.info = EnvironmentInfo.current(self.name, self.labels)
         for handler in _callbacks(on_start, "on_start"):
-            self.bus.subscribe(STARTING, handler, sender=self, name=_callback_name(handler, "on_start"))
+            self.bus.subscribe(
+                STARTING, handler, sender=self, name=_callback_name(handler, "on_start")
+            )
         for handler in _callbacks(on_exit, "on_exit"):
-            self.bus.subscribe(EXITED, handler, sender=self, name=_callback_name(handler, "on_exit"))
+            self.bus.subscribe(
+                EXITED, handler, sender=self, name=_callback_name(handler, "on_exit")
+            )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} labels={sorted(self.labels)}>"
@@ -216,7 +220,19 @@ class Environment:
         )
         run.exited = event
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.exit_grace) as scope:
-            run.exit_report = await self.emit(event)
+            try:
+                run.exit_report = await self.emit(event)
+            except LifecycleError as exc:
+                # The run's own outcome (and exception) matters more than this failure, so
+                # say loudly that the event was not delivered, and why, instead of raising.
+                logger.error(
+                    "exited event not delivered",
+                    environment=self.name,
+                    run_id=run.run_id,
+                    outcome=outcome.value,
+                    reason=str(exc),
+                )
+                return
             if self._owns_bus:
                 # Nobody else will close this bus: its background handlers end with the run.
                 await self.bus.drain(self.exit_grace)

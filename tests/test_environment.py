@@ -3,6 +3,7 @@ from __future__ import annotations
 import anyio
 import anyio.lowlevel
 import pytest
+from structlog.testing import capture_logs
 
 from lifecycle import (
     EXITED,
@@ -297,3 +298,16 @@ def test_labels_must_be_an_iterable_of_strings() -> None:
 def test_callbacks_must_be_callable() -> None:
     with pytest.raises(TypeError, match="must be callable"):
         Environment(on_exit=[42])  # type: ignore[list-item]
+
+
+async def test_exited_on_a_closed_bus_is_logged_as_not_delivered() -> None:
+    bus = EventBus()
+    env = Environment("job", bus=bus)
+    with capture_logs() as logs, pytest.raises(LookupError):  # noqa: PT012 - the body is the setup
+        async with env.running() as run:
+            await bus.aclose()
+            raise LookupError("the body's own error still reaches the caller")
+    assert run.exit_report is None
+    (entry,) = [log for log in logs if log["event"] == "exited event not delivered"]
+    assert entry["outcome"] == "failed"
+    assert "closed" in entry["reason"]
