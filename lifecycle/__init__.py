@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 from ._bus import DEFAULT, BusState, EventBus, ResultHook
+from ._config import (
+    AdapterSpec,
+    Attachment,
+    Config,
+    HandlerSpec,
+    InstalledAdapter,
+    find_config,
+    installed_adapters,
+    load_config,
+)
 from ._environment import Environment, Run
 from ._event import (
     EXITED,
@@ -34,9 +44,12 @@ __all__ = [
     "HEARTBEAT",
     "SCHEMA_VERSION",
     "STARTING",
+    "AdapterSpec",
+    "Attachment",
     "BusClosedError",
     "BusState",
     "CloseReport",
+    "Config",
     "ConfigError",
     "EmitDepthError",
     "EmitReport",
@@ -46,6 +59,8 @@ __all__ = [
     "Event",
     "EventBus",
     "HandlerResult",
+    "HandlerSpec",
+    "InstalledAdapter",
     "LifecycleError",
     "Outcome",
     "ResultHook",
@@ -55,4 +70,7 @@ __all__ = [
     "StartAborted",
     "Status",
     "Subscription",
+    "find_config",
+    "installed_adapters",
+    "load_config",
 ]
