@@ -33,7 +33,9 @@ from ._exceptions import (
     RunTimeoutError,
     StartAborted,
 )
+from ._heartbeat import heartbeats
 from ._results import CloseReport, EmitReport, HandlerResult, Status
+from ._subprocess import CommandResult, SubprocessEnvironment
 from ._subscription import Subscription
 
 __version__ = "0.1.0"
@@ -49,6 +51,7 @@ __all__ = [
     "BusClosedError",
     "BusState",
     "CloseReport",
+    "CommandResult",
     "Config",
     "ConfigError",
     "EmitDepthError",
@@ -69,8 +72,10 @@ __all__ = [
     "RunTimeoutError",
     "StartAborted",
     "Status",
+    "SubprocessEnvironment",
     "Subscription",
     "find_config",
+    "heartbeats",
     "installed_adapters",
     "load_config",
 ]

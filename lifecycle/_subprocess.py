@@ -1,0 +1,559 @@
+"""Subprocess environments: a command run as a child process, with the same lifecycle events.
+
+``SubprocessEnvironment.execute`` emits ``environment.starting``, runs the command with its
+output passed through live, and emits ``environment.exited`` exactly once however the
+command ends. How it ends maps to an outcome and to the shell's exit status conventions,
+so a wrapper can exit with the status the command would have given::
+
+    exited 0                   succeeded    0
+    exited n                   failed       n
+    died of signal n           killed       128 + n
+    SIGTERM/SIGINT forwarded   terminated   the child's status (128 + n if it died of it)
+    past its time limit        timeout      124 (as GNU ``timeout``)
+    command not found          failed       127
+    found but not executable   failed       126
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from time import perf_counter
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from ._environment import Environment, Run
+from ._event import Event, Outcome
+from ._heartbeat import check_interval, send_heartbeats, sidecar
+from ._logging import logger
+from ._subscription import check_timeout
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from ._bus import EventBus
+    from ._environment import Callback
+
+__all__ = ["CommandResult", "SubprocessEnvironment"]
+
+STATUS_TIMEOUT = 124
+"""Exit status of a command stopped at its time limit (GNU ``timeout``'s convention)."""
+STATUS_NOT_EXECUTABLE = 126
+"""Exit status of a command that exists but cannot be executed (the shell's convention)."""
+STATUS_NOT_FOUND = 127
+"""Exit status of a command that does not exist (the shell's convention)."""
+
+_FORWARDED = (signal.SIGTERM, signal.SIGINT)
+
+# After the child exits, how long its output may keep flowing (from grandchildren that
+# inherited the pipes) before the wrapper stops reading and reports.
+_OUTPUT_DRAIN_SECONDS = 1.0
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def exit_status(returncode: int) -> int:
+    """The shell's status for a ``returncode`` (negative for a signal: 128 + its number)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """How one run of a command ended (what :meth:`SubprocessEnvironment.execute` returns).
+
+    Attributes:
+        run_id: the run's id, as on its events.
+        outcome: the outcome on the ``exited`` event.
+        exit_status: the status a wrapper should exit with (see the module's table).
+        returncode: the child's raw return code (negative: the signal that ended it), or
+            ``None`` when it never started.
+        signal: the name of the signal the child died of, if it did.
+        output_tail: the last lines of the child's output (empty when output is inherited).
+        error: the ``OSError`` that kept the command from starting, if one did.
+        exited: the ``environment.exited`` event.
+        duration: seconds from the start of the run to its end.
+
+    .. versionadded:: 0.1
+    """
+
+    run_id: str
+    outcome: Outcome
+    exit_status: int
+    returncode: int | None
+    signal: str | None
+    output_tail: str
+    error: OSError | None
+    exited: Event | None
+    duration: float
+
+    def describe(self) -> str:
+        """One line saying how the command ended, for people."""
+        if self.error is not None:
+            what = "command not found" if self.exit_status == STATUS_NOT_FOUND else "not executable"
+            return f"{what} ({self.error.strerror or self.error})"
+        if self.outcome is Outcome.TIMEOUT:
+            return "stopped at its time limit"
+        if self.signal is not None:
+            return f"{self.outcome.value} by {self.signal}"
+        return f"{self.outcome.value} with exit status {self.exit_status}"
+
+
+class OutputTail:
+    """The last lines of a child's output, bounded in lines and in bytes.
+
+    Chunks from each stream are split into lines separately (so stdout and stderr never
+    splice into one line) and kept in arrival order.
+    """
+
+    def __init__(self, max_lines: int, max_bytes: int) -> None:
+        self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self.truncated = False
+        self._lines: deque[bytes] = deque()
+        self._size = 0
+        self._partial: dict[str, bytes] = {}
+
+    def feed(self, stream: str, chunk: bytes) -> None:
+        *lines, rest = (self._partial.get(stream, b"") + chunk).split(b"\n")
+        for line in lines:
+            self._push(line)
+        if len(rest) > self.max_bytes:
+            rest = rest[-self.max_bytes :]
+            self.truncated = True
+        self._partial[stream] = rest
+
+    def _push(self, line: bytes) -> None:
+        if len(line) > self.max_bytes:
+            line = line[-self.max_bytes :]
+            self.truncated = True
+        self._lines.append(line)
+        self._size += len(line) + 1
+        # ``_size`` counts a newline after every line; the text has one fewer.
+        while self._lines and (
+            len(self._lines) > self.max_lines or self._size - 1 > self.max_bytes
+        ):
+            self._size -= len(self._lines.popleft()) + 1
+            self.truncated = True
+
+    def text(self) -> str:
+        """The kept lines, decoded (invalid UTF-8 replaced), joined by newlines."""
+        lines = list(self._lines) + [rest for rest in self._partial.values() if rest]
+        lines = lines[-self.max_lines :] if self.max_lines else []
+        size = sum(len(line) + 1 for line in lines) - 1
+        while lines and size > self.max_bytes:
+            # Unfinished lines were not counted in the budget yet.
+            size -= len(lines.pop(0)) + 1
+            self.truncated = True
+        return "\n".join(line.decode("utf-8", "replace").rstrip("\r") for line in lines)
+
+
+class _Supervision:
+    """What happened to one run's child, filled in as it happens."""
+
+    def __init__(self) -> None:
+        self.process: anyio.abc.Process | None = None
+        self.received: list[int] = []
+        self.stop_requested = anyio.Event()
+        self.exited = anyio.Event()
+        self.start_error: OSError | None = None
+        self.timed_out = False
+        self.killed_after_grace = False
+
+
+def _check_positive(value: int, option: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{option} must be an int >= 0, not {value!r}")
+    return value
+
+
+class SubprocessEnvironment(Environment):
+    """An environment that runs a command as a child process.
+
+    :meth:`execute` emits ``environment.starting``, starts the command, passes its output
+    through live and emits ``environment.exited`` exactly once when it ends, with the exit
+    code, the duration, the outcome (see the module docstring) and these attributes:
+    ``command``, ``child_pid``, ``returncode``, ``signal`` (when the child died of one),
+    ``received_signal`` (when SIGTERM or SIGINT was forwarded), ``killed_after_grace``,
+    ``timeout`` (when the limit was hit) and ``output_tail`` (the last lines of output).
+
+    SIGTERM and SIGINT received while a run is alive (main thread only) are forwarded to
+    the child; if it is still alive ``kill_grace`` seconds later it is killed, and the
+    outcome is ``terminated``. The child runs in a new session by default, so a terminal's
+    Ctrl-C reaches it once (through the wrapper) and signals reach its whole process group,
+    grandchildren included.
+
+    Args:
+        command: the program and its arguments (no shell; use ``["sh", "-c", ...]``).
+        name: the environment's name (default: the program's base name).
+        labels, on_start, on_exit, bus, exit_grace: as for :class:`~lifecycle.Environment`.
+        timeout: seconds the command may run; past it, it is stopped (SIGTERM, then
+            SIGKILL after ``kill_grace``) and the outcome is ``timeout``.
+        kill_grace: seconds between asking the child to stop and killing it.
+        heartbeat: seconds between ``environment.heartbeat`` events; ``None`` or ``0``: none.
+        output: ``"forward"`` reads the child's stdout and stderr through pipes, writes
+            them through to ``stdout``/``stderr`` as they come and keeps their tail;
+            ``"inherit"`` lets the child write to the wrapper's own streams (a terminal
+            stays a terminal) and keeps no tail.
+        stdout, stderr: binary streams to forward to (default: this process's own).
+        tail_lines, tail_bytes: how much of the output's end ``exited`` carries.
+        forward_signals: forward SIGTERM and SIGINT to the child.
+        new_session: start the child in a new session (its own process group).
+        cwd, env: the child's working directory and environment variables.
+
+    Raises:
+        TypeError, ValueError: ``command`` is empty or an option is out of range.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str | os.PathLike[str]],
+        *,
+        name: str | None = None,
+        labels: Iterable[str] = (),
+        on_start: Callback = None,
+        on_exit: Callback = None,
+        bus: EventBus | None = None,
+        exit_grace: float = 30.0,
+        timeout: float | None = None,
+        kill_grace: float = 10.0,
+        heartbeat: float | None = 30.0,
+        output: Literal["forward", "inherit"] = "forward",
+        stdout: IO[bytes] | None = None,
+        stderr: IO[bytes] | None = None,
+        tail_lines: int = 20,
+        tail_bytes: int = 4096,
+        forward_signals: bool = True,
+        new_session: bool = True,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        if isinstance(command, (str, bytes)) or not command:
+            raise TypeError(
+                f"command must be a non-empty sequence of program and arguments, such as "
+                f"['ls', '-l'], not {command!r}"
+            )
+        self.command = [os.fspath(part) for part in command]
+        super().__init__(
+            name or os.path.basename(self.command[0]) or self.command[0],
+            labels,
+            on_start,
+            on_exit,
+            bus,
+            exit_grace=exit_grace,
+        )
+        self.timeout = check_timeout(timeout, "timeout")
+        self.kill_grace = check_timeout(kill_grace, "kill_grace") or 0.0
+        self.heartbeat = check_interval(heartbeat)
+        if output not in ("forward", "inherit"):
+            raise ValueError(f"output must be 'forward' or 'inherit', not {output!r}")
+        self.output = output
+        self.stdout = stdout
+        self.stderr = stderr
+        self.tail_lines = _check_positive(tail_lines, "tail_lines")
+        self.tail_bytes = _check_positive(tail_bytes, "tail_bytes")
+        self.forward_signals = forward_signals
+        self.new_session = new_session
+        self.cwd = cwd
+        self.env = env
+        # The outcome each live run settled on, applied when ``running`` emits ``exited``.
+        self._settled: dict[Run, tuple[Outcome, BaseException | None]] = {}
+
+    async def execute(
+        self, run_id: str | None = None, *, attributes: Mapping[str, Any] | None = None
+    ) -> CommandResult:
+        """Run the command once, as one run of this environment; return how it ended.
+
+        The command's own failures are outcomes, not exceptions: a non-zero exit, a
+        signal, a timeout or a missing program all return a :class:`CommandResult`.
+
+        Args:
+            run_id: the run's id (default: a new random one).
+            attributes: JSON-safe data carried on both events (``command`` is added).
+
+        Raises:
+            StartAborted: a critical ``starting`` handler failed; the command never ran.
+        """
+        supervision = _Supervision()
+        attrs = {**(attributes or {}), "command": list(self.command)}
+        started = perf_counter()
+        async with (
+            self._signals_forwarded(supervision),
+            self.running(run_id, attributes=attrs) as run,
+        ):
+            await self._supervise(run, supervision)
+        return self._result(run, supervision, perf_counter() - started)
+
+    # -- signals ---------------------------------------------------------------------
+
+    def _signals_forwarded(self, supervision: _Supervision) -> AbstractAsyncContextManager[None]:
+        """Receive SIGTERM and SIGINT for the whole run, ``starting`` and ``exited`` too."""
+        if not self.forward_signals or threading.current_thread() is not threading.main_thread():
+            # Only the main thread may receive signals; elsewhere the caller must stop us.
+            return contextlib.nullcontext()
+
+        async def receive() -> None:
+            with anyio.open_signal_receiver(*_FORWARDED) as signals:
+                async for signum in signals:
+                    self._on_signal(supervision, signum)
+
+        return sidecar(receive)
+
+    def _on_signal(self, supervision: _Supervision, signum: int) -> None:
+        if supervision.exited.is_set():
+            logger.warning(
+                "signal noted while the run exits",
+                environment=self.name,
+                signal=signal_name(signum),
+            )
+            return
+        supervision.received.append(signum)
+        process = supervision.process
+        if process is None:
+            logger.warning(
+                "signal received before the command started; stopping the run",
+                environment=self.name,
+                signal=signal_name(signum),
+            )
+        else:
+            logger.info(
+                "forwarding signal to the command",
+                environment=self.name,
+                signal=signal_name(signum),
+                child_pid=process.pid,
+            )
+            self._signal(process, signum)
+        supervision.stop_requested.set()
+
+    def _signal(self, process: anyio.abc.Process, signum: int) -> None:
+        if process.returncode is not None:
+            return  # reaped: its pid may already belong to someone else
+        try:
+            if self.new_session:
+                os.killpg(process.pid, signum)
+            else:
+                process.send_signal(signal.Signals(signum))
+        except ProcessLookupError:
+            pass  # exited meanwhile
+
+    # -- the run ---------------------------------------------------------------------
+
+    async def _supervise(self, run: Run, supervision: _Supervision) -> None:
+        if supervision.received:
+            # SIGTERM or SIGINT arrived while ``starting`` was emitted: never start.
+            run.exit_code = exit_status(-supervision.received[0])
+            run.attributes["received_signal"] = signal_name(supervision.received[0])
+            self._settled[run] = (Outcome.TERMINATED, None)
+            return
+        forward = self.output == "forward"
+        try:
+            process = await anyio.open_process(
+                self.command,
+                stdin=None,
+                stdout=subprocess.PIPE if forward else None,
+                stderr=subprocess.PIPE if forward else None,
+                cwd=self.cwd,
+                env=self.env,
+                start_new_session=self.new_session,
+            )
+        except OSError as exc:
+            status = (
+                STATUS_NOT_FOUND if isinstance(exc, FileNotFoundError) else STATUS_NOT_EXECUTABLE
+            )
+            # The traceback runs through subprocess internals: noise, not news, for the user.
+            exc = exc.with_traceback(None)
+            run.exit_code = status
+            supervision.start_error = exc
+            self._settled[run] = (Outcome.FAILED, exc)
+            return
+        supervision.process = process
+        run.attributes["child_pid"] = process.pid
+        for signum in supervision.received:
+            # It arrived while the child was being started: the child must hear it too.
+            self._signal(process, signum)
+        tail = OutputTail(self.tail_lines, self.tail_bytes)
+        try:
+            async with anyio.create_task_group() as group:
+                helpers = anyio.CancelScope()
+                group.start_soon(self._help, helpers, run, process, supervision)
+                pumps: list[anyio.CancelScope] = []
+                if forward:
+                    assert process.stdout is not None
+                    assert process.stderr is not None
+                    for name, stream in (("stdout", process.stdout), ("stderr", process.stderr)):
+                        pumps.append(anyio.CancelScope())
+                        group.start_soon(self._pump, pumps[-1], stream, name, tail)
+                try:
+                    returncode = await process.wait()
+                finally:
+                    helpers.cancel()
+                supervision.exited.set()
+                # The child is gone, but its output may still be in the pipes, and a
+                # grandchild that inherited them may hold them open: read on for a moment.
+                for scope in pumps:
+                    scope.deadline = anyio.current_time() + _OUTPUT_DRAIN_SECONDS
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._stop(process, supervision)
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await process.aclose()
+            if forward:
+                run.attributes["output_tail"] = tail.text()
+        self._settle(run, supervision, returncode)
+
+    async def _help(
+        self,
+        scope: anyio.CancelScope,
+        run: Run,
+        process: anyio.abc.Process,
+        supervision: _Supervision,
+    ) -> None:
+        """Heartbeats and the time limit, until the child exits (then ``scope`` is cancelled)."""
+        with scope:
+            async with anyio.create_task_group() as group:
+                if self.heartbeat is not None:
+                    group.start_soon(send_heartbeats, run, self.heartbeat)
+                await self._enforce(process, supervision)
+                await anyio.sleep_forever()
+
+    async def _pump(
+        self,
+        scope: anyio.CancelScope,
+        stream: anyio.abc.ByteReceiveStream,
+        name: str,
+        tail: OutputTail,
+    ) -> None:
+        sink = _sink(self.stdout if name == "stdout" else self.stderr, name)
+        with scope:
+            async for chunk in stream:
+                tail.feed(name, chunk)
+                if sink is not None:
+                    # A slow reader of our output must not stall signals and heartbeats.
+                    await anyio.to_thread.run_sync(_write, sink, chunk, abandon_on_cancel=True)
+
+    async def _enforce(self, process: anyio.abc.Process, supervision: _Supervision) -> None:
+        """Stop the child at its time limit or on a forwarded signal; kill it after the grace."""
+        with anyio.move_on_after(math.inf if self.timeout is None else self.timeout):
+            await supervision.stop_requested.wait()
+        if not supervision.stop_requested.is_set():
+            supervision.timed_out = True
+            logger.warning(
+                "command outlived its time limit; stopping it",
+                environment=self.name,
+                timeout=self.timeout,
+                child_pid=process.pid,
+            )
+            self._signal(process, signal.SIGTERM)
+        with anyio.move_on_after(self.kill_grace):
+            await supervision.exited.wait()
+        if not supervision.exited.is_set():
+            supervision.killed_after_grace = True
+            logger.warning(
+                "command still alive after the grace period; killing it",
+                environment=self.name,
+                grace=self.kill_grace,
+                child_pid=process.pid,
+            )
+            self._signal(process, signal.SIGKILL)
+
+    async def _stop(self, process: anyio.abc.Process, supervision: _Supervision) -> None:
+        """Stop the child because the run was cancelled: SIGTERM, grace, SIGKILL."""
+        if process.returncode is not None:
+            return
+        self._signal(process, signal.SIGTERM)
+        with anyio.move_on_after(self.kill_grace):
+            await process.wait()
+            return
+        supervision.killed_after_grace = True
+        self._signal(process, signal.SIGKILL)
+        await process.wait()
+
+    def _settle(self, run: Run, supervision: _Supervision, returncode: int) -> None:
+        run.attributes["returncode"] = returncode
+        if returncode < 0:
+            run.attributes["signal"] = signal_name(-returncode)
+        if supervision.killed_after_grace:
+            run.attributes["killed_after_grace"] = True
+        if supervision.timed_out:
+            run.attributes["timeout"] = self.timeout
+            run.exit_code = STATUS_TIMEOUT
+            outcome = Outcome.TIMEOUT
+        elif supervision.received:
+            run.attributes["received_signal"] = signal_name(supervision.received[0])
+            run.exit_code = exit_status(returncode)
+            outcome = Outcome.TERMINATED
+        elif returncode < 0:
+            run.exit_code = exit_status(returncode)
+            outcome = Outcome.KILLED
+        else:
+            run.exit_code = returncode
+            outcome = Outcome.SUCCEEDED if returncode == 0 else Outcome.FAILED
+        self._settled[run] = (outcome, None)
+
+    async def _exited(
+        self,
+        run: Run,
+        outcome: Outcome,
+        *,
+        error: BaseException | None = None,
+        exit_code: int | None = None,
+    ) -> None:
+        # ``running`` calls this with ``succeeded`` when the body returned; the command's
+        # own outcome (killed, timeout, ...) was settled by the body and replaces it.
+        settled, settled_error = self._settled.pop(run, (None, None))
+        if settled is not None and outcome is Outcome.SUCCEEDED and error is None:
+            outcome, error = settled, settled_error
+        await super()._exited(run, outcome, error=error, exit_code=exit_code)
+
+    def _result(self, run: Run, supervision: _Supervision, duration: float) -> CommandResult:
+        exited = run.exited
+        outcome = exited.outcome if exited is not None and exited.outcome else Outcome.FAILED
+        returncode = run.attributes.get("returncode")
+        return CommandResult(
+            run_id=run.run_id,
+            outcome=outcome,
+            exit_status=run.exit_code if run.exit_code is not None else 1,
+            returncode=returncode,
+            signal=run.attributes.get("signal"),
+            output_tail=run.attributes.get("output_tail", ""),
+            error=supervision.start_error,
+            exited=exited,
+            duration=duration,
+        )
+
+
+def _sink(stream: IO[bytes] | None, name: str) -> IO[bytes] | None:
+    if stream is not None:
+        return stream
+    own = sys.stdout if name == "stdout" else sys.stderr
+    if own is None:
+        return None
+    own.flush()
+    return getattr(own, "buffer", None)
+
+
+def _write(sink: IO[bytes], chunk: bytes) -> None:
+    try:
+        sink.write(chunk)
+        sink.flush()
+    except (OSError, ValueError):
+        pass  # our own output is gone (closed pipe); the command must still be supervised
