@@ -1,0 +1,194 @@
+"""lifecycle-structlog: run lines by outcome, handler failures, own renderings."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+import structlog
+from lifecycle_structlog import attach
+
+from lifecycle import EXITED, STARTING, Environment, EventBus
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def failing_run(bus: EventBus) -> None:
+    """One run of "nightly" (labels etl, batch) that sets exit code 3 and raises."""
+    with pytest.raises(ValueError, match="boom"):
+        await _fail(Environment("nightly", ["etl", "batch"], bus=bus))
+
+
+async def _fail(env: Environment) -> None:
+    async with env.running(run_id="run-1") as run:
+        run.exit_code = 3
+        raise ValueError("boom")
+
+
+def lines(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
+    return [entry for entry in logs if entry["event"] == name]
+
+
+@pytest.mark.anyio
+async def test_starting_is_logged_with_environment_labels_and_run_id() -> None:
+    async with EventBus() as bus:
+        attach(bus)
+        with structlog.testing.capture_logs() as logs:
+            async with Environment("nightly", ["etl"], bus=bus).running(run_id="run-1"):
+                pass
+    (line,) = lines(logs, STARTING)
+    assert line["log_level"] == "info"
+    assert (line["environment"], line["labels"], line["run_id"]) == ("nightly", ["etl"], "run-1")
+
+
+@pytest.mark.anyio
+async def test_a_succeeded_run_is_logged_at_info() -> None:
+    async with EventBus() as bus:
+        attach(bus)
+        with structlog.testing.capture_logs() as logs:
+            async with Environment("nightly", bus=bus).running(attributes={"rows": 5}):
+                pass
+    (line,) = lines(logs, EXITED)
+    assert (line["log_level"], line["outcome"], line["attributes"]) == (
+        "info",
+        "succeeded",
+        {"rows": 5},
+    )
+    assert line["duration"] >= 0
+    assert "error" not in line
+
+
+@pytest.mark.anyio
+async def test_a_failed_run_is_logged_at_error_with_its_error() -> None:
+    async with EventBus() as bus:
+        attach(bus)
+        with structlog.testing.capture_logs() as logs:
+            await failing_run(bus)
+    (line,) = lines(logs, EXITED)
+    assert (line["log_level"], line["outcome"], line["exit_code"]) == ("error", "failed", 3)
+    assert line["error"] == "ValueError: boom"
+    assert 'raise ValueError("boom")' in line["exception"]
+    assert line["labels"] == ["batch", "etl"]
+
+
+@pytest.mark.anyio
+async def test_a_timed_out_run_is_an_error() -> None:
+    async with EventBus() as bus:
+        attach(bus, tracebacks=False)
+        with structlog.testing.capture_logs() as logs, pytest.raises(TimeoutError):
+            async with Environment("nightly", bus=bus).running(timeout=0.01):
+                await anyio.sleep(10)
+    (line,) = lines(logs, EXITED)
+    assert (line["log_level"], line["outcome"]) == ("error", "timeout")
+    assert "exception" not in line
+
+
+@pytest.mark.anyio
+async def test_levels_can_be_overridden_per_outcome() -> None:
+    async with EventBus() as bus:
+        attach(bus, levels={"failed": "warning"})
+        with structlog.testing.capture_logs() as logs:
+            await failing_run(bus)
+    assert lines(logs, EXITED)[0]["log_level"] == "warning"
+
+
+@pytest.mark.anyio
+async def test_handler_failures_are_logged_with_their_environment() -> None:
+    async with EventBus() as bus:
+        attach(bus)
+
+        def broken() -> None:
+            raise RuntimeError("handler broke")
+
+        bus.subscribe(EXITED, broken, name="broken", inline=True)
+        with structlog.testing.capture_logs() as logs:
+            async with Environment("nightly", bus=bus).running(run_id="run-1"):
+                pass
+    (line,) = lines(logs, "lifecycle.handler_failed")
+    assert line["log_level"] == "error"
+    assert (line["handler"], line["signal"], line["environment"]) == ("broken", EXITED, "nightly")
+    assert line["error"] == "RuntimeError: handler broke"
+
+
+@pytest.mark.anyio
+async def test_handler_timeouts_are_logged() -> None:
+    async with EventBus() as bus:
+        attach(bus)
+
+        async def slow() -> None:
+            await anyio.sleep(10)
+
+        bus.subscribe(STARTING, slow, name="slow", timeout=0.05)
+        with structlog.testing.capture_logs() as logs:
+            async with Environment("nightly", bus=bus).running():
+                pass
+    (line,) = lines(logs, "lifecycle.handler_timed_out")
+    assert (line["handler"], line["status"], line["log_level"]) == ("slow", "timeout", "error")
+
+
+@pytest.mark.anyio
+async def test_json_rendering_writes_one_object_per_line() -> None:
+    out = io.StringIO()
+    before = structlog.get_config()
+    async with EventBus() as bus:
+        attach(bus, render="json", file=out)
+        await failing_run(bus)
+    starting, exited = (json.loads(line) for line in out.getvalue().splitlines())
+    assert (starting["event"], starting["level"]) == (STARTING, "info")
+    assert (exited["event"], exited["level"], exited["outcome"]) == (EXITED, "error", "failed")
+    assert exited["timestamp"].endswith("Z")
+    assert structlog.get_config() == before  # the global configuration is untouched
+
+
+@pytest.mark.anyio
+async def test_console_rendering_is_readable() -> None:
+    out = io.StringIO()
+    async with EventBus() as bus:
+        attach(bus, render="console", file=out, level="error")
+        await failing_run(bus)
+    text = out.getvalue()
+    assert STARTING not in text  # below the chosen level
+    first = text.splitlines()[0]
+    assert "[error" in first
+    assert "environment.exited" in first
+    assert "outcome=failed" in first
+    assert "Traceback (most recent call last)" in text
+
+
+@pytest.mark.anyio
+async def test_labels_limit_which_environments_are_logged() -> None:
+    async with EventBus() as bus:
+        attach(bus, labels=["etl"])
+        with structlog.testing.capture_logs() as logs:
+            async with Environment("other", bus=bus).running():
+                pass
+            await failing_run(bus)
+    assert {line["environment"] for line in logs if "environment" in line} == {"nightly"}
+
+
+@pytest.mark.anyio
+async def test_detach_stops_logging() -> None:
+    async with EventBus() as bus:
+        with attach(bus):
+            pass
+        with structlog.testing.capture_logs() as logs:
+            async with Environment("nightly", bus=bus).running():
+                pass
+    assert logs == []
+    assert bus.subscriptions() == []
+
+
+def test_unknown_render_or_level_is_refused() -> None:
+    with pytest.raises(ValueError, match="render must be"):
+        attach(EventBus(), render="xml")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown log level 'loud'"):
+        attach(EventBus(), levels={"failed": "loud"})
