@@ -1,0 +1,246 @@
+"""lifecycle-prometheus: a real scrape, a real Pushgateway receiver, a real textfile."""
+
+from __future__ import annotations
+
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+import pytest
+from lifecycle_prometheus import attach
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from lifecycle import EXITED, STARTING, Environment, EventBus
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from lifecycle_prometheus import PrometheusAdapter
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    """Exposition text as {(sample name, labels): value}."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+async def scrape(handle: PrometheusAdapter) -> Samples:
+    """GET the real /metrics endpoint over HTTP."""
+    assert handle.url is not None
+    return parse(await anyio.to_thread.run_sync(_get, handle.url))
+
+
+async def runs(bus: EventBus, *outcomes: str) -> None:
+    """One run of "nightly" per outcome: "succeeded" or "failed"."""
+    env = Environment("nightly", bus=bus)
+    for outcome in outcomes:
+        try:
+            async with env.running():
+                if outcome == "failed":
+                    raise ValueError("boom")
+        except ValueError:
+            pass
+
+
+# -- the scrape endpoint ---------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_runs_are_counted_by_environment_and_outcome() -> None:
+    async with EventBus() as bus:
+        with attach(bus, port=0, addr="127.0.0.1") as handle:
+            await runs(bus, "succeeded", "failed", "failed")
+            samples = await scrape(handle)
+    assert value(samples, "lifecycle_runs_started_total", environment="nightly") == 3
+    finished = "lifecycle_runs_finished_total"
+    assert value(samples, finished, environment="nightly", outcome="succeeded") == 1
+    assert value(samples, finished, environment="nightly", outcome="failed") == 2
+    assert value(samples, "lifecycle_runs_in_progress", environment="nightly") == 0
+
+
+@pytest.mark.anyio
+async def test_run_duration_is_a_histogram_by_outcome() -> None:
+    async with EventBus() as bus:
+        with attach(bus, port=0, addr="127.0.0.1") as handle:
+            await runs(bus, "failed")
+            samples = await scrape(handle)
+    labels = {"environment": "nightly", "outcome": "failed"}
+    assert value(samples, "lifecycle_run_duration_seconds_count", **labels) == 1
+    assert value(samples, "lifecycle_run_duration_seconds_bucket", le="+Inf", **labels) == 1
+    assert (
+        value(samples, "lifecycle_run_last_success_timestamp_seconds", environment="nightly")
+        is None
+    )
+
+
+@pytest.mark.anyio
+async def test_a_run_in_progress_is_seen_while_it_runs() -> None:
+    async with EventBus() as bus:
+        with attach(bus, port=0, addr="127.0.0.1") as handle:
+            async with Environment("nightly", bus=bus).running():
+                during = await scrape(handle)
+            after = await scrape(handle)
+    assert value(during, "lifecycle_runs_in_progress", environment="nightly") == 1
+    assert value(after, "lifecycle_runs_in_progress", environment="nightly") == 0
+    assert value(after, "lifecycle_run_last_success_timestamp_seconds", environment="nightly")
+
+
+@pytest.mark.anyio
+async def test_handler_durations_and_failures_by_reason() -> None:
+    async with EventBus() as bus:
+        with attach(bus, port=0, addr="127.0.0.1") as handle:
+
+            def broken() -> None:
+                raise RuntimeError("boom")
+
+            async def slow() -> None:
+                await anyio.sleep(10)
+
+            bus.subscribe(STARTING, broken, name="broken", inline=True)
+            bus.subscribe(EXITED, slow, name="slow", timeout=0.05)
+            await runs(bus, "succeeded")
+            samples = await scrape(handle)
+    failures = "lifecycle_handler_failures_total"
+    assert value(samples, failures, signal=STARTING, handler="broken", reason="error") == 1
+    assert value(samples, failures, signal=EXITED, handler="slow", reason="timeout") == 1
+    count = "lifecycle_handler_duration_seconds_count"
+    assert value(samples, count, signal=EXITED, handler="slow") == 1
+    assert value(samples, count, signal=STARTING, handler="broken") == 1
+
+
+@pytest.mark.anyio
+async def test_port_zero_reports_the_bound_port_and_detach_closes_it() -> None:
+    async with EventBus() as bus:
+        handle = attach(bus, port=0, addr="127.0.0.1")
+        port = handle.port
+        assert port
+        assert handle.url == f"http://127.0.0.1:{port}/metrics"
+        handle.detach()
+        assert handle.port is None
+        with pytest.raises(urllib.error.URLError):
+            await anyio.to_thread.run_sync(_get, f"http://127.0.0.1:{port}/metrics")
+        assert bus.subscriptions() == []
+
+
+def test_each_attach_has_its_own_registry() -> None:
+    first, second = attach(EventBus()), attach(EventBus())
+    assert first.registry is not second.registry
+    assert first.registry is not REGISTRY
+    first.detach()
+    second.detach()
+
+
+def test_a_given_registry_is_used() -> None:
+    registry = CollectorRegistry()
+    with attach(EventBus(), registry=registry, namespace="jobs"):
+        names = {metric.name for metric in registry.collect()}
+    assert "jobs_runs_started" in names
+
+
+# -- batch jobs: Pushgateway and textfile ----------------------------------------------
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    server: _PushServer
+
+    def do_PUT(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.received.append((self.command, self.path, body.decode()))
+        self.send_response(self.server.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _PushServer(ThreadingHTTPServer):
+    daemon_threads = True
+    status = 200
+    received: list[tuple[str, str, str]]
+
+
+@pytest.fixture
+def pushgateway() -> Iterator[_PushServer]:
+    """A real HTTP receiver on 127.0.0.1 that records what a Pushgateway would get."""
+    server = _PushServer(("127.0.0.1", 0), _Receiver)
+    server.received = []
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.mark.anyio
+async def test_metrics_are_pushed_when_a_run_exits(pushgateway: _PushServer) -> None:
+    url = f"http://127.0.0.1:{pushgateway.server_address[1]}"
+    async with EventBus() as bus:
+        attach(bus, pushgateway=url, job="etl", grouping_key={"instance": "host-1"})
+        await runs(bus, "failed")
+        # Pushed before the exited emit returned: a batch job may exit right away.
+        ((method, path, body),) = pushgateway.received
+    assert (method, path) == ("PUT", "/metrics/job/etl/instance/host-1")
+    samples = parse(body)
+    finished = "lifecycle_runs_finished_total"
+    assert value(samples, finished, environment="nightly", outcome="failed") == 1
+
+
+@pytest.mark.anyio
+async def test_a_failed_push_is_a_handler_failure(pushgateway: _PushServer) -> None:
+    pushgateway.status = 500
+    url = f"http://127.0.0.1:{pushgateway.server_address[1]}"
+    async with EventBus() as bus:
+        attach(bus, pushgateway=url)
+        env = Environment("nightly", bus=bus)
+        async with env.running() as run:
+            pass
+    assert run.exit_report is not None
+    (failure,) = run.exit_report.failures
+    assert failure.handler == "lifecycle_prometheus:export"
+    assert "500" in failure.describe_error()
+
+
+@pytest.mark.anyio
+async def test_textfile_is_written_atomically_when_a_run_exits(tmp_path: Path) -> None:
+    path = tmp_path / "lifecycle.prom"
+    async with EventBus() as bus:
+        attach(bus, textfile=path)
+        await runs(bus, "succeeded")
+    samples = parse(await anyio.Path(path).read_text())
+    assert value(samples, "lifecycle_runs_started_total", environment="nightly") == 1
+    left = [p.name async for p in anyio.Path(tmp_path).iterdir()]
+    assert left == ["lifecycle.prom"]  # no temporary file left behind
+
+
+def test_bad_port_is_refused() -> None:
+    with pytest.raises(ValueError, match="port must be"):
+        attach(EventBus(), port=-1)
