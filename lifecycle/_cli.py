@@ -1,0 +1,327 @@
+"""The ``lifecycle`` command: wrap a command in lifecycle events, check a configuration.
+
+``lifecycle run -- CMD [ARGS ...]`` runs ``CMD`` as a child process with ``environment.starting``
+before, ``environment.heartbeat`` while it runs and ``environment.exited`` after, however it
+ends, and exits with the child's own status, so it drops into cron lines, CI steps and
+container entrypoints unchanged. The statuses it can exit with:
+
+=======  ============================================================================
+0 - 123  the command's own exit status
+124      the command outlived ``--timeout`` and was stopped (as GNU ``timeout``)
+125      ``lifecycle`` itself failed: bad options, a bad configuration, or a critical
+         ``starting`` handler aborted the run; the command did not run
+126      the command was found but could not be executed
+127      the command was not found
+128 + n  the command died of signal n (137 for SIGKILL, 143 for SIGTERM)
+=======  ============================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import anyio
+import structlog
+
+from ._bus import EventBus
+from ._event import EXITED, STARTING
+from ._exceptions import ConfigError, StartAborted
+from ._subprocess import SubprocessEnvironment
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from ._config import Config
+    from ._event import Event
+
+__all__ = ["main"]
+
+STATUS_WRAPPER_FAILED = 125
+"""``lifecycle run`` could not run the command at all (options, configuration, abort)."""
+
+ENTRY_POINT_GROUP = "lifecycle.adapters"
+
+_RUN_EPILOG = """\
+exit status: the command's own; 124 when it outlived --timeout; 125 when lifecycle
+itself failed (bad options or configuration, or a critical starting handler aborted
+the run); 126 not executable; 127 not found; 128+n when it died of signal n.
+
+Without --config, lifecycle.toml (or [tool.lifecycle] in pyproject.toml) in the
+current directory is used; with no configuration at all, run events are logged to
+stderr. SIGTERM and SIGINT are forwarded to the command, which is killed if it is
+still alive --grace seconds later.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors exit with a chosen status."""
+
+    def __init__(self, *args: Any, error_status: int = 2, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.error_status = error_status
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(self.error_status, f"{self.prog}: error: {message}\n")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number of seconds >= 0, got {text!r}"
+        )
+    return value
+
+
+def _parser() -> _Parser:
+    from . import __version__
+
+    parser = _Parser(
+        prog="lifecycle",
+        description="Reliable lifecycle events for jobs: wrap a command, check a configuration.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    run = commands.add_parser(
+        "run",
+        help="run a command with lifecycle events; exit with its status",
+        description="Run CMD as a child process, emitting environment.starting, "
+        "environment.heartbeat and environment.exited on a bus with the configured adapters.",
+        usage="%(prog)s [options] -- CMD [ARGS ...]",
+        epilog=_RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        error_status=STATUS_WRAPPER_FAILED,
+    )
+    run.add_argument("--config", metavar="FILE", type=Path, help="the configuration file")
+    run.add_argument("--name", help="the environment's name (default: the command's name)")
+    run.add_argument(
+        "--label",
+        metavar="L",
+        action="append",
+        default=[],
+        help="a label of the environment (repeat for several)",
+    )
+    run.add_argument(
+        "--heartbeat",
+        metavar="SECONDS",
+        type=_seconds,
+        default=30.0,
+        help="seconds between heartbeat events; 0 for none (default: 30)",
+    )
+    run.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        help="stop the command after this long; exit status 124 (default: no limit)",
+    )
+    run.add_argument(
+        "--grace",
+        metavar="SECONDS",
+        type=_seconds,
+        default=10.0,
+        help="seconds between SIGTERM and SIGKILL when stopping the command (default: 10)",
+    )
+    run.add_argument("--run-id", metavar="ID", help="the run's id (default: a random one)")
+    run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    run.set_defaults(handler=_run)
+
+    check = commands.add_parser(
+        "check",
+        help="validate a configuration and list what it attaches",
+        description="Load a configuration file, report its mistakes, and list the adapters "
+        "and handlers it would attach.",
+    )
+    check.add_argument("--config", metavar="FILE", type=Path, help="the configuration file")
+    check.set_defaults(handler=_check)
+
+    adapters = commands.add_parser(
+        "adapters",
+        help="list the installed adapters",
+        description=f"List the adapters installed in the entry-point group {ENTRY_POINT_GROUP}.",
+    )
+    adapters.set_defaults(handler=_adapters)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``lifecycle`` command with ``argv`` (default: ``sys.argv[1:]``); return its status.
+
+    .. versionadded:: 0.1
+    """
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+def _say(message: str) -> None:
+    print(f"lifecycle: {message}", file=sys.stderr, flush=True)
+
+
+# -- lifecycle run -----------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    command: list[str] = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        _say("error: no command to run; usage: lifecycle run [options] -- CMD [ARGS ...]")
+        return STATUS_WRAPPER_FAILED
+    try:
+        config = _load_config(args.config)
+    except ConfigError as exc:
+        _say(f"error: {exc}")
+        return STATUS_WRAPPER_FAILED
+    _log_to_stderr()
+    status: int = anyio.run(_run_async, args, command, config)
+    return status
+
+
+async def _run_async(args: argparse.Namespace, command: list[str], config: Config | None) -> int:
+    bus = EventBus(name="lifecycle")
+    try:
+        attachment = config.attach(bus) if config is not None else _attach_default(bus)
+    except ConfigError as exc:
+        await bus.aclose()
+        _say(f"error: {exc}")
+        return STATUS_WRAPPER_FAILED
+    try:
+        environment = SubprocessEnvironment(
+            command,
+            name=args.name,
+            labels=args.label,
+            bus=bus,
+            heartbeat=args.heartbeat,
+            timeout=args.timeout or None,
+            kill_grace=args.grace,
+        )
+        try:
+            result = await environment.execute(args.run_id)
+        except StartAborted as exc:
+            _say(f"error: {exc}")
+            return STATUS_WRAPPER_FAILED
+        if result.error is not None:
+            _say(f"{command[0]}: {result.describe()}")
+        return result.exit_status
+    finally:
+        # Background handlers (a webhook, a metrics push) finish before the process ends.
+        await bus.aclose()
+        attachment.detach()
+
+
+def _load_config(path: Path | None) -> Config | None:
+    """The given configuration, or the one found in the working directory, or ``None``."""
+    from ._config import find_config, load_config
+
+    if path is None:
+        path = find_config()
+        if path is None:
+            return None
+    return load_config(path)
+
+
+def _log_to_stderr() -> None:
+    # The command's stdout is the wrapper's stdout: keep our own log lines off it.
+    # (Unconfigured structlog prints to stdout.) A configuration imported by a handler
+    # module wins.
+    if not structlog.is_configured():
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+
+class _Detach:
+    def __init__(self, undo: Callable[[], Any]) -> None:
+        self.detach = undo
+
+
+def _attach_default(bus: EventBus) -> Any:
+    """With no configuration: the structlog adapter's console lines, or our own minimal ones."""
+    for point in entry_points(group=ENTRY_POINT_GROUP, name="structlog"):
+        try:
+            attach = point.load()
+        except ImportError:
+            break
+        return attach(bus, render="console")
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(sys.stderr),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+    )
+
+    def log(event: Event) -> None:
+        fields: dict[str, Any] = {"environment": event.environment.name, "run_id": event.run_id}
+        if event.outcome is None:
+            logger.info(event.name, **fields)
+            return
+        fields.update(outcome=event.outcome.value, exit_code=event.exit_code)
+        fields["duration"] = round(event.duration or 0.0, 3)
+        if event.error is not None:
+            fields["error"] = f"{event.error.type}: {event.error.message}"
+        level = "info" if event.outcome.is_success else "error"
+        getattr(logger, level)(event.name, **fields)
+
+    subscriptions = [bus.subscribe(name, log, inline=True) for name in (STARTING, EXITED)]
+
+    def detach() -> None:
+        for subscription in subscriptions:
+            subscription.unsubscribe()
+
+    return _Detach(detach)
+
+
+# -- lifecycle check, lifecycle adapters -----------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ._config import find_config, load_config
+
+    path: Path | None = args.config
+    if path is None:
+        path = find_config()
+        if path is None:
+            _say(
+                f"error: no configuration found in {Path.cwd()}: expected lifecycle.toml, "
+                "or a [tool.lifecycle] table in pyproject.toml (or give --config FILE)"
+            )
+            return 1
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _say(f"error: {exc}")
+        return 1
+    lines = config.describe()
+    print(f"{path}: ok, {len(lines)} to attach" + (":" if lines else ""))
+    for line in lines:
+        print(f"  {line}")
+    return 0
+
+
+def _adapters(args: argparse.Namespace) -> int:
+    from ._config import installed_adapters
+
+    found = installed_adapters()
+    if not found:
+        print(f"no adapters installed (entry-point group {ENTRY_POINT_GROUP})")
+        return 0
+    width = max(len(name) for name in found)
+    for name, adapter in found.items():
+        origin = f"{adapter.distribution or '?'} {adapter.version or '?'}"
+        print(f"{name:<{width}}  {origin}  ({adapter.value})")
+    return 0

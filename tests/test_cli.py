@@ -1,0 +1,334 @@
+"""The ``lifecycle`` command, run as a user runs it: a real process wrapping real children."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import structlog
+
+from lifecycle._cli import main
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+WIDE = 10.0
+"""Bounds a hang; no healthy test comes near it."""
+
+RECORDER = """
+import os
+
+def record(event):
+    with open(os.environ["LIFECYCLE_TEST_EVENTS"], "a", encoding="utf-8") as file:
+        file.write(event.to_json() + "\\n")
+"""
+
+CONFIG = """
+[[handlers]]
+target = "recorder:record"
+signal = "environment.starting"
+inline = true
+
+[[handlers]]
+target = "recorder:record"
+signal = "environment.exited"
+inline = true
+"""
+
+
+def py(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+class Job:
+    """A working directory with a configuration that records every event to a file."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.events_file = directory / "events.jsonl"
+        (directory / "recorder.py").write_text(RECORDER)
+        (directory / "lifecycle.toml").write_text(CONFIG)
+        self.env = {**os.environ, "LIFECYCLE_TEST_EVENTS": str(self.events_file)}
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "lifecycle", *args]
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(*args),
+            cwd=self.directory,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=WIDE,
+            check=False,
+        )
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command(*args),
+            cwd=self.directory,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        lines = self.events_file.read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    def only_exit(self) -> dict[str, Any]:
+        events = self.events()
+        assert [e["name"] for e in events] == ["environment.starting", "environment.exited"]
+        return events[1]
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Job:
+    return Job(tmp_path)
+
+
+@pytest.fixture
+def structlog_reset() -> Iterator[None]:
+    """``main`` in this process configures structlog to log to stderr: undo it."""
+    yield
+    structlog.reset_defaults()
+
+
+READY_THEN_WAIT = "import time\n{setup}\nprint('ready', flush=True)\ntime.sleep(60)"
+
+
+def wait_until_ready(process: subprocess.Popen[str]) -> None:
+    """Block until the child, through the wrapper, prints its readiness line."""
+    assert process.stdout is not None
+    line = process.stdout.readline()  # bounded by pytest's per-test timeout
+    assert line == "ready\n", line
+
+
+# -- lifecycle run, as a real process --------------------------------------------------
+
+
+def test_a_succeeding_command_exits_0_with_its_output_on_stdout(job: Job) -> None:
+    done = job.run("run", "--name", "hello", "--label", "a", "--label", "b", "--", *py("print(42)"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "42\n"  # the command's stdout is the wrapper's, untouched
+    exited = job.only_exit()
+    assert (exited["outcome"], exited["exit_code"]) == ("succeeded", 0)
+    assert exited["environment"]["name"] == "hello"
+    assert exited["environment"]["labels"] == ["a", "b"]
+    assert exited["attributes"]["output_tail"] == "42"
+
+
+def test_a_failing_command_exits_with_its_status(job: Job) -> None:
+    done = job.run("run", "--", *py("import sys; sys.exit('it broke')"))
+    assert done.returncode == 1
+    assert "it broke" in done.stderr
+    exited = job.only_exit()
+    assert (exited["outcome"], exited["exit_code"]) == ("failed", 1)
+    assert exited["attributes"]["output_tail"] == "it broke"
+
+
+def test_a_command_killed_by_sigkill_exits_137(job: Job) -> None:
+    done = job.run("run", "--", *py("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
+    assert done.returncode == 137
+    exited = job.only_exit()
+    assert (exited["outcome"], exited["exit_code"]) == ("killed", 137)
+    assert exited["attributes"]["signal"] == "SIGKILL"
+
+
+@pytest.mark.parametrize(
+    ("sent", "status", "name"), [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")]
+)
+def test_a_signal_to_the_wrapper_reaches_the_command(
+    job: Job, sent: signal.Signals, status: int, name: str
+) -> None:
+    # The child dies of the signal (SIGINT: Python re-raises it after KeyboardInterrupt).
+    with job.start("run", "--", *py(READY_THEN_WAIT.format(setup=""))) as wrapper:
+        wait_until_ready(wrapper)
+        wrapper.send_signal(sent)
+        assert wrapper.wait(WIDE) == status
+    exited = job.only_exit()
+    assert (exited["outcome"], exited["exit_code"]) == ("terminated", status)
+    assert exited["attributes"]["received_signal"] == name
+
+
+def test_a_command_that_ignores_sigterm_is_killed_after_the_grace(job: Job) -> None:
+    setup = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)"
+    command = py(READY_THEN_WAIT.format(setup=setup))
+    with job.start("run", "--grace", "0.1", "--", *command) as wrapper:
+        wait_until_ready(wrapper)
+        wrapper.send_signal(signal.SIGTERM)
+        assert wrapper.wait(WIDE) == 137
+    exited = job.only_exit()
+    assert exited["outcome"] == "terminated"
+    assert exited["attributes"]["killed_after_grace"] is True
+
+
+def test_a_command_past_its_timeout_exits_124(job: Job) -> None:
+    done = job.run("run", "--timeout", "0.2", "--", *py(READY_THEN_WAIT.format(setup="")))
+    assert done.returncode == 124
+    assert done.stdout == "ready\n"
+    exited = job.only_exit()
+    assert (exited["outcome"], exited["exit_code"]) == ("timeout", 124)
+
+
+def test_a_command_that_does_not_exist_exits_127_with_a_clear_message(job: Job) -> None:
+    done = job.run("run", "--", "lifecycle-no-such-command")
+    assert done.returncode == 127
+    assert "lifecycle-no-such-command: command not found" in done.stderr
+    assert "Traceback" not in done.stderr
+    exited = job.only_exit()
+    assert (exited["outcome"], exited["exit_code"]) == ("failed", 127)
+    assert exited["error"]["type"] == "FileNotFoundError"
+
+
+def test_a_file_that_is_not_executable_exits_126(job: Job) -> None:
+    script = job.directory / "job.sh"
+    script.write_text("#!/bin/sh\necho never\n")
+    script.chmod(0o644)
+    done = job.run("run", "--", str(script))
+    assert done.returncode == 126
+    assert "not executable" in done.stderr
+    assert job.only_exit()["exit_code"] == 126
+
+
+def test_without_configuration_run_events_are_logged_to_stderr(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lifecycle", "run", "--name", "plain", "--", *py("print('out')")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=WIDE,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "out\n"
+    assert "environment.starting" in done.stderr
+    assert "environment.exited" in done.stderr
+    assert "succeeded" in done.stderr
+
+
+# -- lifecycle run, in this process: user mistakes --------------------------------------
+
+
+@pytest.mark.usefixtures("structlog_reset")
+def test_a_bad_configuration_stops_the_run_with_125(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[[adapters]]\nname = 'no-such-adapter'\n")
+    marker = tmp_path / "ran"
+    status = main(["run", "--config", str(config), "--", "touch", str(marker)])
+    assert status == 125
+    err = capfd.readouterr().err
+    assert "no-such-adapter" in err
+    assert "Traceback" not in err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run"], "no command to run"),
+        (["run", "--"], "no command to run"),
+        (["run", "--heartbeat", "soon", "--", "true"], "expected a number of seconds"),
+        (["run", "--timeout", "-1", "--", "true"], "seconds >= 0"),
+    ],
+)
+def test_run_usage_mistakes_exit_125_without_a_traceback(
+    argv: list[str], message: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 125
+    err = capfd.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_an_unknown_command_is_a_usage_error(capfd: pytest.CaptureFixture[str]) -> None:
+    assert main(["launch"]) == 2
+    assert "invalid choice: 'launch'" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["run", "--help"], ["check", "--help"], ["adapters", "--help"]]
+)
+def test_every_command_has_help(argv: list[str], capfd: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 0
+    assert "usage: lifecycle" in capfd.readouterr().out
+
+
+def test_run_help_documents_the_exit_statuses(capfd: pytest.CaptureFixture[str]) -> None:
+    main(["run", "--help"])
+    out = capfd.readouterr().out
+    for status in ("124", "125", "126", "127", "128+n"):
+        assert status in out
+
+
+# -- lifecycle check, lifecycle adapters -------------------------------------------------
+
+
+def test_check_lists_what_a_configuration_attaches(
+    job: Job, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(job.directory)
+    monkeypatch.syspath_prepend(str(job.directory))
+    assert main(["check"]) == 0
+    out = capfd.readouterr().out
+    assert "lifecycle.toml: ok, 2 to attach" in out
+    assert "handler recorder:record on environment.starting" in out
+    assert "handler recorder:record on environment.exited" in out
+
+
+def test_check_reports_a_mistake_with_status_1(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "lifecycle.toml"
+    config.write_text(
+        "[[handlers]]\ntarget = 'recorder:record'\nsignal = 'environment.exited'\ntimeout = 'soon'\n"
+    )
+    assert main(["check", "--config", str(config)]) == 1
+    err = capfd.readouterr().err
+    assert str(config) in err
+    assert "Traceback" not in err
+
+
+def test_check_without_a_configuration_says_where_it_looked(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["check"]) == 1
+    err = capfd.readouterr().err
+    assert "no configuration found" in err
+    assert "lifecycle.toml" in err
+
+
+def test_adapters_lists_the_installed_adapters(capfd: pytest.CaptureFixture[str]) -> None:
+    from lifecycle import installed_adapters
+
+    assert main(["adapters"]) == 0
+    out = capfd.readouterr().out
+    installed = installed_adapters()
+    if not installed:
+        assert "no adapters installed" in out
+    for name, adapter in installed.items():
+        assert name in out
+        assert adapter.value in out
+
+
+def test_python_dash_m_lifecycle_runs_the_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lifecycle", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=WIDE,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("lifecycle ")
