@@ -1,0 +1,9 @@
+"""bubus event models; pydantic wants them at module level (Python 3.11+ only)."""
+
+from __future__ import annotations
+
+from bubus import BaseEvent
+
+
+class BenchEvent(BaseEvent):  # type: ignore[type-arg]
+    """The event every bubus case dispatches."""

@@ -1,0 +1,152 @@
+"""Timing machinery: cases alternated round by round, per-emit samples, gc runs.
+
+A *case* is one way of delivering one event to N handlers (the bus, ``asyncio.gather``,
+Django, ...). Its ``emit`` is an ``async`` callable; the harness times each call with
+``perf_counter``, unless ``emit`` returns its own figures: a tuple ``(primary, secondary)``
+of seconds, for scenarios that measure two moments of one emit (background: return and
+all done; isolation: fast handlers done and emit returned).
+
+Every case of a comparison runs one batch per round, in an order that rotates from round
+to round, so a noisy neighbour on the machine hits all of them alike and the ratios hold.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+Emit = Callable[[], Awaitable[Any]]
+
+
+class GcCounter:
+    """Counts garbage-collector runs (all generations) through ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.by_generation = [0, 0, 0]
+
+    def __enter__(self) -> Self:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.runs += 1
+            self.by_generation[info["generation"]] += 1
+
+
+GC = GcCounter()
+
+
+@dataclass(frozen=True)
+class Flags:
+    """What an alternative offers: failure isolation, concurrency, timeouts."""
+
+    isolates: bool
+    concurrent: bool
+    timeouts: bool
+
+    def marks(self) -> str:
+        return "".join(
+            "y" if flag else "-" for flag in (self.isolates, self.concurrent, self.timeouts)
+        )
+
+
+@dataclass
+class Case:
+    """One alternative in one comparison, and what it measured."""
+
+    name: str
+    flags: Flags
+    emit: Emit
+    note: str = ""
+    samples: list[float] = field(default_factory=list)
+    secondary: list[float] = field(default_factory=list)
+    round_medians: list[float] = field(default_factory=list)
+    gc_runs: int = 0
+    emits: int = 0
+    batch: int = 1
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "flags": {
+                "isolates": self.flags.isolates,
+                "concurrent": self.flags.concurrent,
+                "timeouts": self.flags.timeouts,
+            },
+            "emits": self.emits,
+            "rounds": len(self.round_medians),
+            "batch": self.batch,
+            "gc_runs_per_1000_emits": 1000 * self.gc_runs / self.emits if self.emits else None,
+        }
+        out.update(_stats(self.samples, self.round_medians))
+        if self.secondary:
+            second = _stats(self.secondary, [])
+            out["secondary_median_s"] = second["median_s"]
+            out["secondary_p99_s"] = second["p99_s"]
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+def _stats(samples: list[float], round_medians: list[float]) -> dict[str, Any]:
+    if not samples:
+        return {"median_s": None, "p99_s": None, "spread": None}
+    ordered = sorted(samples)
+    median = statistics.median(ordered)
+    p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+    spread = None
+    if len(round_medians) > 1 and median > 0:
+        # Spread between rounds: (slowest round median - fastest) / overall median.
+        spread = (max(round_medians) - min(round_medians)) / median
+    return {"median_s": median, "p99_s": p99, "spread": spread}
+
+
+async def _batch(case: Case, count: int) -> list[float]:
+    emit = case.emit
+    clock = perf_counter
+    taken: list[float] = []
+    append = taken.append
+    for _ in range(count):
+        started = clock()
+        figures = await emit()
+        if figures is None:
+            append(clock() - started)
+        else:
+            append(figures[0])
+            case.secondary.append(figures[1])
+    return taken
+
+
+async def compare(cases: list[Case], rounds: int, budget: float, max_batch: int = 5000) -> None:
+    """Run ``rounds`` rounds of every case; each batch takes about ``budget`` seconds."""
+    # Warm up (first-call costs, caches, thread start-up) and size each case's batch.
+    for case in cases:
+        started = perf_counter()
+        warm = 0
+        while warm < 3 or (perf_counter() - started < budget / 2 and warm < max_batch):
+            await _batch(case, 1)
+            warm += 1
+        per_emit = (perf_counter() - started) / warm
+        case.batch = max(1, min(max_batch, int(budget / per_emit) if per_emit > 0 else max_batch))
+        case.secondary.clear()
+    for round_index in range(rounds):
+        shift = round_index % len(cases)
+        for case in cases[shift:] + cases[:shift]:
+            before = GC.runs
+            taken = await _batch(case, case.batch)
+            case.gc_runs += GC.runs - before
+            case.emits += len(taken)
+            case.samples.extend(taken)
+            case.round_medians.append(statistics.median(taken))

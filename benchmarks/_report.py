@@ -1,0 +1,260 @@
+"""Turning results into a printed table, target checks, and a PNG chart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+BUS = "lifecycle-bus"
+GATHER = "asyncio.gather"
+DJANGO = "django asend_robust"
+FLOOR = "plain loop (floor)"
+
+TITLES = {
+    "s1_async": "1. async handlers, no suspension: time per emit",
+    "s2_suspend": "2. async handlers that suspend once: time per emit",
+    "s3_sync": "3. plain sync handlers: time per emit",
+    "s4_background": "4. background handlers: emit returned [all done]",
+    "s5_isolation": "5. isolation (N-2 fast + 1 raising + 1 hanging, 50 ms timeout): emit returned [fast done]",
+    "s6_environment": "6. Environment run, empty body (starting + exited): time per run",
+}
+
+
+def fmt(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f}us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f}ms"
+    return f"{seconds:.2f}s"
+
+
+def _case_names(results: dict[Any, dict[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for by_case in results.values():
+        for name in by_case:
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def latency_table(key: str, results: dict[Any, dict[str, Any]], title: str | None = None) -> str:
+    """Rows: alternatives; columns: N. A cell: median (p99/median), or [secondary]."""
+    sizes = list(results)
+    names = _case_names(results)
+    secondary = any(
+        "secondary_median_s" in summary
+        for by_case in results.values()
+        for summary in by_case.values()
+    )
+    width = max(len(name) for name in names) + 2
+    cell = 26 if secondary else 18
+    lines = [f"## {title or TITLES.get(key, key)}"]
+    lines.append(
+        "iso/conc/tmo = isolates failures / runs concurrently / enforces timeouts; "
+        + (
+            "cell: median [secondary median] (p99/median)"
+            if secondary
+            else "cell: median (p99/median)"
+        )
+    )
+    header = f"{'alternative':<{width}}{'i/c/t':<7}" + "".join(
+        f"{'N=' + str(n):>{cell}}" for n in sizes
+    )
+    header += "   gc runs/1k emits by N"
+    lines += [header, "-" * len(header)]
+    for name in names:
+        marks = ""
+        row = ""
+        gcs = []
+        for n in sizes:
+            summary = results[n].get(name)
+            if summary is None:
+                row += f"{'n/a':>{cell}}"
+                gcs.append("-")
+                continue
+            flags = summary["flags"]
+            marks = "/".join(
+                "y" if flags[f] else "-" for f in ("isolates", "concurrent", "timeouts")
+            )
+            text = fmt(summary["median_s"])
+            if "secondary_median_s" in summary:
+                text += f" [{fmt(summary['secondary_median_s'])}]"
+            if summary["median_s"]:
+                text += f" ({summary['p99_s'] / summary['median_s']:.1f}x)"
+            row += f"{text:>{cell}}"
+            per_k = summary["gc_runs_per_1000_emits"]
+            gcs.append("-" if per_k is None else f"{per_k:.0f}")
+        lines.append(f"{name:<{width}}{marks:<7}{row}   {' '.join(gcs)}")
+    return "\n".join(lines)
+
+
+def ratio_table(results: dict[Any, dict[str, Any]], subject: str, against: list[str]) -> str:
+    sizes = list(results)
+    lines = [f"{subject} median divided by:" + "".join(f"{'N=' + str(n):>10}" for n in sizes)]
+    for other in against:
+        row = f"  {other:<36}"
+        for n in sizes:
+            mine = results[n].get(subject, {}).get("median_s")
+            theirs = results[n].get(other, {}).get("median_s")
+            row += f"{(mine / theirs):>10.2f}" if mine and theirs else f"{'-':>10}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def sustained_table(results: dict[Any, dict[str, Any]]) -> str:
+    lines = ["## 8. sustained emits with a steady subscriber set"]
+    lines.append(
+        f"{'N':>6}  {'alternative':<28}{'events/s':>12}{'RSS growth':>13}{'blocks growth':>15}"
+    )
+    for n, by_case in results.items():
+        for name, row in by_case.items():
+            lines.append(
+                f"{n:>6}  {name:<28}{row['events_per_s']:>12,.0f}{row['rss_growth_kib']:>10} KiB"
+                f"{row['allocated_blocks_growth']:>15}"
+            )
+    return "\n".join(lines)
+
+
+def memory_table(results: dict[str, Any]) -> str:
+    lines = [f"## 7. memory (tracemalloc, N = {results['size']})"]
+    for name, value in results["bytes_per_subscription"].items():
+        lines.append(f"  per subscription   {name:<34}{value:>8.0f} B")
+    for name, value in results["bytes_per_in_flight_handler"].items():
+        lines.append(f"  per in-flight bg   {name:<34}{value:>8.0f} B")
+    return "\n".join(lines)
+
+
+def check_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets of issue 5, checked against this run's figures."""
+    checks: list[dict[str, Any]] = []
+
+    def add(target: str, ok: bool, detail: str) -> None:
+        checks.append({"target": target, "met": ok, "detail": detail})
+
+    for key, bus in (
+        ("s1_async", BUS),
+        ("s2_suspend", BUS),
+        ("s3_sync", "lifecycle-bus (threads)"),
+    ):
+        results = data.get(key)
+        if not results:
+            continue
+        django = DJANGO if key != "s3_sync" else "django asend_robust (one sync_to_async thread)"
+        gather = GATHER if key != "s3_sync" else "asyncio.gather + run_in_executor"
+        for n, by_case in results.items():
+            mine = by_case.get(bus, {}).get("median_s")
+            dj = by_case.get(django, {}).get("median_s")
+            ga = by_case.get(gather, {}).get("median_s")
+            if mine and dj:
+                add(
+                    f"{key} N={n}: bus <= django",
+                    mine <= dj,
+                    f"{fmt(mine)} vs {fmt(dj)} ({mine / dj:.2f}x)",
+                )
+            if mine and ga:
+                add(
+                    f"{key} N={n}: bus <= 1.3x gather",
+                    mine <= 1.3 * ga,
+                    f"{mine / ga:.2f}x gather ({fmt(ga)})",
+                )
+            summary = by_case.get(bus, {})
+            if key != "s3_sync" and int(n) <= 100 and summary.get("median_s"):
+                ratio = summary["p99_s"] / summary["median_s"]
+                add(f"{key} N={n}: bus p99 <= 2x median", ratio <= 2.0, f"p99/median {ratio:.2f}")
+    for n, by_case in (data.get("s3_sync") or {}).items():
+        inline = by_case.get("lifecycle-bus inline=True", {}).get("median_s")
+        floor = by_case.get(FLOOR, {}).get("median_s")
+        if inline and floor:
+            add(
+                f"s3_sync N={n}: inline <= 3x plain loop",
+                inline <= 3 * floor,
+                f"{inline / floor:.2f}x",
+            )
+    for n, by_case in (data.get("s4_background") or {}).items():
+        mine = by_case.get(BUS, {}).get("median_s")
+        base = by_case.get("create_task + set (baseline)", {}).get("median_s")
+        if mine and base:
+            add(
+                f"s4_background N={n}: emit returns within task-creation time",
+                mine <= base,
+                f"{fmt(mine)} vs {fmt(base)} ({mine / base:.2f}x)",
+            )
+    for n, by_case in (data.get("s5_isolation") or {}).items():
+        slow = by_case.get(BUS, {})
+        clean = by_case.get(f"{BUS} [no slow handlers]", {})
+        if slow.get("secondary_median_s") and clean.get("secondary_median_s"):
+            ratio = slow["secondary_median_s"] / clean["secondary_median_s"]
+            add(
+                f"s5_isolation N={n}: fast done within 1.5x the run without slow handlers",
+                ratio <= 1.5,
+                f"{fmt(slow['secondary_median_s'])} vs {fmt(clean['secondary_median_s'])} ({ratio:.2f}x)",
+            )
+        if slow.get("median_s"):
+            late = slow["median_s"] - 0.05
+            add(
+                f"s5_isolation N={n}: emit returns within 20 ms of the 50 ms timeout",
+                late <= 0.020,
+                f"returned {fmt(slow['median_s'])} (p99 {fmt(slow['p99_s'])})",
+            )
+    return checks
+
+
+def chart(data: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["s1_async", "s2_suspend", "s3_sync", "s4_background", "s6_environment"]
+    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
+    for ax, key in zip(axes.flat, keys, strict=False):
+        results = data.get(key)
+        if not results:
+            ax.set_visible(False)
+            continue
+        sizes = [int(n) for n in results]
+        for name in _case_names(results):
+            ys = [results[n].get(name, {}).get("median_s") for n in results]
+            points = [(x, y * 1e6) for x, y in zip(sizes, ys, strict=False) if y]
+            if not points:
+                continue
+            style = (
+                {"linewidth": 3, "color": "black"} if name.startswith(BUS) else {"linewidth": 1.2}
+            )
+            ax.plot(*zip(*points, strict=False), marker="o", label=name, **style)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("handlers (N)")
+        ax.set_ylabel("median per emit (us)")
+        ax.set_title(TITLES[key].split(":")[0], fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7)
+    ax = axes.flat[5]
+    iso = data.get("s5_isolation") or {}
+    if iso:
+        names = _case_names(iso)
+        sizes = list(iso)
+        width = 0.8 / max(1, len(names))
+        for i, name in enumerate(names):
+            ys = [(iso[n].get(name, {}).get("median_s") or 0) * 1e3 for n in sizes]
+            fast = [(iso[n].get(name, {}).get("secondary_median_s") or 0) * 1e3 for n in sizes]
+            xs = [j + i * width for j in range(len(sizes))]
+            ax.bar(xs, ys, width, label=f"{name}: emit returned", alpha=0.5)
+            ax.bar(xs, fast, width * 0.5, label=f"{name}: fast done", alpha=0.9)
+        ax.axhline(70, linestyle="--", color="red", linewidth=1, label="50 ms timeout + 20 ms")
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sizes))], [f"N={n}" for n in sizes])
+        ax.set_ylabel("ms")
+        ax.set_title("5. isolation: emit returned / fast handlers done", fontsize=10)
+        ax.legend(fontsize=6)
+    else:
+        ax.set_visible(False)
+    meta = data.get("meta", {})
+    fig.suptitle(
+        f"lifecycle-bus dispatch benchmark - Python {meta.get('python', '?')}, "
+        f"{meta.get('loop', '?')}, {meta.get('cpus', '?')} CPUs"
+        + (" (quick run)" if meta.get("quick") else "")
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
