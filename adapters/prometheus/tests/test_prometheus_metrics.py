@@ -15,7 +15,7 @@ from lifecycle_prometheus import attach
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from lifecycle import EXITED, STARTING, Environment, EventBus
+from lifecycle import EXITED, STARTING, Environment, EventBus, load_config
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -244,3 +244,17 @@ async def test_textfile_is_written_atomically_when_a_run_exits(tmp_path: Path) -
 def test_bad_port_is_refused() -> None:
     with pytest.raises(ValueError, match="port must be"):
         attach(EventBus(), port=-1)
+
+
+@pytest.mark.anyio
+async def test_attached_from_a_config_file(tmp_path: Path) -> None:
+    config = anyio.Path(tmp_path / "lifecycle.toml")
+    await config.write_text(
+        f'[[adapters]]\nname = "prometheus"\noptions = {{ textfile = "{tmp_path}/jobs.prom" }}\n'
+    )
+    async with EventBus() as bus:
+        with load_config(config).attach(bus):
+            await runs(bus, "failed")
+    samples = parse(await anyio.Path(tmp_path / "jobs.prom").read_text())
+    finished = "lifecycle_runs_finished_total"
+    assert value(samples, finished, environment="nightly", outcome="failed") == 1

@@ -11,10 +11,11 @@ import pytest
 import structlog
 from lifecycle_structlog import attach
 
-from lifecycle import EXITED, STARTING, Environment, EventBus
+from lifecycle import EXITED, STARTING, Environment, EventBus, load_config
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from pathlib import Path
 
 
 @pytest.fixture
@@ -192,3 +193,16 @@ def test_unknown_render_or_level_is_refused() -> None:
         attach(EventBus(), render="xml")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown log level 'loud'"):
         attach(EventBus(), levels={"failed": "loud"})
+
+
+@pytest.mark.anyio
+async def test_attached_from_a_config_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = anyio.Path(tmp_path / "lifecycle.toml")
+    await path.write_text('[[adapters]]\nname = "structlog"\noptions = { render = "json" }\n')
+    async with EventBus() as bus:
+        with load_config(path).attach(bus):
+            await failing_run(bus)
+    exited = json.loads(capsys.readouterr().err.splitlines()[-1])
+    assert (exited["event"], exited["level"], exited["environment"]) == (EXITED, "error", "nightly")

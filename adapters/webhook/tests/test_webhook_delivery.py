@@ -15,10 +15,20 @@ import pytest
 import structlog
 from lifecycle_webhook import NOT_SUCCEEDED, WebhookDeliveryError, attach, template_fields
 
-from lifecycle import EXITED, STARTING, Environment, Event, EventBus, HandlerResult, Status
+from lifecycle import (
+    EXITED,
+    STARTING,
+    Environment,
+    Event,
+    EventBus,
+    HandlerResult,
+    Status,
+    load_config,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 
 @pytest.fixture
@@ -423,3 +433,34 @@ def test_template_fields_of_an_event_before_exit() -> None:
     fields = template_fields(event)
     assert (fields["labels"], fields["outcome"], fields["duration"]) == ("a, b", "", 0.0)
     assert fields["summary"] == "etl: environment.starting on h (run r1)"
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_attached_from_a_config_file_with_the_url_in_the_environment(
+    webhook_server: WebhookServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIFECYCLE_TEST_WEBHOOK_URL", f"{webhook_server.url}?token=query-s3cret")
+    path = anyio.Path(tmp_path / "lifecycle.toml")
+    await path.write_text(
+        "[[adapters]]\n"
+        'name = "webhook"\n'
+        'options = { url = "${LIFECYCLE_TEST_WEBHOOK_URL}", format = "slack", '
+        'outcomes = ["failed"], backoff = 0.001 }\n'
+    )
+    webhook_server.script = [Answer(502)]
+    config = load_config(path)
+    assert config.describe() == [
+        (
+            "adapter webhook (lifecycle-webhook 0.1.0): url='${LIFECYCLE_TEST_WEBHOOK_URL}', "
+            "format='slack', outcomes=['failed'], backoff=0.001"
+        )
+    ]
+    async with EventBus() as bus:
+        with config.attach(bus):
+            results = await deliver(bus)
+    assert [r.status for r in results] == [Status.OK]
+    assert len(webhook_server.requests) == 2
+    assert json.loads(webhook_server.requests[1].body)["text"].startswith("nightly failed")
