@@ -76,9 +76,7 @@ def _seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(
-            f"expected a finite number of seconds >= 0, got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
     return value
 
 
@@ -104,7 +102,9 @@ def _parser() -> _Parser:
         error_status=STATUS_WRAPPER_FAILED,
     )
     run.add_argument("--config", metavar="FILE", type=Path, help="the configuration file")
-    run.add_argument("--name", help="the environment's name (default: the command's name)")
+    run.add_argument(
+        "--name", help="the environment's name (default: the command's, or its script's, name)"
+    )
     run.add_argument(
         "--label",
         metavar="L",
@@ -303,6 +303,9 @@ def _check(args: argparse.Namespace) -> int:
             return 1
     try:
         config = load_config(path)
+        # Attach for real, to a bus that never emits: an adapter refusing its options
+        # shows here, not at the first run.
+        anyio.run(_attach_and_detach, config)
     except ConfigError as exc:
         _say(f"error: {exc}")
         return 1
@@ -311,6 +314,11 @@ def _check(args: argparse.Namespace) -> int:
     for line in lines:
         print(f"  {line}")
     return 0
+
+
+async def _attach_and_detach(config: Config) -> None:
+    async with EventBus(name="lifecycle-check") as bus:
+        config.attach(bus).detach()
 
 
 def _adapters(args: argparse.Namespace) -> int:

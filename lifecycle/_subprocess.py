@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,6 +67,21 @@ def signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
+
+
+# Programs that run a script given as their first argument: the script names the job.
+_INTERPRETER = re.compile(r"(python|pypy|ruby|perl|node|php|Rscript|[a-z]*sh)[\d.]*(\.exe)?")
+
+
+def default_name(command: Sequence[str]) -> str:
+    """The environment name for ``command``: the program's base name, or its script's.
+
+    ``["/usr/bin/backup", "-v"]`` is ``backup``; ``["python3", "jobs/etl.py"]`` is ``etl.py``.
+    """
+    program = os.path.basename(command[0]) or command[0]
+    if len(command) > 1 and _INTERPRETER.fullmatch(program) and not command[1].startswith("-"):
+        return os.path.basename(command[1]) or program
+    return program
 
 
 def exit_status(returncode: int) -> int:
@@ -200,7 +216,8 @@ class SubprocessEnvironment(Environment):
 
     Args:
         command: the program and its arguments (no shell; use ``["sh", "-c", ...]``).
-        name: the environment's name (default: the program's base name).
+        name: the environment's name (default: the program's base name, or the script's
+            when the program is an interpreter such as ``python`` or ``sh``).
         labels, on_start, on_exit, bus, exit_grace: as for :class:`~lifecycle.Environment`.
         timeout: seconds the command may run; past it, it is stopped (SIGTERM, then
             SIGKILL after ``kill_grace``) and the outcome is ``timeout``.
@@ -252,7 +269,7 @@ class SubprocessEnvironment(Environment):
             )
         self.command = [os.fspath(part) for part in command]
         super().__init__(
-            name or os.path.basename(self.command[0]) or self.command[0],
+            name or default_name(self.command),
             labels,
             on_start,
             on_exit,

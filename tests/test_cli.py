@@ -7,16 +7,19 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import structlog
 
+import lifecycle
 from lifecycle._cli import main
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 WIDE = 10.0
 """Bounds a hang; no healthy test comes near it."""
@@ -332,3 +335,38 @@ def test_python_dash_m_lifecycle_runs_the_command() -> None:
     )
     assert done.returncode == 0
     assert done.stdout.startswith("lifecycle ")
+
+
+# -- examples/ ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("job", "options", "status"),
+    [("succeed.py", [], 0), ("fail.py", [], 2), ("hang.py", ["--timeout", "0.2"], 124)],
+)
+def test_the_example_jobs_end_as_documented(
+    tmp_path: Path, job: str, options: list[str], status: int
+) -> None:
+    script = str(EXAMPLES / "jobs" / job)
+    done = subprocess.run(
+        [sys.executable, "-m", "lifecycle", "run", *options, "--", sys.executable, script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=WIDE,
+        check=False,
+    )
+    assert done.returncode == status, done.stderr
+    assert f"environment={job}" in done.stderr
+
+
+def test_the_example_configuration_attaches_the_three_adapters(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    missing = {"structlog", "prometheus", "webhook"} - set(lifecycle.installed_adapters())
+    if missing:
+        pytest.skip(f"adapters not installed: {', '.join(sorted(missing))}")
+    assert main(["check", "--config", str(EXAMPLES / "lifecycle.toml")]) == 0
+    out = capfd.readouterr().out
+    for name in ("structlog", "prometheus", "webhook"):
+        assert f"adapter {name}" in out

@@ -311,9 +311,22 @@ def test_options_out_of_range_are_refused() -> None:
         SubprocessEnvironment(["true"], tail_lines=-1)
 
 
-def test_the_default_name_is_the_programs_base_name() -> None:
-    assert SubprocessEnvironment(["/usr/bin/env", "true"]).name == "env"
-    assert SubprocessEnvironment(["true"], name="backup").name == "backup"
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [
+        (["/usr/bin/env", "true"], "env"),
+        (["backup", "--full"], "backup"),
+        (["python3", "jobs/etl.py", "--day", "1"], "etl.py"),
+        (["/bin/sh", "nightly.sh"], "nightly.sh"),
+        (["python3.12", "-c", "pass"], "python3.12"),
+        (["bash"], "bash"),
+    ],
+)
+def test_the_default_name_is_the_programs_or_its_scripts_base_name(
+    command: list[str], name: str
+) -> None:
+    assert SubprocessEnvironment(command).name == name
+    assert SubprocessEnvironment(command, name="backup").name == "backup"
 
 
 def test_the_output_tail_is_bounded_in_lines_and_bytes() -> None:
