@@ -95,15 +95,20 @@ class _Redactor:
         for value in headers.values():
             secrets.add(value)
             secrets.update(value.split())  # "Bearer abc": the token alone, too
-        self.secrets = sorted(
-            (s for s in secrets if len(s) >= _MIN_SECRET and s != "/"), key=len, reverse=True
-        )
+        self.replacements = {s: _MASK for s in secrets if len(s) >= _MIN_SECRET and s != "/"}
+        # The whole URL reads better as the target than as a bare mask.
+        self.replacements[str(url)] = self.target
 
     def scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, _MASK)
-        return text
+        return _scrub(text, self.replacements)
+
+
+def _scrub(text: str, replacements: Mapping[str, str]) -> str:
+    # Longest first: a URL goes whole before any of its parts can break it up.
+    for secret in sorted(replacements, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, replacements[secret])
+    return text
 
 
 class _LogFilter(logging.Filter):
@@ -119,13 +124,11 @@ class _LogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.redactors:
+            replacements: dict[str, str] = {}
+            for redactor in list(self.redactors):
+                replacements.update(redactor.replacements)
             message = record.getMessage()
-            secrets = sorted(
-                {s for r in list(self.redactors) for s in r.secrets}, key=len, reverse=True
-            )
-            scrubbed = message
-            for secret in secrets:
-                scrubbed = scrubbed.replace(secret, _MASK)
+            scrubbed = _scrub(message, replacements)
             if scrubbed != message:
                 record.msg, record.args = scrubbed, None
         return True

@@ -386,7 +386,8 @@ async def test_no_secret_reaches_logs_or_errors(
     shown = "\n".join(
         [repr(logs), caplog.text, str(result.exception), result.handler, repr(handle)]
     )
-    assert "httpx" in caplog.text  # httpx did log its requests, scrubbed
+    # httpx did log its requests, with the URL shown as the target.
+    assert f"HTTP Request: POST http://127.0.0.1:{webhook_server.port}/*** " in caplog.text
     for secret in secrets:
         assert secret not in shown
     assert f"http://127.0.0.1:{webhook_server.port}/***" in str(result.exception)
