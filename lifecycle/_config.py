@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
+from ._event import EXITED, HEARTBEAT, STARTING
 from ._exceptions import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -74,6 +75,9 @@ _ADAPTER_KEYS = frozenset({"name", "options"})
 _HANDLER_KEYS = frozenset(
     {"target", "signal", "timeout", "background", "critical", "labels", "order", "inline", "name"}
 )
+# A typo in these would subscribe to a signal nobody emits: refuse it. Other names are
+# custom signals, which the bus allows.
+_ENVIRONMENT_SIGNALS = (STARTING, EXITED, HEARTBEAT)
 _SECRET_WORDS = ("auth", "key", "password", "secret", "token", "header", "cookie")
 _VARIABLE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 
@@ -503,6 +507,12 @@ class _Loader:
         signal = self.string(key, entry, "signal", required=True)
         assert target is not None
         assert signal is not None
+        if signal.startswith("environment.") and signal not in _ENVIRONMENT_SIGNALS:
+            raise self.error(
+                f"{key}.signal",
+                f"unknown environment signal; expected one of {', '.join(_ENVIRONMENT_SIGNALS)}",
+                signal,
+            )
         handler = self.resolve(f"{key}.target", target)
         timeout: float | None = None
         default_timeout = "timeout" not in entry

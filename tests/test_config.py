@@ -263,6 +263,11 @@ def test_pyproject_tool_lifecycle_is_read_and_named_in_errors(site: Path, tmp_pa
             "greater than 0",
         ),
         (
+            'target = "fake_lifecycle_handlers:record"\nsignal = "environment.exit"',
+            "handlers[0].signal",
+            "unknown environment signal; expected one of environment.starting",
+        ),
+        (
             'target = "fake_lifecycle_handlers:record"\nsignal = "s"\nretries = 3',
             "handlers[0].retries",
             "unknown key",

@@ -392,7 +392,7 @@ def attach(
     labels: Iterable[str] = (),
     attempts: int = 5,
     timeout: float = 10.0,
-    deadline: float = 60.0,
+    deadline: float = 25.0,
     backoff: float = 0.5,
     backoff_max: float = 30.0,
     jitter: bool = True,
@@ -412,7 +412,9 @@ def attach(
         labels: only environments that carry all these labels.
         attempts: attempts at most, the first included.
         timeout: seconds one attempt may take, response included.
-        deadline: seconds all attempts and waits may take together.
+        deadline: seconds all attempts and waits may take together. The default fits
+            inside the 30 s an environment's blocking runner waits for background handlers
+            at exit (``exit_grace``); raise both together.
         backoff: seconds to wait after the first failed attempt; doubled after each,
             up to ``backoff_max``, and jittered down by up to half. A ``Retry-After``
             from a 429 or 503 answer is honoured instead.
