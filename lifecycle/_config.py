@@ -78,6 +78,7 @@ _HANDLER_KEYS = frozenset(
 # A typo in these would subscribe to a signal nobody emits: refuse it. Other names are
 # custom signals, which the bus allows.
 _ENVIRONMENT_SIGNALS = (STARTING, EXITED, HEARTBEAT)
+_MIN_SECRET = 4
 _SECRET_WORDS = ("auth", "key", "password", "secret", "token", "header", "cookie")
 _VARIABLE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 
@@ -233,7 +234,15 @@ class Config:
                         f"adapter {adapter.name!r} could not be attached: "
                         f"{self._scrub(f'{type(exc).__name__}: {exc}')}",
                     ) from None
-                attachment.add(handle)
+                try:
+                    attachment.add(handle)
+                except TypeError:
+                    raise ConfigError(
+                        str(self.path),
+                        adapter.key,
+                        f"adapter {adapter.name!r} returned {type(handle).__name__}, which "
+                        "has no detach(); an adapter's attach must return a handle to detach",
+                    ) from None
             for spec in self.handlers:
                 options: dict[str, Any] = {}
                 if not spec.default_timeout:
@@ -404,7 +413,8 @@ class _Loader:
                 if default is None:
                     raise self.error(key, f"environment variable {name} is not set", raw)
                 return default
-            if value:
+            if len(value) >= _MIN_SECRET:
+                # Shorter values protect nothing, and replacing them would garble messages.
                 self.secrets[value] = f"${{{name}}}"
             return value
 

@@ -505,3 +505,12 @@ def test_attachment_detaches_everything_once() -> None:
 def test_attachment_refuses_what_it_cannot_undo() -> None:
     with pytest.raises(TypeError, match=r"detach\(\), unsubscribe\(\) or disconnect\(\)"):
         Attachment().add(42)
+
+
+def test_an_adapter_must_return_a_handle(site: Path, tmp_path: Path) -> None:
+    (site / "fake_lifecycle_adapter.py").write_text(
+        "def attach(bus, *, target):\n    return None\n"
+    )
+    path = write(tmp_path, "[[adapters]]\nname = 'recorder'\noptions = { target = 'x' }\n")
+    with pytest.raises(ConfigError, match="returned NoneType, which has no detach"):
+        load_config(path).attach(EventBus())
