@@ -19,6 +19,8 @@ from ._logging import logger
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine
 
+    from anyio.abc import TaskStatus
+
     from ._environment import Run
 
 __all__ = ["heartbeats"]
@@ -39,16 +41,18 @@ def check_interval(interval: float | None) -> float | None:
 
 
 @asynccontextmanager
-async def sidecar(task: Callable[[], Coroutine[Any, Any, object]]) -> AsyncIterator[None]:
+async def sidecar(task: Callable[..., Coroutine[Any, Any, object]]) -> AsyncIterator[None]:
     """Run ``task`` beside the body; cancel it when the body ends.
 
-    Unlike a bare task group, the body's own exception (or cancellation) leaves unwrapped,
-    so callers such as ``Environment.running`` still see a ``KeyboardInterrupt`` or a
-    cancellation for what it is, not inside an ``ExceptionGroup``.
+    The body starts once ``task`` has called ``task_status.started()`` (so a signal
+    receiver is in place before anything can signal). Unlike a bare task group, the body's
+    own exception (or cancellation) leaves unwrapped, so callers such as
+    ``Environment.running`` still see a ``KeyboardInterrupt`` or a cancellation for what
+    it is, not inside an ``ExceptionGroup``.
     """
     error: BaseException | None = None
     async with anyio.create_task_group() as group:
-        group.start_soon(task)
+        await group.start(task)
         try:
             yield
         except BaseException as exc:  # re-raised below, once the task group is gone
@@ -120,5 +124,10 @@ async def heartbeats(run: Run, interval: float | None = 30.0) -> AsyncIterator[N
     if checked is None:
         yield
         return
-    async with sidecar(lambda: send_heartbeats(run, checked)):
+
+    async def beat(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await send_heartbeats(run, checked)
+
+    async with sidecar(beat):
         yield

@@ -326,8 +326,11 @@ class SubprocessEnvironment(Environment):
             # Only the main thread may receive signals; elsewhere the caller must stop us.
             return contextlib.nullcontext()
 
-        async def receive() -> None:
+        async def receive(
+            *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        ) -> None:
             with anyio.open_signal_receiver(*_FORWARDED) as signals:
+                task_status.started()
                 async for signum in signals:
                     self._on_signal(supervision, signum)
 
