@@ -14,6 +14,7 @@ and no error message.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -192,6 +193,13 @@ def template_fields(event: Event) -> dict[str, Any]:
     return fields
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # Built once per process: a new httpx client would otherwise load the CA bundle (tens
+    # of milliseconds, blocking the event loop) on every delivery.
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 def _retry_after(value: str | None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), or None."""
     if not value:
@@ -252,7 +260,6 @@ class WebhookAdapter(Attachment):
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.jitter = jitter
-        self._ssl: ssl.SSLContext | None = None
 
     def __repr__(self) -> str:
         return f"<WebhookAdapter {self.target} format={self.format!r}>"
@@ -307,11 +314,8 @@ class WebhookAdapter(Attachment):
     async def _post(self, body: bytes, event: Event) -> tuple[int, str, int | None] | None:
         """Try to deliver ``body``; None when delivered, else (attempts, reason, status)."""
         deadline = anyio.current_time() + self.deadline
-        if self._ssl is None:
-            # Built once: a new client would otherwise load the CA bundle on every delivery.
-            self._ssl = ssl.create_default_context(cafile=certifi.where())
         async with httpx.AsyncClient(
-            timeout=self.timeout, follow_redirects=False, verify=self._ssl
+            timeout=self.timeout, follow_redirects=False, verify=_tls_context()
         ) as client:
             attempt = 0
             while True:
