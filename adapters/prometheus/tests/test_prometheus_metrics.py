@@ -258,3 +258,15 @@ async def test_attached_from_a_config_file(tmp_path: Path) -> None:
     samples = parse(await anyio.Path(tmp_path / "jobs.prom").read_text())
     finished = "lifecycle_runs_finished_total"
     assert value(samples, finished, environment="nightly", outcome="failed") == 1
+
+
+def test_all_lists_the_names_the_module_defines() -> None:
+    import lifecycle_prometheus
+
+    defined = {
+        name
+        for name, obj in vars(lifecycle_prometheus).items()
+        if not name.startswith("_") and getattr(obj, "__module__", None) == "lifecycle_prometheus"
+    }
+    assert defined <= set(lifecycle_prometheus.__all__)
+    assert all(hasattr(lifecycle_prometheus, name) for name in lifecycle_prometheus.__all__)

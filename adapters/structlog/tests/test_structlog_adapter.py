@@ -206,3 +206,15 @@ async def test_attached_from_a_config_file(
             await failing_run(bus)
     exited = json.loads(capsys.readouterr().err.splitlines()[-1])
     assert (exited["event"], exited["level"], exited["environment"]) == (EXITED, "error", "nightly")
+
+
+def test_all_lists_the_names_the_module_defines() -> None:
+    import lifecycle_structlog
+
+    defined = {
+        name
+        for name, obj in vars(lifecycle_structlog).items()
+        if not name.startswith("_") and getattr(obj, "__module__", None) == "lifecycle_structlog"
+    }
+    assert defined <= set(lifecycle_structlog.__all__)
+    assert all(hasattr(lifecycle_structlog, name) for name in lifecycle_structlog.__all__)

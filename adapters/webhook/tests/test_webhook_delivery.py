@@ -465,3 +465,15 @@ async def test_attached_from_a_config_file_with_the_url_in_the_environment(
     assert [r.status for r in results] == [Status.OK]
     assert len(webhook_server.requests) == 2
     assert json.loads(webhook_server.requests[1].body)["text"].startswith("nightly failed")
+
+
+def test_all_lists_the_names_the_module_defines() -> None:
+    import lifecycle_webhook
+
+    defined = {
+        name
+        for name, obj in vars(lifecycle_webhook).items()
+        if not name.startswith("_") and getattr(obj, "__module__", None) == "lifecycle_webhook"
+    }
+    assert defined <= set(lifecycle_webhook.__all__)
+    assert all(hasattr(lifecycle_webhook, name) for name in lifecycle_webhook.__all__)
