@@ -200,6 +200,11 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
+class _AnyKey(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
 def _retry_after(value: str | None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), or None."""
     if not value:
@@ -271,10 +276,25 @@ class WebhookAdapter(Attachment):
         return self.outcomes is None or event.outcome is None or event.outcome in self.outcomes
 
     def render(self, event: Event) -> bytes:
-        """The request body for ``event``."""
+        """The request body for ``event``.
+
+        A template that fails on this event (``{attributes[rows]}`` on a run without
+        ``rows``, say) falls back to the summary, with a warning: a notification is worth
+        more than its formatting.
+        """
         if self.format == "json":
             return event.to_json().encode()
-        text = self.template.format_map(template_fields(event))
+        fields = template_fields(event)
+        try:
+            text = self.template.format_map(fields)
+        except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
+            logger.warning(
+                "webhook template failed; sending the summary instead",
+                webhook=self.target,
+                run_id=event.run_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            text = fields["summary"]
         return json.dumps({"text": text}).encode()
 
     def delay(self, attempt: int) -> float:
@@ -455,10 +475,13 @@ def attach(
             raise ValueError(f"{exc}; outcomes are {known}") from None
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise ValueError(f"attempts must be an int of at least 1, not {attempts!r}")
+    sample = template_fields(_sample_event())
+    # Attributes differ from run to run: any key passes here (render() copes at run time).
+    sample["attributes"] = _AnyKey()
     try:
-        template.format_map(template_fields(_sample_event()))
-    except (KeyError, IndexError, AttributeError, ValueError) as exc:
-        fields = ", ".join(template_fields(_sample_event()))
+        template.format_map(sample)
+    except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
+        fields = ", ".join(sample)
         raise ValueError(
             f"template {template!r} cannot be rendered ({type(exc).__name__}: {exc}); "
             f"its fields are {fields}"

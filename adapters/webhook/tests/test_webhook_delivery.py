@@ -477,3 +477,17 @@ def test_all_lists_the_names_the_module_defines() -> None:
     }
     assert defined <= set(lifecycle_webhook.__all__)
     assert all(hasattr(lifecycle_webhook, name) for name in lifecycle_webhook.__all__)
+
+
+@pytest.mark.anyio
+async def test_a_template_failing_on_an_event_sends_the_summary(
+    webhook_server: WebhookServer,
+) -> None:
+    async with EventBus() as bus:
+        attach(bus, url=webhook_server.url, format="slack", template="rows: {attributes[rows]}")
+        with structlog.testing.capture_logs() as logs:
+            results = await deliver(bus)
+    assert [r.status for r in results] == [Status.OK]
+    assert json.loads(webhook_server.requests[0].body)["text"].startswith("nightly failed on ")
+    (warning,) = [e for e in logs if e["event"].startswith("webhook template failed")]
+    assert warning["error"] == "KeyError: 'rows'"
