@@ -60,14 +60,21 @@ class BusState(enum.Enum):
 class ResultHook:
     """A connected result hook; :meth:`disconnect` (or leaving the ``with``) removes it."""
 
-    __slots__ = ("_receiver", "_signal")
+    __slots__ = ("_bus", "_logs_failures", "_receiver")
 
-    def __init__(self, signal: blinker.Signal, receiver: Callable[..., Any]) -> None:
-        self._signal = signal
+    def __init__(self, bus: EventBus, receiver: Callable[..., Any], logs_failures: bool) -> None:
+        self._bus: EventBus | None = bus
         self._receiver = receiver
+        self._logs_failures = logs_failures
 
     def disconnect(self) -> None:
-        self._signal.disconnect(self._receiver)
+        """Disconnect the receiver. Disconnecting twice is harmless."""
+        bus, self._bus = self._bus, None
+        if bus is None:
+            return
+        bus._results.disconnect(self._receiver)
+        if self._logs_failures:
+            bus._failure_loggers -= 1
 
     def __enter__(self) -> Self:
         return self
@@ -174,6 +181,8 @@ class EventBus:
         self._signals = blinker.Namespace()
         self._plans: dict[tuple[str, int], _Plan] = {}
         self._results = blinker.Signal("Announces every handler result: receiver(bus, result=...)")
+        # Result hooks connected with logs_failures=True; while any is, the bus stays quiet.
+        self._failure_loggers = 0
         self._pool = WorkerPool(max_threads)
         self._limiter = anyio.CapacityLimiter(max_threads)
         # Background handlers in flight: future (asyncio) or cancel scope (trio) -> entry.
@@ -324,14 +333,20 @@ class EventBus:
                 removed += 1
         return removed
 
-    def on_result(self, receiver: Callable[..., Any]) -> ResultHook:
+    def on_result(self, receiver: Callable[..., Any], *, logs_failures: bool = False) -> ResultHook:
         """Call ``receiver(bus, result=HandlerResult)`` after every handler finishes.
 
         This is the hook metrics adapters observe; it must be cheap and must not block.
         Background handlers are announced when they finish, time out or are cancelled.
+
+        Args:
+            logs_failures: the receiver logs failed results itself (a logging adapter), so
+                while it is connected the bus does not log them a second time.
         """
         self._results.connect(receiver, weak=False)
-        return ResultHook(self._results, receiver)
+        if logs_failures:
+            self._failure_loggers += 1
+        return ResultHook(self, receiver, logs_failures)
 
     # -- emitting --------------------------------------------------------------------
 
@@ -413,14 +428,14 @@ class EventBus:
         if self._results.receivers:
             for result in results:
                 self._announce(result)
-        else:
+        elif not self._failure_loggers:
             for result in results:
                 if result.status is not Status.OK:
                     log_failure(result, bus=self.name)
         return report
 
     def _announce(self, result: HandlerResult) -> None:
-        if result.status is not Status.OK:
+        if result.status is not Status.OK and not self._failure_loggers:
             log_failure(result, bus=self.name)
         if self._results.receivers:
             try:

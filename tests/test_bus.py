@@ -423,3 +423,21 @@ async def test_hundred_subscribers_with_one_failing_and_one_hanging() -> None:
     counts = report.counts()
     assert (counts[Status.OK], counts[Status.ERROR], counts[Status.TIMEOUT]) == (98, 1, 1)
     assert "1 error, 1 timeout" in str(report)
+
+
+async def test_a_hook_that_logs_failures_itself_silences_the_bus_log() -> None:
+    bus = EventBus()
+
+    async def boom(event: Event) -> None:
+        raise RuntimeError("x")
+
+    bus.subscribe(STARTING, boom)
+    hook = bus.on_result(lambda sender, result: None, logs_failures=True)
+    with capture_logs() as quiet:
+        await bus.emit(starting())
+    hook.disconnect()
+    hook.disconnect()  # twice is harmless
+    with capture_logs() as loud:
+        await bus.emit(starting())
+    assert not [log for log in quiet if log["event"] == "handler failed"]
+    assert [log["event"] for log in loud] == ["handler failed"]

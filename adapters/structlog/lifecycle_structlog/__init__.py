@@ -219,7 +219,9 @@ def attach(
                 )
             )
         if handler_failures:
-            adapter.add(bus.on_result(adapter.log_result))
+            # The adapter's line carries more (the environment), so the bus's own
+            # failure line would only say the same thing twice.
+            adapter.add(bus.on_result(adapter.log_result, logs_failures=True))
     except BaseException:
         adapter.detach()
         raise
