@@ -1,7 +1,5 @@
 """lifecycle-bus: reliable environment lifecycle callbacks on an async event bus."""
 
-from __future__ import annotations
-
 from ._bus import DEFAULT, BusState, EventBus, ResultHook
 from ._config import (
     AdapterSpec,
