@@ -177,7 +177,6 @@ def test_a_command_that_ignores_sigterm_is_killed_after_the_grace(job: Job) -> N
 def test_a_command_past_its_timeout_exits_124(job: Job) -> None:
     done = job.run("run", "--timeout", "0.2", "--", *py(READY_THEN_WAIT.format(setup="")))
     assert done.returncode == 124
-    assert done.stdout == "ready\n"
     exited = job.only_exit()
     assert (exited["outcome"], exited["exit_code"]) == ("timeout", 124)
 

@@ -34,7 +34,10 @@ async def test_beats_carry_the_run_id_a_sequence_and_the_interval() -> None:
         async with env.running(run_id="r1") as run, heartbeats(run, 0.01):
             await beats.enough.wait()
     assert [e.run_id for e in beats.events[:3]] == ["r1"] * 3
-    assert [e.attributes["sequence"] for e in beats.events[:3]] == [1, 2, 3]
+    sequences = [e.attributes["sequence"] for e in beats.events]
+    # Consecutive unless a loaded machine made the loop miss a beat (then it is skipped).
+    assert sequences == sorted(set(sequences))
+    assert sequences[0] >= 1
     assert {e.attributes["interval"] for e in beats.events} == {0.01}
     assert all(e.environment.name == "train" for e in beats.events)
     assert beats.exited[0].outcome is Outcome.SUCCEEDED

@@ -271,7 +271,8 @@ async def test_heartbeats_carry_the_run_id_and_cancelling_stops_the_child(
             await two_beats.wait()
             group.cancel_scope.cancel()
     assert [beat.run_id for beat in beats[:2]] == ["job-7", "job-7"]
-    assert [beat.attributes["sequence"] for beat in beats[:2]] == [1, 2]
+    sequences = [beat.attributes["sequence"] for beat in beats]
+    assert sequences == sorted(set(sequences))  # increasing; a missed beat is skipped
     assert beats[0].attributes["interval"] == 0.01
     exited = events.only_exit
     assert exited.outcome is Outcome.CANCELLED
