@@ -429,7 +429,8 @@ class SubprocessEnvironment(Environment):
                 # grandchild that inherited them may hold them open: read on for a moment.
                 for scope in pumps:
                     scope.deadline = anyio.current_time() + _OUTPUT_DRAIN_SECONDS
-        except anyio.get_cancelled_exc_class():
+        except BaseException:
+            # Cancelled from outside (or a bug in the pumps): the child must not outlive us.
             with anyio.CancelScope(shield=True):
                 await self._stop(process, supervision)
             raise
