@@ -14,6 +14,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
+import lifecycle._subprocess
 from lifecycle import (
     EXITED,
     HEARTBEAT,
@@ -281,6 +282,39 @@ async def test_heartbeats_carry_the_run_id_and_cancelling_stops_the_child(
     assert isinstance(pid, int)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # stopped and reaped
+
+
+async def test_output_is_passed_through_while_the_command_still_runs(bus: EventBus) -> None:
+    events = Recorder(bus)
+    out = Sink()
+    env = SubprocessEnvironment(py(READY_THEN_WAIT.format(setup="")), bus=bus, stdout=out)
+    with anyio.fail_after(WIDE):
+        async with anyio.create_task_group() as group:
+            group.start_soon(env.execute)
+            await out.wait()  # the child is still sleeping: nothing waited for its end
+            assert [e.name for e in events.events] == [STARTING]
+            group.cancel_scope.cancel()
+    exited = events.only_exit
+    assert exited.outcome is Outcome.CANCELLED
+    assert exited.attributes["output_tail"] == "ready"
+
+
+async def test_a_grandchild_holding_the_output_open_does_not_hold_the_run(
+    bus: EventBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child exits; a background grandchild keeps its pipes; the run ends anyway."""
+    monkeypatch.setattr(lifecycle._subprocess, "_OUTPUT_DRAIN_SECONDS", 0.1)
+    events = Recorder(bus)
+    env = SubprocessEnvironment(
+        ["sh", "-c", "sleep 30 & echo started"], bus=bus, stdout=Sink(), heartbeat=None
+    )
+    try:
+        result = await execute(env)
+    finally:
+        pid = events.only_exit.attributes["child_pid"]
+        os.killpg(pid, signal.SIGKILL)  # the grandchild, left in the child's process group
+    assert (result.outcome, result.exit_status) == (Outcome.SUCCEEDED, 0)
+    assert result.output_tail == "started"
 
 
 async def test_inherited_output_keeps_no_tail(bus: EventBus) -> None:
