@@ -53,8 +53,8 @@ the run); 126 not executable; 127 not found; 128+n when it died of signal n.
 
 Without --config, lifecycle.toml (or [tool.lifecycle] in pyproject.toml) in the
 current directory is used; with no configuration at all, run events are logged to
-stderr. SIGTERM and SIGINT are forwarded to the command, which is killed if it is
-still alive --grace seconds later.
+stderr. SIGTERM, SIGINT and SIGHUP are forwarded to the command, which is killed
+if it is still alive --grace seconds later.
 """
 
 

@@ -8,7 +8,7 @@ so a wrapper can exit with the status the command would have given::
     exited 0                   succeeded    0
     exited n                   failed       n
     died of signal n           killed       128 + n
-    SIGTERM/SIGINT forwarded   terminated   the child's status (128 + n if it died of it)
+    TERM/INT/HUP forwarded     terminated   the child's status (128 + n if it died of it)
     past its time limit        timeout      124 (as GNU ``timeout``)
     command not found          failed       127
     found but not executable   failed       126
@@ -55,7 +55,9 @@ STATUS_NOT_EXECUTABLE = 126
 STATUS_NOT_FOUND = 127
 """Exit status of a command that does not exist (the shell's convention)."""
 
-_FORWARDED = (signal.SIGTERM, signal.SIGINT)
+# SIGHUP too: the child runs in its own session, so a closed terminal would otherwise
+# end the wrapper and leave the child running.
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 # After the child exits, how long its output may keep flowing (from grandchildren that
 # inherited the pipes) before the wrapper stops reading and reports.
@@ -205,10 +207,10 @@ class SubprocessEnvironment(Environment):
     through live and emits ``environment.exited`` exactly once when it ends, with the exit
     code, the duration, the outcome (see the module docstring) and these attributes:
     ``command``, ``child_pid``, ``returncode``, ``signal`` (when the child died of one),
-    ``received_signal`` (when SIGTERM or SIGINT was forwarded), ``killed_after_grace``,
+    ``received_signal`` (when a signal was forwarded), ``killed_after_grace``,
     ``timeout`` (when the limit was hit) and ``output_tail`` (the last lines of output).
 
-    SIGTERM and SIGINT received while a run is alive (main thread only) are forwarded to
+    SIGTERM, SIGINT and SIGHUP received while a run is alive (main thread only) go to
     the child; if it is still alive ``kill_grace`` seconds later it is killed, and the
     outcome is ``terminated``. The child runs in a new session by default, so a terminal's
     Ctrl-C reaches it once (through the wrapper) and signals reach its whole process group,
@@ -229,7 +231,7 @@ class SubprocessEnvironment(Environment):
             stays a terminal) and keeps no tail.
         stdout, stderr: binary streams to forward to (default: this process's own).
         tail_lines, tail_bytes: how much of the output's end ``exited`` carries.
-        forward_signals: forward SIGTERM and SIGINT to the child.
+        forward_signals: forward SIGTERM, SIGINT and SIGHUP to the child.
         new_session: start the child in a new session (its own process group).
         cwd, env: the child's working directory and environment variables.
 
@@ -321,7 +323,7 @@ class SubprocessEnvironment(Environment):
     # -- signals ---------------------------------------------------------------------
 
     def _signals_forwarded(self, supervision: _Supervision) -> AbstractAsyncContextManager[None]:
-        """Receive SIGTERM and SIGINT for the whole run, ``starting`` and ``exited`` too."""
+        """Receive the forwarded signals for the whole run, ``starting`` and ``exited`` too."""
         if not self.forward_signals or threading.current_thread() is not threading.main_thread():
             # Only the main thread may receive signals; elsewhere the caller must stop us.
             return contextlib.nullcontext()
@@ -377,7 +379,7 @@ class SubprocessEnvironment(Environment):
 
     async def _supervise(self, run: Run, supervision: _Supervision) -> None:
         if supervision.received:
-            # SIGTERM or SIGINT arrived while ``starting`` was emitted: never start.
+            # A signal arrived while ``starting`` was emitted: never start.
             run.exit_code = exit_status(-supervision.received[0])
             run.attributes["received_signal"] = signal_name(supervision.received[0])
             self._settled[run] = (Outcome.TERMINATED, None)

@@ -147,7 +147,12 @@ def test_a_command_killed_by_sigkill_exits_137(job: Job) -> None:
 
 
 @pytest.mark.parametrize(
-    ("sent", "status", "name"), [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")]
+    ("sent", "status", "name"),
+    [
+        (signal.SIGTERM, 143, "SIGTERM"),
+        (signal.SIGINT, 130, "SIGINT"),
+        (signal.SIGHUP, 129, "SIGHUP"),
+    ],
 )
 def test_a_signal_to_the_wrapper_reaches_the_command(
     job: Job, sent: signal.Signals, status: int, name: str
