@@ -14,6 +14,7 @@ import pytest
 import structlog
 
 import lifecycle
+import lifecycle._cli
 from lifecycle._cli import main
 
 if TYPE_CHECKING:
@@ -374,3 +375,25 @@ def test_the_example_configuration_attaches_the_three_adapters(
     out = capfd.readouterr().out
     for name in ("structlog", "prometheus", "webhook"):
         assert f"adapter {name}" in out
+
+
+@pytest.mark.anyio
+async def test_without_the_structlog_adapter_a_minimal_log_line_per_event_remains(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(lifecycle._cli, "entry_points", lambda **_: ())
+    async with lifecycle.EventBus() as bus:
+        attachment = lifecycle._cli._attach_default(bus)
+        env = lifecycle.Environment("nightly", bus=bus)
+        with pytest.raises(RuntimeError):
+            async with env.running(run_id="r9"):
+                raise RuntimeError("disk full")
+        attachment.detach()
+        async with env.running():
+            pass  # detached: not logged
+    err = capfd.readouterr().err
+    assert err.count("environment.starting") == 1
+    assert err.count("environment.exited") == 1
+    assert "outcome=failed" in err
+    assert "RuntimeError: disk full" in err
+    assert "run_id=r9" in err
