@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -52,7 +53,7 @@ itself failed (bad options or configuration, or a critical starting handler abor
 the run); 126 not executable; 127 not found; 128+n when it died of signal n.
 
 Without --config, lifecycle.toml (or [tool.lifecycle] in pyproject.toml) in the
-current directory is used; with no configuration at all, run events are logged to
+current directory is used (handler modules are imported from there too); with no configuration at all, run events are logged to
 stderr. SIGTERM, SIGINT and SIGHUP are forwarded to the command, which is killed
 if it is still alive --grace seconds later.
 """
@@ -224,10 +225,18 @@ async def _run_async(args: argparse.Namespace, command: list[str], config: Confi
         attachment.detach()
 
 
+def _import_from_cwd() -> None:
+    # Handlers are named ``module:function`` and live in the user's project, as apps do for
+    # uvicorn and celery; the console script's sys.path[0] is its bin directory, not here.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def _load_config(path: Path | None) -> Config | None:
     """The given configuration, or the one found in the working directory, or ``None``."""
     from ._config import find_config, load_config
 
+    _import_from_cwd()
     if path is None:
         path = find_config()
         if path is None:
@@ -292,6 +301,7 @@ def _attach_default(bus: EventBus) -> Any:
 def _check(args: argparse.Namespace) -> int:
     from ._config import find_config, load_config
 
+    _import_from_cwd()
     path: Path | None = args.config
     if path is None:
         path = find_config()

@@ -61,6 +61,10 @@ class Job:
         self.env = {**os.environ, "LIFECYCLE_TEST_EVENTS": str(self.events_file)}
 
     def command(self, *args: str) -> list[str]:
+        # The console script, as users run it (its sys.path does not start with the cwd).
+        script = Path(sys.executable).parent / "lifecycle"
+        if script.exists():
+            return [str(script), *args]
         return [sys.executable, "-m", "lifecycle", *args]
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
