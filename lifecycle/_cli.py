@@ -134,6 +134,11 @@ def _parser() -> _Parser:
         help="seconds between SIGTERM and SIGKILL when stopping the command (default: 10)",
     )
     run.add_argument("--run-id", metavar="ID", help="the run's id (default: a random one)")
+    run.add_argument(
+        "--inherit-output",
+        action="store_true",
+        help="let the command write straight to this terminal (no output tail on exited)",
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
 
@@ -210,6 +215,7 @@ async def _run_async(args: argparse.Namespace, command: list[str], config: Confi
             heartbeat=args.heartbeat,
             timeout=args.timeout or None,
             kill_grace=args.grace,
+            output="inherit" if args.inherit_output else "forward",
         )
         try:
             result = await environment.execute(args.run_id)

@@ -228,7 +228,10 @@ class SubprocessEnvironment(Environment):
         output: ``"forward"`` reads the child's stdout and stderr through pipes, writes
             them through to ``stdout``/``stderr`` as they come and keeps their tail;
             ``"inherit"`` lets the child write to the wrapper's own streams (a terminal
-            stays a terminal) and keeps no tail.
+            stays a terminal) and keeps no tail. A pipe is not a terminal, so programs
+            may buffer what they write to it: ``"forward"`` sets ``PYTHONUNBUFFERED=1``
+            for the child (unless set) so Python jobs stay live; for others, use their
+            own option or ``stdbuf -oL``.
         stdout, stderr: binary streams to forward to (default: this process's own).
         tail_lines, tail_bytes: how much of the output's end ``exited`` carries.
         forward_signals: forward SIGTERM, SIGINT and SIGHUP to the child.
@@ -392,7 +395,7 @@ class SubprocessEnvironment(Environment):
                 stdout=subprocess.PIPE if forward else None,
                 stderr=subprocess.PIPE if forward else None,
                 cwd=self.cwd,
-                env=self.env,
+                env=self._child_env(forward),
                 start_new_session=self.new_session,
             )
         except OSError as exc:
@@ -442,6 +445,15 @@ class SubprocessEnvironment(Environment):
             if forward:
                 run.attributes["output_tail"] = tail.text()
         self._settle(run, supervision, returncode)
+
+    def _child_env(self, forward: bool) -> Mapping[str, str] | None:
+        if not forward:
+            return self.env
+        env = os.environ if self.env is None else self.env
+        if "PYTHONUNBUFFERED" in env:
+            return self.env
+        # A Python child block-buffers a pipe: its output would arrive at exit, not live.
+        return {**env, "PYTHONUNBUFFERED": "1"}
 
     async def _help(
         self,

@@ -143,6 +143,13 @@ def test_a_failing_command_exits_with_its_status(job: Job) -> None:
     assert exited["attributes"]["output_tail"] == "it broke"
 
 
+def test_inherited_output_goes_straight_to_the_wrappers_streams(job: Job) -> None:
+    done = job.run("run", "--inherit-output", "--", *py("print('direct')"))
+    assert done.returncode == 0
+    assert done.stdout == "direct\n"
+    assert "output_tail" not in job.only_exit()["attributes"]
+
+
 def test_a_command_killed_by_sigkill_exits_137(job: Job) -> None:
     done = job.run("run", "--", *py("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
     assert done.returncode == 137

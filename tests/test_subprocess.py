@@ -317,6 +317,19 @@ async def test_a_grandchild_holding_the_output_open_does_not_hold_the_run(
     assert result.output_tail == "started"
 
 
+async def test_a_python_child_writes_unbuffered_so_its_output_is_live(bus: EventBus) -> None:
+    # No flush: without PYTHONUNBUFFERED the line would wait in the child's buffer.
+    out = Sink()
+    code = "import os, time\nprint(os.environ['PYTHONUNBUFFERED'])\ntime.sleep(60)"
+    env = SubprocessEnvironment(py(code), bus=bus, stdout=out, env={"PATH": os.defpath})
+    out.line = b"1\n"
+    with anyio.fail_after(WIDE):
+        async with anyio.create_task_group() as group:
+            group.start_soon(env.execute)
+            await out.wait()
+            group.cancel_scope.cancel()
+
+
 async def test_inherited_output_keeps_no_tail(bus: EventBus) -> None:
     events = Recorder(bus)
     env = SubprocessEnvironment(py("pass"), bus=bus, output="inherit")
