@@ -72,7 +72,9 @@ def signal_name(signum: int) -> str:
 
 
 # Programs that run a script given as their first argument: the script names the job.
-_INTERPRETER = re.compile(r"(python|pypy|ruby|perl|node|php|Rscript|[a-z]*sh)[\d.]*(\.exe)?")
+_INTERPRETER = re.compile(
+    r"(python|pypy|ruby|perl|node|php|Rscript|sh|bash|dash|zsh|ksh|mksh|fish)[\d.]*(\.exe)?"
+)
 
 
 def default_name(command: Sequence[str]) -> str:

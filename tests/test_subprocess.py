@@ -368,6 +368,7 @@ def test_options_out_of_range_are_refused() -> None:
         (["/bin/sh", "nightly.sh"], "nightly.sh"),
         (["python3.12", "-c", "pass"], "python3.12"),
         (["bash"], "bash"),
+        (["ssh", "backup-host", "uptime"], "ssh"),
     ],
 )
 def test_the_default_name_is_the_programs_or_its_scripts_base_name(
