@@ -15,6 +15,7 @@ import anyio.to_thread
 from ._bus import EventBus
 from ._event import EXITED, STARTING, EnvironmentInfo, ErrorInfo, Event, Outcome
 from ._exceptions import LifecycleError, RunTimeoutError, StartAborted
+from ._heartbeat import check_interval, heartbeats
 from ._logging import logger
 from ._subscription import Handler, check_timeout, handler_name
 
@@ -43,8 +44,9 @@ class Terminated(BaseException):
 class Run:
     """One run of an environment, as seen from inside ``Environment.running``.
 
-    ``attributes`` and ``exit_code`` may be set by the body; they travel on the
-    ``environment.exited`` event.
+    The body may set ``attributes`` and ``exit_code``, which travel on the
+    ``environment.exited`` event, and, when it ends normally but the work it supervised
+    did not (a child process killed, say), ``outcome`` and ``error`` to say how it ended.
     """
 
     def __init__(
@@ -54,6 +56,8 @@ class Run:
         self.run_id = run_id
         self.attributes: dict[str, Any] = dict(attributes)
         self.exit_code: int | None = None
+        self.outcome: Outcome | None = None
+        self.error: BaseException | None = None
         self.started_at = perf_counter()
         self.start_report: EmitReport | None = None
         self.exit_report: EmitReport | None = None
@@ -151,6 +155,7 @@ class Environment:
         *,
         attributes: Mapping[str, Any] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - a run's time limit, reported as outcome timeout
+        heartbeat: float | None = None,
     ) -> AsyncIterator[Run]:
         """Run the body as one run of this environment.
 
@@ -164,12 +169,15 @@ class Environment:
             attributes: JSON-safe data carried on both events.
             timeout: seconds the body may take; past it the body is cancelled, ``exited``
                 says ``timeout`` and :exc:`~lifecycle.RunTimeoutError` is raised.
+            heartbeat: emit ``environment.heartbeat`` every this many seconds while the
+                body runs (see :func:`~lifecycle.heartbeats`); ``None`` sends none.
 
         Raises:
             StartAborted: a critical ``starting`` handler failed; the body did not run.
             RunTimeoutError: the body outlived ``timeout``.
         """
         timeout = check_timeout(timeout)
+        heartbeat = check_interval(heartbeat)
         run = Run(self, run_id or uuid.uuid4().hex, attributes or {})
         try:
             run.start_report = await self.emit(
@@ -185,7 +193,8 @@ class Environment:
         deadline = anyio.current_time() + timeout if timeout is not None else float("inf")
         try:
             with anyio.CancelScope(deadline=deadline) as scope:
-                yield run
+                async with heartbeats(run, heartbeat):
+                    yield run
         except BaseException as exc:
             outcome, exit_code = _classify(exc)
             await self._exited(run, outcome, error=exc, exit_code=exit_code)
@@ -195,7 +204,7 @@ class Environment:
             timed_out = RunTimeoutError(self.name, timeout)
             await self._exited(run, Outcome.TIMEOUT, error=timed_out)
             raise timed_out
-        await self._exited(run, Outcome.SUCCEEDED)
+        await self._exited(run, run.outcome or Outcome.SUCCEEDED, error=run.error)
 
     async def _exited(
         self,

@@ -297,8 +297,6 @@ class SubprocessEnvironment(Environment):
         self.new_session = new_session
         self.cwd = cwd
         self.env = env
-        # The outcome each live run settled on, applied when ``running`` emits ``exited``.
-        self._settled: dict[Run, tuple[Outcome, BaseException | None]] = {}
 
     async def execute(
         self, run_id: str | None = None, *, attributes: Mapping[str, Any] | None = None
@@ -387,7 +385,7 @@ class SubprocessEnvironment(Environment):
             # A signal arrived while ``starting`` was emitted: never start.
             run.exit_code = exit_status(-supervision.received[0])
             run.attributes["received_signal"] = signal_name(supervision.received[0])
-            self._settled[run] = (Outcome.TERMINATED, None)
+            run.outcome = Outcome.TERMINATED
             return
         forward = self.output == "forward"
         try:
@@ -408,7 +406,7 @@ class SubprocessEnvironment(Environment):
             exc = exc.with_traceback(None)
             run.exit_code = status
             supervision.start_error = exc
-            self._settled[run] = (Outcome.FAILED, exc)
+            run.outcome, run.error = Outcome.FAILED, exc
             return
         supervision.process = process
         run.attributes["child_pid"] = process.pid
@@ -544,22 +542,7 @@ class SubprocessEnvironment(Environment):
         else:
             run.exit_code = returncode
             outcome = Outcome.SUCCEEDED if returncode == 0 else Outcome.FAILED
-        self._settled[run] = (outcome, None)
-
-    async def _exited(
-        self,
-        run: Run,
-        outcome: Outcome,
-        *,
-        error: BaseException | None = None,
-        exit_code: int | None = None,
-    ) -> None:
-        # ``running`` calls this with ``succeeded`` when the body returned; the command's
-        # own outcome (killed, timeout, ...) was settled by the body and replaces it.
-        settled, settled_error = self._settled.pop(run, (None, None))
-        if settled is not None and outcome is Outcome.SUCCEEDED and error is None:
-            outcome, error = settled, settled_error
-        await super()._exited(run, outcome, error=error, exit_code=exit_code)
+        run.outcome = outcome
 
     def _result(self, run: Run, supervision: _Supervision, duration: float) -> CommandResult:
         exited = run.exited

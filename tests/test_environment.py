@@ -7,6 +7,7 @@ from structlog.testing import capture_logs
 
 from lifecycle import (
     EXITED,
+    HEARTBEAT,
     STARTING,
     Environment,
     Event,
@@ -311,3 +312,34 @@ async def test_exited_on_a_closed_bus_is_logged_as_not_delivered() -> None:
     (entry,) = [log for log in logs if log["event"] == "exited event not delivered"]
     assert entry["outcome"] == "failed"
     assert "closed" in entry["reason"]
+
+
+async def test_body_may_settle_the_outcome_of_a_run_that_ended_normally() -> None:
+    bus = EventBus()
+    recorder = Recorder(bus)
+    async with Environment(bus=bus).running() as run:
+        run.outcome = Outcome.KILLED
+        run.error = ChildProcessError("worker died of SIGKILL")
+        run.exit_code = 137
+    event = recorder.only_exit
+    assert (event.outcome, event.exit_code) == (Outcome.KILLED, 137)
+    assert event.error is not None
+    assert event.error.message == "worker died of SIGKILL"
+
+
+async def test_running_with_a_heartbeat_emits_heartbeats_while_the_body_runs() -> None:
+    bus = EventBus()
+    beats: list[Event] = []
+    got_two = anyio.Event()
+
+    def on_beat(event: Event) -> None:
+        beats.append(event)
+        if len(beats) == 2:
+            got_two.set()
+
+    bus.subscribe(HEARTBEAT, on_beat, inline=True)
+    with anyio.fail_after(FOREVER / 4):
+        async with Environment(bus=bus).running(heartbeat=0.01) as run:
+            await got_two.wait()
+    assert [b.run_id for b in beats[:2]] == [run.run_id, run.run_id]
+    assert [b.attributes["sequence"] for b in beats[:2]] == [1, 2]
