@@ -1,4 +1,7 @@
-"""The asyncio dispatch path leaves no cyclic garbage (the benchmark's p99 depends on it)."""
+"""The asyncio dispatch path leaves no cyclic garbage (the benchmark's p99 depends on it).
+
+asyncio-only, so these run under pytest-asyncio rather than anyio's backend matrix.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +16,6 @@ from lifecycle import STARTING, Event, EventBus, Status
 from .helpers import starting
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def _quick(event: Event) -> None:
     pass
 
@@ -30,7 +28,7 @@ async def _boom(event: Event) -> None:
     raise RuntimeError("boom")
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_blocking_emits_leave_no_cyclic_garbage() -> None:
     bus = EventBus()
     for index in range(5):
@@ -51,7 +49,7 @@ async def test_blocking_emits_leave_no_cyclic_garbage() -> None:
     assert found == 0
 
 
-@pytest.mark.anyio
+@pytest.mark.asyncio
 async def test_a_failing_handler_is_still_reported_when_the_others_finish_eagerly() -> None:
     bus = EventBus()
     bus.subscribe(STARTING, _quick)
