@@ -63,7 +63,7 @@ class Flags:
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class Case:
     """One alternative in one comparison, and what it measured."""
 
@@ -129,18 +129,35 @@ async def _batch(case: Case, count: int) -> list[float]:
     return taken
 
 
+# A case whose single emit takes longer than this is measured on its warm-up emits only:
+# bubus at N = 1000 takes seconds per emit, and more with every emit it has seen.
+TOO_SLOW = 0.2
+
+
 async def compare(cases: list[Case], rounds: int, budget: float, max_batch: int = 5000) -> None:
     """Run ``rounds`` rounds of every case; each batch takes about ``budget`` seconds."""
     # Warm up (first-call costs, caches, thread start-up) and size each case's batch.
+    slow: list[Case] = []
     for case in cases:
         started = perf_counter()
         warm = 0
         while warm < 3 or (perf_counter() - started < budget / 2 and warm < max_batch):
-            await _batch(case, 1)
+            taken = await _batch(case, 1)
             warm += 1
+            if taken[0] > TOO_SLOW:
+                slow.append(case)
+                case.samples.extend(taken)
+                case.emits += 1
+                case.note = (case.note + "; " if case.note else "") + (
+                    f"too slow for rounds (one emit took {taken[0]:.2f} s): one emit measured"
+                )
+                break
+        if case in slow:
+            continue
         per_emit = (perf_counter() - started) / warm
         case.batch = max(1, min(max_batch, int(budget / per_emit) if per_emit > 0 else max_batch))
         case.secondary.clear()
+    cases = [case for case in cases if case not in slow]
     for round_index in range(rounds):
         shift = round_index % len(cases)
         for case in cases[shift:] + cases[:shift]:

@@ -80,7 +80,9 @@ def latency_table(key: str, results: dict[Any, dict[str, Any]], title: str | Non
             text = fmt(summary["median_s"])
             if "secondary_median_s" in summary:
                 text += f" [{fmt(summary['secondary_median_s'])}]"
-            if summary["median_s"]:
+            if "too slow" in summary.get("note", ""):
+                text += " (1 emit)*"
+            elif summary["median_s"]:
                 text += f" ({summary['p99_s'] / summary['median_s']:.1f}x)"
             row += f"{text:>{cell}}"
             per_k = summary["gc_runs_per_1000_emits"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -122,8 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SCENARIO",
         help="run only these (s1_async, ..., s8_sustained)",
     )
+    parser.add_argument("--sizes", help="comma-separated handler counts, instead of the defaults")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    if args.sizes:
+        sizes = tuple(int(size) for size in args.sizes.split(","))
+        cfg = dataclasses.replace(
+            cfg, sizes=sizes, isolation_sizes=tuple(n for n in sizes if n >= 3) or (10,)
+        )
     only = set(args.only) if args.only else None
     _quiet_logging()
 

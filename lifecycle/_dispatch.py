@@ -218,11 +218,18 @@ async def run_group_asyncio(
             timer.cancel()
         ends.update(group.ends)
         given_up = group.given_up
+        group = None
+    # Each task is let go as soon as its result is built, so the results replace the
+    # tasks in memory instead of piling up on top of them: fewer young objects alive at
+    # once means fewer collections of generation 0 (see the benchmark's gc figures).
+    futures.clear()
     name, run_id = event.name, event.run_id
-    for sub, slot in zip(subs, slots, strict=True):
+    for index, sub in enumerate(subs):
+        slot = slots[index]
         if slot.__class__ is HandlerResult:
             results.append(slot)
             continue
+        slots[index] = None
         if slot in given_up:
             status, exc = Status.TIMEOUT, None
         elif slot.cancelled():
@@ -230,16 +237,11 @@ async def run_group_asyncio(
         else:
             exc = slot.exception()
             status = Status.OK if exc is None else Status.ERROR
+        duration = ends.pop(slot) - started
+        del slot
         results.append(
             HandlerResult(
-                sub.name,
-                name,
-                status,
-                ends[slot] - started,
-                exc,
-                sub.critical,
-                sub.background,
-                run_id,
+                sub.name, name, status, duration, exc, sub.critical, sub.background, run_id
             )
         )
 

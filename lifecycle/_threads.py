@@ -7,7 +7,6 @@ past their timeout are abandoned by design, hence daemon threads of our own.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import threading
 from collections import deque
@@ -30,6 +29,9 @@ def _deliver(future: asyncio.Future[Any], result: Any, exc: BaseException | None
         future.set_exception(exc)
 
 
+Outcome = tuple["asyncio.Future[Any]", Any, "BaseException | None"]
+
+
 class WorkerPool:
     """Runs callables in up to ``max_workers`` daemon threads, growing on demand."""
 
@@ -41,6 +43,11 @@ class WorkerPool:
         self._jobs: deque[tuple[Callable[[Any], Any], Any, asyncio.Future[Any]]] = deque()
         self._idle = 0
         self._threads = 0
+        # Finished jobs not yet handed to their loop, by loop. Workers append; the first
+        # append for a loop schedules one delivery there, which takes them all: a burst
+        # of quick handlers costs the loop one wake-up, not one per handler.
+        self._finished: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+        self._finished_lock = threading.Lock()
 
     def submit(
         self, fn: Callable[[Any], Any], arg: Any, loop: asyncio.AbstractEventLoop
@@ -71,10 +78,31 @@ class WorkerPool:
             try:
                 result = run(fn, arg)  # type: ignore[call-arg]
             except BaseException as exc:  # delivered to the emitter, which decides what it is
-                outcome: tuple[Any, BaseException | None] = (None, exc)
+                outcome: Outcome = (future, None, exc)
             else:
-                outcome = (result, None)
-            # The loop may have closed while the handler ran: nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                future.get_loop().call_soon_threadsafe(_deliver, future, *outcome)
-            del future, outcome
+                outcome = (future, result, None)
+            loop = future.get_loop()
+            with self._finished_lock:
+                batch = self._finished.get(loop)
+                if batch is not None and loop.is_closed():
+                    # Its delivery was scheduled but the loop closed before running it.
+                    batch = None
+                first = batch is None
+                if first:
+                    batch = self._finished[loop] = []
+                batch.append(outcome)  # type: ignore[union-attr]
+            if first:
+                try:
+                    loop.call_soon_threadsafe(self._deliver_finished, loop)
+                except RuntimeError:
+                    # The loop closed while the handler ran: nobody is waiting any more.
+                    with self._finished_lock:
+                        self._finished.pop(loop, None)
+            del future, outcome, batch, loop
+
+    def _deliver_finished(self, loop: asyncio.AbstractEventLoop) -> None:
+        """In the loop: resolve the futures of every job finished since the last call."""
+        with self._finished_lock:
+            batch = self._finished.pop(loop, ())
+        for future, result, exc in batch:
+            _deliver(future, result, exc)
