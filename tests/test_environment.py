@@ -342,4 +342,6 @@ async def test_running_with_a_heartbeat_emits_heartbeats_while_the_body_runs() -
         async with Environment(bus=bus).running(heartbeat=0.01) as run:
             await got_two.wait()
     assert [b.run_id for b in beats[:2]] == [run.run_id, run.run_id]
-    assert [b.attributes["sequence"] for b in beats[:2]] == [1, 2]
+    # Under load a late beat is skipped, not sent in a burst: sequences rise, maybe by more than 1.
+    first, second = (b.attributes["sequence"] for b in beats[:2])
+    assert 1 <= first < second
