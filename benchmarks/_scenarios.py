@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
+import anyio
+
 from benchmarks import _alternatives as alt
 from benchmarks._harness import Case, compare
 
 TIMEOUT_50MS = 0.05
+IDLE_SUFFIX = " [no slow handlers, after 50 ms idle]"
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,17 @@ class _Finish:
         fast.__name__ = fast.__qualname__ = f"fast_{index}"
         return fast
 
-    def timed(self, inner: Any, expected: int) -> Any:
+    def timed(self, inner: Any, expected: int, idle: float = 0.0) -> Any:
+        """Time ``inner``; sleep ``idle`` seconds first, untimed, if given.
+
+        The runs with the slow handlers start right after 50 ms of waiting for the
+        hanging one, with caches and clocks cooled down; the runs without them get the
+        same untimed pause, so the two start alike and the ratio compares dispatch only.
+        """
+
         async def emit() -> tuple[float, float]:
+            if idle:
+                await anyio.sleep(idle)
             self.left = expected
             started = perf_counter()
             await inner()
@@ -282,6 +294,10 @@ def _isolation_cases(n: int, event: Any) -> tuple[list[Case], list[Any]]:
             teardowns.append(bubus[1])
         for name, emit in inner:
             cases.append(Case(name + suffix, alt.ISOLATED, finish.timed(emit, n - 2)))
+            if not with_slow:
+                cases.append(
+                    Case(name + IDLE_SUFFIX, alt.ISOLATED, finish.timed(emit, n - 2, TIMEOUT_50MS))
+                )
     return cases, teardowns
 
 
@@ -540,6 +556,14 @@ async def trio_suite(cfg: Config) -> dict[str, Results]:
             inner = alt.bus_case(handlers, event, limit=TIMEOUT_50MS)[0].emit
             name = "lifecycle-bus" + ("" if with_slow else " [no slow handlers]")
             cases.append(Case(name, alt.ISOLATED, finish.timed(inner, n - 2)))
+            if not with_slow:
+                cases.append(
+                    Case(
+                        "lifecycle-bus" + IDLE_SUFFIX,
+                        alt.ISOLATED,
+                        finish.timed(inner, n - 2, TIMEOUT_50MS),
+                    )
+                )
         out["isolation"][n] = await _run(cases, [], cfg, rounds=cfg.isolation_rounds)
     return out
 
