@@ -135,7 +135,22 @@ TOO_SLOW = 0.2
 
 
 async def compare(cases: list[Case], rounds: int, budget: float, max_batch: int = 5000) -> None:
-    """Run ``rounds`` rounds of every case; each batch takes about ``budget`` seconds."""
+    """Run ``rounds`` rounds of every case; each batch takes about ``budget`` seconds.
+
+    The heap is collected and frozen first (``gc.freeze``): objects left by earlier
+    comparisons (bubus keeps its event history, Django and matplotlib their modules) then
+    stay out of full collections, which walk only what the measured code allocates. A
+    full collection during one comparison so costs the same whatever ran before it.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        await _compare(cases, rounds, budget, max_batch)
+    finally:
+        gc.unfreeze()
+
+
+async def _compare(cases: list[Case], rounds: int, budget: float, max_batch: int) -> None:
     # Warm up (first-call costs, caches, thread start-up) and size each case's batch.
     slow: list[Case] = []
     for case in cases:

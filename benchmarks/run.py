@@ -3,8 +3,8 @@
     uv run --group bench python -m benchmarks            # full run, a few minutes
     uv run --group bench python -m benchmarks --quick    # smoke run for CI, seconds
 
-Results go to ``benchmarks/results/`` (``bench.json`` and ``bench.png``; ``quick.*`` for
-``--quick``), or to ``--out``.
+Results go to ``benchmarks/results/`` (``bench.txt``, ``bench.json`` and ``bench.png``;
+``quick.*`` for ``--quick``), or to ``--out``.
 """
 
 from __future__ import annotations
@@ -196,12 +196,14 @@ def main(argv: list[str] | None = None) -> int:
             f"  [{'met' if check['met'] else 'MISSED'}] {check['target']}: {check['detail']}"
         )
     out.append(f"\n(run took {meta['seconds']} s)")
-    print("\n".join(out))
+    text = "\n".join(out)
+    print(text)
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "quick" if args.quick else "bench"
     json_path = args.out / f"{stem}.json"
     json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    (args.out / f"{stem}.txt").write_text(text + "\n")
     say(f"wrote {json_path}")
     if not args.no_chart:
         png_path = args.out / f"{stem}.png"
