@@ -49,14 +49,14 @@ def latency_table(key: str, results: dict[Any, dict[str, Any]], title: str | Non
         for summary in by_case.values()
     )
     width = max(len(name) for name in names) + 2
-    cell = 26 if secondary else 18
+    cell = 31 if secondary else 23
     lines = [f"## {title or TITLES.get(key, key)}"]
     lines.append(
         "iso/conc/tmo = isolates failures / runs concurrently / enforces timeouts; "
         + (
-            "cell: median [secondary median] (p99/median)"
+            "cell: median [secondary median] (p99/median, spread of round medians)"
             if secondary
-            else "cell: median (p99/median)"
+            else "cell: median (p99/median, spread of round medians)"
         )
     )
     header = f"{'alternative':<{width}}{'i/c/t':<7}" + "".join(
@@ -84,7 +84,9 @@ def latency_table(key: str, results: dict[Any, dict[str, Any]], title: str | Non
             if "too slow" in summary.get("note", ""):
                 text += " (1 emit)*"
             elif summary["median_s"]:
-                text += f" ({summary['p99_s'] / summary['median_s']:.1f}x)"
+                spread = summary.get("spread")
+                text += f" ({summary['p99_s'] / summary['median_s']:.1f}x"
+                text += f" {spread:.0%})" if spread is not None else ")"
             row += f"{text:>{cell}}"
             per_k = summary["gc_runs_per_1000_emits"]
             gcs.append("-" if per_k is None else f"{per_k:.0f}")

@@ -109,6 +109,37 @@ async def _asyncio_suite(cfg: Config, only: set[str] | None, say: Any) -> dict[s
     return data
 
 
+def render(data: dict[str, Any]) -> str:
+    """The printed report of one run's results (also rebuilt from JSON by ``--render``)."""
+    meta = data["meta"]
+    out = [
+        f"# lifecycle-bus benchmark: Python {meta['python']} on {meta['cpu']} ({meta['cpus']} CPUs)"
+    ]
+    out.append("versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v))
+    for key in _report.TITLES:
+        if key in data:
+            out += ["", _report.latency_table(key, data[key])]
+            if key in ("s1_async", "s2_suspend"):
+                out.append(
+                    _report.ratio_table(
+                        data[key], _report.BUS, [_report.GATHER, _report.DJANGO, _report.FLOOR]
+                    )
+                )
+    if "s7_memory" in data:
+        out += ["", _report.memory_table(data["s7_memory"])]
+    if "s8_sustained" in data:
+        out += ["", _report.sustained_table(data["s8_sustained"])]
+    for key, results in (data.get("trio") or {}).items():
+        out += ["", _report.latency_table(f"trio_{key}", results, title=f"trio backend: {key}")]
+    out += ["", "## targets (issue 5)"]
+    for check in data["targets"]:
+        out.append(
+            f"  [{'met' if check['met'] else 'MISSED'}] {check['target']}: {check['detail']}"
+        )
+    out.append(f"\n(run took {meta['seconds']} s)")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.split("\n")[0]
@@ -124,7 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these (s1_async, ..., s8_sustained)",
     )
     parser.add_argument("--sizes", help="comma-separated handler counts, instead of the defaults")
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="print the report of a saved run; run nothing"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(json.loads(args.render.read_text())))
+        return 0
     cfg = QUICK if args.quick else FULL
     if args.sizes:
         sizes = tuple(int(size) for size in args.sizes.split(","))
@@ -171,32 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["seconds"] = round(time.perf_counter() - started, 1)
     data["targets"] = _report.check_targets(data)
 
-    out = [
-        f"# lifecycle-bus benchmark: Python {meta['python']} on {meta['cpu']} ({meta['cpus']} CPUs)"
-    ]
-    out.append("versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v))
-    for key in _report.TITLES:
-        if key in data:
-            out += ["", _report.latency_table(key, data[key])]
-            if key in ("s1_async", "s2_suspend"):
-                out.append(
-                    _report.ratio_table(
-                        data[key], _report.BUS, [_report.GATHER, _report.DJANGO, _report.FLOOR]
-                    )
-                )
-    if "s7_memory" in data:
-        out += ["", _report.memory_table(data["s7_memory"])]
-    if "s8_sustained" in data:
-        out += ["", _report.sustained_table(data["s8_sustained"])]
-    for key, results in (data.get("trio") or {}).items():
-        out += ["", _report.latency_table(f"trio_{key}", results, title=f"trio backend: {key}")]
-    out += ["", "## targets (issue 5)"]
-    for check in data["targets"]:
-        out.append(
-            f"  [{'met' if check['met'] else 'MISSED'}] {check['target']}: {check['detail']}"
-        )
-    out.append(f"\n(run took {meta['seconds']} s)")
-    text = "\n".join(out)
+    text = render(data)
     print(text)
 
     args.out.mkdir(parents=True, exist_ok=True)
