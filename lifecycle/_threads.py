@@ -43,6 +43,14 @@ class WorkerPool:
         self._jobs: deque[tuple[Callable[[Any], Any], Any, asyncio.Future[Any]]] = deque()
         self._idle = 0
         self._threads = 0
+        # True while a worker has been woken (or started) to take a job and has not
+        # reached the queue yet. One is on its way at a time: a worker that takes a job
+        # and sees more queued wakes the next. A burst of quick handlers is then run by
+        # one or two threads instead of waking one per handler to fight over the
+        # interpreter lock, and a handler that blocks still never holds up the jobs
+        # queued behind it. Every worker returning from a wait clears it, so a lost
+        # wake-up (a notify racing an idle timeout) cannot leave it set.
+        self._waking = False
         # Finished jobs not yet handed to their loop, by loop. Workers append; the first
         # append for a loop schedules one delivery there, which takes them all: a burst
         # of quick handlers costs the loop one wake-up, not one per handler.
@@ -57,24 +65,38 @@ class WorkerPool:
         context = contextvars.copy_context()
         with self._cond:
             self._jobs.append((context.run, (fn, arg), future))
-            if self._idle >= len(self._jobs):
-                self._cond.notify()
-            elif self._threads < self._max_workers:
-                self._threads += 1
-                threading.Thread(target=self._work, name="lifecycle-handler", daemon=True).start()
+            if not self._waking:
+                self._wake_one()
         return future
 
+    def _wake_one(self) -> None:
+        # Called with the lock held, when jobs are queued and no worker is on its way.
+        if self._idle > 0:
+            self._cond.notify()
+        elif self._threads < self._max_workers:
+            self._threads += 1
+            threading.Thread(target=self._work, name="lifecycle-handler", daemon=True).start()
+        else:
+            return  # every worker is busy; the first to finish takes the next job
+        self._waking = True
+
     def _work(self) -> None:
+        started = True  # a new worker was started to take a job: it is the one on its way
         while True:
             with self._cond:
-                self._idle += 1
+                if started:
+                    self._waking = started = False
                 while not self._jobs:
-                    if not self._cond.wait(_IDLE_SECONDS) and not self._jobs:
-                        self._idle -= 1
+                    self._idle += 1
+                    notified = self._cond.wait(_IDLE_SECONDS)
+                    self._idle -= 1
+                    self._waking = False
+                    if not notified and not self._jobs:
                         self._threads -= 1
                         return
-                self._idle -= 1
                 run, (fn, arg), future = self._jobs.popleft()
+                if self._jobs and not self._waking:
+                    self._wake_one()
             try:
                 result = run(fn, arg)  # type: ignore[call-arg]
             except BaseException as exc:  # delivered to the emitter, which decides what it is
