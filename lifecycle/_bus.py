@@ -88,6 +88,29 @@ class ResultHook:
         self.disconnect()
 
 
+class _Deadline:
+    """One timer for the background handlers of one emit that share a timeout.
+
+    A timer per handler cost more than creating the handler's task; this one is cancelled
+    as soon as the last of its handlers finishes, so it holds nothing for long.
+    """
+
+    __slots__ = ("futures", "handle", "pending")
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[Any]] = []
+        self.handle: asyncio.TimerHandle | None = None
+        self.pending = 0
+
+    def release(self) -> None:
+        """One of the handlers finished (or was given up)."""
+        self.pending -= 1
+        if self.pending <= 0 and self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+            self.futures = []
+
+
 class _Plan:
     """Who receives one signal from one sender, grouped for dispatch; rebuilt on change."""
 
@@ -186,9 +209,7 @@ class EventBus:
         self._pool = WorkerPool(max_threads)
         self._limiter = anyio.CapacityLimiter(max_threads)
         # Background handlers in flight: future (asyncio) or cancel scope (trio) -> entry.
-        self._background: dict[
-            Any, tuple[Subscription, Event, float, asyncio.TimerHandle | None]
-        ] = {}
+        self._background: dict[Any, tuple[Subscription, Event, float, _Deadline | None]] = {}
         self._room: anyio.Event | None = None
         self._idle: anyio.Event | None = None
 
@@ -409,8 +430,8 @@ class EventBus:
                 loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
             except RuntimeError:
                 loop = None
-            for sub in background:
-                await self._start_background(loop, sub, event)
+            if background:
+                await self._start_background(loop, background, event)
             if loop is not None:
                 for group in groups:
                     await run_group_asyncio(loop, self._pool, group, event, results)
@@ -451,48 +472,75 @@ class EventBus:
         return len(self._background)
 
     async def _start_background(
-        self, loop: asyncio.AbstractEventLoop | None, sub: Subscription, event: Event
+        self,
+        loop: asyncio.AbstractEventLoop | None,
+        subs: tuple[Subscription, ...],
+        event: Event,
     ) -> None:
-        while len(self._background) >= self.max_background:
-            # Back-pressure instead of loss: wait for a slot.
-            if self._room is None:
-                self._room = anyio.Event()
-            await self._room.wait()
-        started = perf_counter()
-        if loop is None:
-            await self._start_background_generic(sub, event, started)
+        if loop is not None and len(self._background) + len(subs) <= self.max_background:
+            # The common case: room for all of them, so no await per handler.
+            self._start_background_asyncio(loop, subs, event)
             return
-        future = (
-            start_task(loop, sub.call(event))
-            if sub.is_async
-            else self._pool.submit(sub.call, event, loop)
-        )
-        timer = None
-        if sub.timeout is not None and not future.done():
-            timer = loop.call_at(loop.time() + sub.timeout, self._background_expired, future)
-        self._background[future] = (sub, event, started, timer)
-        if future.done():
-            self._background_done(future)
-        else:
+        for sub in subs:
+            while len(self._background) >= self.max_background:
+                # Back-pressure instead of loss: wait for a slot.
+                if self._room is None:
+                    self._room = anyio.Event()
+                await self._room.wait()
+            if loop is None:
+                await self._start_background_generic(sub, event, perf_counter())
+            else:
+                self._start_background_asyncio(loop, (sub,), event)
+
+    def _start_background_asyncio(
+        self, loop: asyncio.AbstractEventLoop, subs: tuple[Subscription, ...], event: Event
+    ) -> None:
+        started = perf_counter()
+        deadlines: dict[float, _Deadline] = {}
+        background = self._background
+        for sub in subs:
+            future = (
+                start_task(loop, sub.call(event))
+                if sub.is_async
+                else self._pool.submit(sub.call, event, loop)
+            )
+            if future.done():  # an eager task that never suspended
+                background[future] = (sub, event, started, None)
+                self._background_done(future)
+                continue
+            deadline = None
+            if sub.timeout is not None:
+                deadline = deadlines.get(sub.timeout)
+                if deadline is None:
+                    deadline = deadlines[sub.timeout] = _Deadline()
+                deadline.futures.append(future)
+            background[future] = (sub, event, started, deadline)
             future.add_done_callback(self._background_done)
+        if deadlines:
+            now = loop.time()
+            for timeout, deadline in deadlines.items():
+                deadline.pending = len(deadline.futures)
+                deadline.handle = loop.call_at(now + timeout, self._background_expired, deadline)
 
     def _background_done(self, future: asyncio.Future[Any]) -> None:
         entry = self._background.pop(future, None)
         if entry is None:
             retrieve_quietly(future)  # given up at its timeout or at close, already reported
             return
-        sub, event, started, timer = entry
-        if timer is not None:
-            timer.cancel()
+        sub, event, started, deadline = entry
+        if deadline is not None:
+            deadline.release()
         self._background_finished(result_of(sub, event, future, perf_counter() - started, False))
 
-    def _background_expired(self, future: asyncio.Future[Any]) -> None:
-        entry = self._background.pop(future, None)
-        if entry is None:
-            return
-        sub, event, started, _ = entry
-        future.cancel()
-        self._background_finished(result_of(sub, event, future, perf_counter() - started, True))
+    def _background_expired(self, deadline: _Deadline) -> None:
+        for future in deadline.futures:
+            entry = self._background.pop(future, None)
+            if entry is None:
+                continue  # finished in time
+            sub, event, started, _ = entry
+            future.cancel()
+            self._background_finished(result_of(sub, event, future, perf_counter() - started, True))
+        deadline.futures = []
 
     def _background_finished(self, result: HandlerResult) -> None:
         self._announce(result)
@@ -533,9 +581,9 @@ class EventBus:
         self._idle = None
         cancelled: list[HandlerResult] = []
         while self._background:
-            key, (sub, event, started, timer) = self._background.popitem()
-            if timer is not None:
-                timer.cancel()
+            key, (sub, event, started, deadline) = self._background.popitem()
+            if deadline is not None:
+                deadline.release()
             key.cancel()
             result = HandlerResult(
                 sub.name, event.name, Status.CANCELLED, perf_counter() - started, None,

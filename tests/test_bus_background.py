@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 from structlog.testing import capture_logs
 
@@ -151,3 +152,44 @@ async def test_async_with_closes_the_bus_and_refuses_reopening() -> None:
     with pytest.raises(BusClosedError, match="reopen"):
         async with bus:
             pass
+
+
+async def test_background_handlers_sharing_a_timeout_end_each_on_their_own() -> None:
+    bus = EventBus()
+    seen: list[HandlerResult] = []
+    bus.on_result(lambda sender, result: seen.append(result))
+
+    async def quick(event: Event) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    async def hang(event: Event) -> None:
+        await anyio.sleep(FOREVER)
+
+    bus.subscribe(STARTING, quick, background=True, timeout=0.1, name="quick")
+    bus.subscribe(STARTING, hang, background=True, timeout=0.1, name="hang")
+    await bus.emit(starting())
+    with anyio.fail_after(FOREVER / 4):
+        report = await bus.drain()
+    assert report.ok
+    assert sorted((r.handler, r.status) for r in seen) == [
+        ("hang", Status.TIMEOUT),
+        ("quick", Status.OK),
+    ]
+
+
+async def test_one_emit_with_more_background_handlers_than_the_bound_loses_none() -> None:
+    bus = EventBus(max_background=2)
+    done: list[int] = []
+    for index in range(5):
+
+        async def handler(event: Event, index: int = index) -> None:
+            await anyio.lowlevel.checkpoint()
+            done.append(index)
+
+        bus.subscribe(STARTING, handler, background=True)
+    with anyio.fail_after(FOREVER / 4):
+        report = await bus.emit(starting())
+        assert bus.background_in_flight <= 2
+        await bus.aclose()
+    assert len(report.background) == 5
+    assert sorted(done) == [0, 1, 2, 3, 4]
