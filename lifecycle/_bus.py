@@ -111,10 +111,14 @@ class _Deadline:
             self.futures = []
 
 
+def _names(subs: tuple[Subscription, ...]) -> tuple[str, ...]:
+    return tuple(sub.name for sub in subs)
+
+
 class _Plan:
     """Who receives one signal from one sender, grouped for dispatch; rebuilt on change."""
 
-    __slots__ = ("background", "filtered", "groups", "receivers")
+    __slots__ = ("background", "background_names", "filtered", "groups", "receivers")
 
     def __init__(self, subs: list[Subscription], receivers: int) -> None:
         subs.sort(key=lambda sub: (sub.order, sub.sequence))
@@ -128,6 +132,7 @@ class _Plan:
                 groups.append([sub])
         self.groups = tuple(tuple(group) for group in groups)
         self.background = tuple(sub for sub in subs if sub.background)
+        self.background_names = _names(self.background)
         self.filtered = any(sub.labels for sub in subs)
         self.receivers = receivers
 
@@ -431,7 +436,14 @@ class EventBus:
             except RuntimeError:
                 loop = None
             if background:
-                await self._start_background(loop, background, event)
+                if (
+                    loop is not None
+                    and len(self._background) + len(background) <= self.max_background
+                ):
+                    # The common case: room for all of them, so no await at all.
+                    self._start_background_asyncio(loop, background, event)
+                else:
+                    await self._start_background(loop, background, event)
             if loop is not None:
                 for group in groups:
                     await run_group_asyncio(loop, self._pool, group, event, results)
@@ -443,7 +455,7 @@ class EventBus:
         report = EmitReport(
             event,
             tuple(results),
-            tuple(sub.name for sub in background) if background else (),
+            plan.background_names if background is plan.background else _names(background),
             perf_counter() - started,
         )
         if self._results.receivers:
@@ -477,10 +489,6 @@ class EventBus:
         subs: tuple[Subscription, ...],
         event: Event,
     ) -> None:
-        if loop is not None and len(self._background) + len(subs) <= self.max_background:
-            # The common case: room for all of them, so no await per handler.
-            self._start_background_asyncio(loop, subs, event)
-            return
         for sub in subs:
             while len(self._background) >= self.max_background:
                 # Back-pressure instead of loss: wait for a slot.
