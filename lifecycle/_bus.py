@@ -13,7 +13,14 @@ import anyio
 import blinker
 from blinker import ANY
 
-from ._dispatch import result_of, retrieve_quietly, run_group_asyncio, run_group_generic, start_task
+from ._dispatch import (
+    result_of,
+    retrieve_quietly,
+    run_group_asyncio,
+    run_group_generic,
+    run_inline_group,
+    start_task,
+)
 from ._exceptions import BusClosedError, EmitDepthError
 from ._logging import log_failure, logger
 from ._results import CloseReport, EmitReport, HandlerResult, Status
@@ -118,7 +125,7 @@ def _names(subs: tuple[Subscription, ...]) -> tuple[str, ...]:
 class _Plan:
     """Who receives one signal from one sender, grouped for dispatch; rebuilt on change."""
 
-    __slots__ = ("background", "background_names", "filtered", "groups", "receivers")
+    __slots__ = ("background", "background_names", "filtered", "groups", "inline", "receivers")
 
     def __init__(self, subs: list[Subscription], receivers: int) -> None:
         subs.sort(key=lambda sub: (sub.order, sub.sequence))
@@ -131,6 +138,7 @@ class _Plan:
             else:
                 groups.append([sub])
         self.groups = tuple(tuple(group) for group in groups)
+        self.inline = _inline_groups(self.groups)
         self.background = tuple(sub for sub in subs if sub.background)
         self.background_names = _names(self.background)
         self.filtered = any(sub.labels for sub in subs)
@@ -138,14 +146,22 @@ class _Plan:
 
     def for_labels(
         self, labels: frozenset[str]
-    ) -> tuple[tuple[tuple[Subscription, ...], ...], tuple[Subscription, ...]]:
-        groups = []
+    ) -> tuple[tuple[tuple[Subscription, ...], ...], frozenset[int], tuple[Subscription, ...]]:
+        kept_groups = []
         for group in self.groups:
             kept = tuple(sub for sub in group if sub.labels <= labels)
             if kept:
-                groups.append(kept)
+                kept_groups.append(kept)
+        groups = tuple(kept_groups)
         background = tuple(sub for sub in self.background if sub.labels <= labels)
-        return tuple(groups), background
+        return groups, _inline_groups(groups), background
+
+
+def _inline_groups(groups: tuple[tuple[Subscription, ...], ...]) -> frozenset[int]:
+    """The indexes of the groups made only of inline handlers (no task, no thread)."""
+    return frozenset(
+        index for index, group in enumerate(groups) if all(sub.inline for sub in group)
+    )
 
 
 _NO_PLAN = _Plan([], 0)
@@ -424,9 +440,9 @@ class EventBus:
         if plan is _NO_PLAN:
             return EmitReport(event, ())
         if plan.filtered:
-            groups, background = plan.for_labels(event.environment.labels)
+            groups, inline, background = plan.for_labels(event.environment.labels)
         else:
-            groups, background = plan.groups, plan.background
+            groups, inline, background = plan.groups, plan.inline, plan.background
         started = perf_counter()
         results: list[HandlerResult] = []
         token = _depth.set(depth + 1)
@@ -444,11 +460,12 @@ class EventBus:
                     self._start_background_asyncio(loop, background, event)
                 else:
                     await self._start_background(loop, background, event)
-            if loop is not None:
-                for group in groups:
+            for index, group in enumerate(groups):
+                if index in inline:
+                    run_inline_group(group, event, results)
+                elif loop is not None:
                     await run_group_asyncio(loop, self._pool, group, event, results)
-            else:
-                for group in groups:
+                else:
                     await run_group_generic(self._limiter, group, event, results)
         finally:
             _depth.reset(token)

@@ -56,6 +56,33 @@ def run_inline(sub: Subscription, event: Event) -> HandlerResult:
     )  # fmt: skip
 
 
+def run_inline_group(
+    subs: Sequence[Subscription], event: Event, results: list[HandlerResult]
+) -> None:
+    """Run a group of inline handlers one after the other and append their results.
+
+    The fast path for cheap sync handlers: one clock reading per handler (each one's end is
+    the next one's start) and results built with ``tuple.__new__``, which skips the named
+    tuple's Python-level ``__new__`` (0.3 us against 0.5 us a result).
+    """
+    new = tuple.__new__
+    name, run_id = event.name, event.run_id
+    append = results.append
+    last = perf_counter()
+    result: tuple[Any, ...]
+    for sub in subs:
+        try:
+            sub.call(event)
+        except Exception as exc:
+            now = perf_counter()
+            result = (sub.name, name, Status.ERROR, now - last, exc, sub.critical, False, run_id)
+        else:
+            now = perf_counter()
+            result = (sub.name, name, Status.OK, now - last, None, sub.critical, False, run_id)
+        append(new(HandlerResult, result))
+        last = now
+
+
 def result_of(
     sub: Subscription, event: Event, future: asyncio.Future[Any], duration: float, timed_out: bool
 ) -> HandlerResult:
