@@ -53,9 +53,10 @@ itself failed (bad options or configuration, or a critical starting handler abor
 the run); 126 not executable; 127 not found; 128+n when it died of signal n.
 
 Without --config, lifecycle.toml (or [tool.lifecycle] in pyproject.toml) in the
-current directory is used (handler modules are imported from there too); with no configuration at all, run events are logged to
-stderr. SIGTERM, SIGINT and SIGHUP are forwarded to the command, which is killed
-if it is still alive --grace seconds later.
+current directory is used (handler modules are imported from there too); with no
+configuration at all, run events are logged to stderr. SIGTERM, SIGINT and SIGHUP
+are forwarded to the command, which is killed if it is still alive --grace seconds
+later.
 """
 
 
