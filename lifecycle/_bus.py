@@ -22,6 +22,7 @@ from ._dispatch import (
     start_task,
 )
 from ._exceptions import BusClosedError, EmitDepthError
+from ._handle import Handle
 from ._logging import log_failure, logger
 from ._results import CloseReport, EmitReport, HandlerResult, Status
 from ._subscription import Handler, Subscription, check_timeout, handler_name, is_async_callable
@@ -64,7 +65,7 @@ class BusState(enum.Enum):
     """Closed for good; a bus cannot be reopened."""
 
 
-class ResultHook:
+class ResultHook(Handle):
     """A connected result hook; :meth:`disconnect` (or leaving the ``with``) removes it."""
 
     __slots__ = ("_bus", "_logs_failures", "_receiver")
@@ -83,15 +84,7 @@ class ResultHook:
         if self._logs_failures:
             bus._failure_loggers -= 1
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _release(self) -> None:
         self.disconnect()
 
 

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ._event import EXITED, HEARTBEAT, STARTING
 from ._exceptions import ConfigError
+from ._handle import Handle
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,9 +44,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from types import TracebackType
-
-    from typing_extensions import Self
 
     from ._bus import EventBus
 
@@ -83,7 +81,7 @@ _SECRET_WORDS = ("auth", "key", "password", "secret", "token", "header", "cookie
 _VARIABLE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 
 
-class Attachment:
+class Attachment(Handle):
     """Adapters and handlers attached to a bus; :meth:`detach` (or leaving ``with``) removes them.
 
     Adapters may use it as their handle: ``add`` takes anything with ``detach()``,
@@ -128,15 +126,7 @@ class Attachment:
         if error is not None:
             raise error
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _release(self) -> None:
         self.detach()
 
 

@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from blinker import ANY
 
-if TYPE_CHECKING:
-    from types import TracebackType
+from ._handle import Handle
 
+if TYPE_CHECKING:
     from blinker import Signal
-    from typing_extensions import Self
 
     from ._event import Event
 
@@ -84,7 +83,7 @@ def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
     return None if math.isinf(timeout) else float(timeout)
 
 
-class Subscription:
+class Subscription(Handle):
     """A handler subscribed to one signal on one bus, with its options.
 
     Returned by ``EventBus.subscribe``. Call :meth:`unsubscribe`, or use it as a context
@@ -207,15 +206,7 @@ class Subscription:
             # Disconnecting from ANY removes the receiver whatever sender it was bound to.
             self._signal.disconnect(self)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _release(self) -> None:
         self.unsubscribe()
 
 
