@@ -42,18 +42,10 @@ else:
 
 
 def run_inline(sub: Subscription, event: Event) -> HandlerResult:
-    started = perf_counter()
-    try:
-        sub.call(event)
-    except Exception as exc:
-        return HandlerResult(
-            sub.name, event.name, Status.ERROR, perf_counter() - started, exc, sub.critical,
-            False, event.run_id,
-        )  # fmt: skip
-    return HandlerResult(
-        sub.name, event.name, Status.OK, perf_counter() - started, None, sub.critical, False,
-        event.run_id,
-    )  # fmt: skip
+    """Run one inline handler where it stands among tasks of a mixed group."""
+    out: list[HandlerResult] = []
+    run_inline_group((sub,), event, out)
+    return out[0]
 
 
 def run_inline_group(
