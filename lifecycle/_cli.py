@@ -22,7 +22,7 @@ import argparse
 import math
 import os
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -35,7 +35,7 @@ from ._exceptions import ConfigError, StartAborted
 from ._subprocess import SubprocessEnvironment
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from ._config import Config
     from ._event import Event
@@ -46,6 +46,24 @@ STATUS_WRAPPER_FAILED = 125
 """``lifecycle run`` could not run the command at all (options, configuration, abort)."""
 
 ENTRY_POINT_GROUP = "lifecycle.adapters"
+
+COMMAND_GROUP = "lifecycle.commands"
+"""Entry-point group of subcommands that other packages add (``lifecycle listen``, ...).
+
+Each entry point names a callable ``command(argv: list[str]) -> int`` that parses its own
+arguments (``argv`` excludes the subcommand's name) and returns the exit status. A short
+``help`` attribute on it, if any, is shown in ``lifecycle --help``.
+"""
+
+_BUILTIN_COMMANDS = frozenset({"run", "check", "adapters"})
+
+_COMMAND_PACKAGES = {
+    "listen": "lifecycle-nats",
+    "flush": "lifecycle-nats",
+    "watch": "lifecycle-watchdog",
+    "runs": "lifecycle-watchdog",
+}
+"""Where the subcommands that the core does not ship come from, to say what to install."""
 
 _RUN_EPILOG = """\
 exit status: the command's own; 124 when it outlived --timeout; 125 when lifecycle
@@ -82,7 +100,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _parser() -> _Parser:
+def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> _Parser:
     from . import __version__
 
     parser = _Parser(
@@ -158,7 +176,22 @@ def _parser() -> _Parser:
         description=f"List the adapters installed in the entry-point group {ENTRY_POINT_GROUP}.",
     )
     adapters.set_defaults(handler=_adapters)
+    for name, point in (plugins or {}).items():
+        commands.add_parser(name, help=f"from {_distribution(point)}", add_help=False)
     return parser
+
+
+def _plugin_commands() -> dict[str, EntryPoint]:
+    found: dict[str, EntryPoint] = {}
+    for point in entry_points(group=COMMAND_GROUP):
+        if point.name not in _BUILTIN_COMMANDS:
+            found.setdefault(point.name, point)
+    return found
+
+
+def _distribution(point: EntryPoint) -> str:
+    dist = point.dist
+    return dist.name if dist is not None else point.value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,13 +199,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     .. versionadded:: 0.1
     """
-    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    plugins: dict[str, EntryPoint] = {}
+    # Built-in commands never pay for an entry-point scan: it is most of a cron wrapper's
+    # start-up cost when nothing else is installed.
+    if not argv or argv[0] not in _BUILTIN_COMMANDS:
+        plugins = _plugin_commands()
+        if argv and argv[0] in plugins:
+            return _run_plugin(argv[0], plugins[argv[0]], argv[1:])
+        if argv and argv[0] in _COMMAND_PACKAGES:
+            _say(
+                f"error: 'lifecycle {argv[0]}' comes with the {_COMMAND_PACKAGES[argv[0]]} "
+                f"package, which is not installed (pip install {_COMMAND_PACKAGES[argv[0]]})"
+            )
+            return STATUS_WRAPPER_FAILED
+    parser = _parser(plugins)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
+
+
+def _run_plugin(name: str, point: EntryPoint, argv: list[str]) -> int:
+    try:
+        command: Callable[[list[str]], int] = point.load()
+    except ImportError as exc:
+        _say(f"error: 'lifecycle {name}' ({point.value}) cannot be loaded: {exc}")
+        return STATUS_WRAPPER_FAILED
+    return command(argv)
 
 
 def _say(message: str) -> None:

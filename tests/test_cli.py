@@ -408,3 +408,28 @@ async def test_without_the_structlog_adapter_a_minimal_log_line_per_event_remain
     assert "outcome=failed" in err
     assert "RuntimeError: disk full" in err
     assert "run_id=r9" in err
+
+
+def echo_command(argv: list[str]) -> int:
+    """A subcommand another package would register in ``lifecycle.commands``."""
+    print("echo:", *argv)
+    return 7
+
+
+def test_a_registered_subcommand_gets_its_arguments_and_sets_the_status(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from importlib.metadata import EntryPoint
+
+    point = EntryPoint(name="echo", value=f"{__name__}:echo_command", group="lifecycle.commands")
+    monkeypatch.setattr(lifecycle._cli, "_plugin_commands", lambda: {"echo": point})
+    assert main(["echo", "--flag", "x"]) == 7
+    assert capsys.readouterr().out == "echo: --flag x\n"
+
+
+def test_a_subcommand_of_a_missing_package_names_the_package(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(lifecycle._cli, "_plugin_commands", dict)
+    assert main(["watch"]) == 125
+    assert "lifecycle-watchdog" in capsys.readouterr().err
