@@ -98,6 +98,10 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def _lost_id(run_id: str, count: int) -> str:
+    return verdict_id("lost", run_id, *([count] if count > 1 else []))
+
+
 def _suffix(count: int) -> str:
     # The first verdict of a run uses the bare id (`lost:<run_id>`); a run that came
     # back and was lost again gets `:2`, `:3`, ...
@@ -136,7 +140,8 @@ class Judge:
         }
         self._watched = {e.environment for e in self.expectations if e.scheduled}
         self._starts: dict[str, list[float]] = {name: [] for name in self._watched}
-        self._slots_from = slots_from
+        self.slots_from = slots_from
+        """Slots whose window opens before this time are not judged (set before judging)."""
         self._next_slot: dict[str, Slot] = {}
         self._keep_starts = max(
             [2 * e.grace + (e.every or 0) for e in self.expectations if e.scheduled] or [0]
@@ -262,6 +267,9 @@ class Judge:
             return []  # a run that began and ended before anything we read
         if record.state is RunState.RUNNING:
             basis = record.lost_count
+            # A run once declared lost that came back: its end is news to whoever was
+            # told it was lost, so it is delivered marked too.
+            emit = (self._mark(event, record),) if record.late else ()
             new = record.evolve(
                 state=RunState.EXITED,
                 outcome=None if event.outcome is None else event.outcome.value,
@@ -278,25 +286,37 @@ class Judge:
                 return new.evolve(overdue=new.overdue or bool(stored and stored.overdue))
 
             return [
-                Change("exit", run_key(record.run_id), merge, event=event, seen_at=seen_at, seq=seq)
+                Change(
+                    "exit",
+                    run_key(record.run_id),
+                    merge,
+                    emit=emit,
+                    event=event,
+                    seen_at=seen_at,
+                    seq=seq,
+                )
             ]
         if record.state is RunState.LOST and seq > record.judged_seq:
             return [self._late(record, event, seen_at, seq)]
         return []
 
+    def _mark(self, event: Event, record: RunRecord) -> Event:
+        """The run's own event, unchanged but for attributes saying it came after ``lost``."""
+        return event.evolve(
+            attributes={
+                **event.attributes,
+                "after_lost": True,
+                "lost_event_id": _lost_id(record.run_id, record.lost_count),
+                "lost_at": iso(record.lost_at),
+            }
+        )
+
     def _late(self, record: RunRecord, event: Event, seen_at: float, seq: int) -> Change:
         """The run's own word after it was declared lost: deliver it marked, then recover."""
         count = record.lost_count
         suffix = _suffix(count)
-        lost_id = verdict_id("lost", record.run_id, *([count] if count > 1 else []))
-        marked = event.evolve(
-            attributes={
-                **event.attributes,
-                "after_lost": True,
-                "lost_event_id": lost_id,
-                "lost_at": iso(record.lost_at),
-            }
-        )
+        lost_id = _lost_id(record.run_id, count)
+        marked = self._mark(event, record)
         recovered = Event(
             name=RECOVERED,
             run_id=record.run_id,
@@ -404,7 +424,7 @@ class Judge:
             name=EXITED,
             run_id=record.run_id,
             environment=self._info(record),
-            event_id=verdict_id("lost", record.run_id, *([count] if count > 1 else [])),
+            event_id=_lost_id(record.run_id, count),
             timestamp=_at(now),
             outcome=Outcome.LOST,
             duration=round(max(0.0, record.last_seen - record.started), 3),
@@ -495,8 +515,8 @@ class Judge:
     def _first_slot(self, expectation: Expectation) -> Slot:
         # The first slot judged is the first whose window opens once we watch: a start
         # before `slots_from` may have happened unseen.
-        for slot in expectation.slots(self._slots_from):
-            if slot.opens >= self._slots_from:
+        for slot in expectation.slots(self.slots_from):
+            if slot.opens >= self.slots_from:
                 return slot
         raise AssertionError("slots are endless")  # pragma: no cover
 

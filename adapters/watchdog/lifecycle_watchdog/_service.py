@@ -62,6 +62,8 @@ class Watchdog:
         self.clock = clock
         self.verdicts: dict[str, int] = {}
         """How many verdicts of each kind this watchdog won (``lost``, ``missed``, ...)."""
+        self.rounds = 0
+        """How many times it judged."""
 
     async def restore(self) -> tuple[int, float] | None:
         """Load the stored table into the judge; return the stored checkpoint, if any."""
@@ -82,6 +84,7 @@ class Watchdog:
         no, nothing is declared (a watchdog that lags behind the stream would otherwise
         call a live run lost).
         """
+        self.rounds += 1
         now = self.clock()
         if caught_up is not None and (
             self.judge.due(now, slots=False) or self.judge.slots_pending(now)

@@ -1,0 +1,266 @@
+"""The watchdog on NATS JetStream: rebuild from the stream and the bucket, then watch.
+
+Why an *ordered* consumer, one per watchdog, and not a durable consumer shared by all:
+judging a run needs every one of its heartbeats. A durable consumer shared by several
+watchdogs hands each message to one of them, so each would see a fraction of a run's
+beats and call it lost. So each watchdog reads the whole stream through its own ordered
+consumer (ephemeral, flow-controlled, recreated by nats-py at the right sequence after a
+gap or a reconnect), and the watchdogs agree through the key-value bucket: every verdict
+is a compare-and-set there, and carries a deterministic ``Nats-Msg-Id``. Nothing needs
+acking, and a watchdog that dies loses nothing the next one cannot rebuild.
+
+Where a watchdog starts reading: the bucket keeps a checkpoint (the stream sequence and
+time up to which the shared table is written). A restarted watchdog loads the table,
+replays the stream from ``checkpoint time - lookback`` (the longest allowance of a live
+run, or the longest expected slot), then judges: a run that went silent while no watchdog
+was running is declared lost once, on restart. With no checkpoint (the very first start)
+it replays ``rebuild_window`` seconds.
+
+Time: a run's last sign of life is the time the *server* stored its event (from the
+message metadata), so watchdogs on different hosts agree; ``now`` is the watchdog's own
+clock, which must be roughly in sync with the server's (NTP; skew adds to the allowance).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+import anyio
+import nats
+import structlog
+from lifecycle_nats import subject_for
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from lifecycle import Event
+
+from ._service import Publish, Watchdog
+from ._store import JetStreamStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
+
+    from lifecycle import EventBus
+
+    from ._judge import Judge
+
+__all__ = ["Settings", "connect", "run_watchdog"]
+
+logger = structlog.get_logger("lifecycle.watchdog")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the events are and how the watchdog reads them.
+
+    Args:
+        servers: NATS server URLs.
+        stream: the JetStream stream that ``lifecycle-nats`` publishes to.
+        subject_prefix: the first token of the event subjects.
+        bucket: the key-value bucket of the run table.
+        tick: seconds between two judgements (verdicts come at most this late).
+        rebuild_window: seconds of stream read on a first start (no checkpoint yet).
+        checkpoint_every: seconds between two checkpoints written to the bucket.
+        connect_timeout: seconds to reach the server at start.
+        create_stream: create the stream when it is missing (``lifecycle-nats`` does it
+            too, with the same defaults).
+
+    .. versionadded:: 0.2
+    """
+
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    stream: str = "LIFECYCLE"
+    subject_prefix: str = "lifecycle"
+    bucket: str = "lifecycle_runs"
+    tick: float = 0.25
+    rebuild_window: float = 3600.0
+    checkpoint_every: float = 2.0
+    connect_timeout: float = 5.0
+    create_stream: bool = True
+    name: str = field(default="lifecycle-watchdog")
+
+
+async def connect(settings: Settings) -> Client:
+    """Connect to NATS; the error names the servers it tried."""
+    try:
+        return await nats.connect(
+            list(settings.servers),
+            name=settings.name,
+            connect_timeout=settings.connect_timeout,
+            max_reconnect_attempts=-1,
+            allow_reconnect=True,
+        )
+    except Exception as exc:
+        shown = ", ".join(settings.servers)
+        raise ConnectionError(
+            f"cannot connect to NATS at {shown} (option servers): {exc or type(exc).__name__}"
+        ) from None
+
+
+async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
+    try:
+        await js.stream_info(settings.stream)
+    except NotFoundError:
+        if not settings.create_stream:
+            raise
+        await js.add_stream(
+            StreamConfig(
+                name=settings.stream,
+                subjects=[f"{settings.subject_prefix}.>"],
+                storage=StorageType.FILE,
+                duplicate_window=120.0,
+                max_age=7 * 86400.0,
+            )
+        )
+
+
+def publisher(js: JetStreamContext, settings: Settings) -> Publish:
+    async def publish(event: Event, msg_id: str) -> None:
+        subject = subject_for(event.name, event.environment.name, settings.subject_prefix)
+        await js.publish(
+            subject,
+            event.to_json().encode(),
+            stream=settings.stream,
+            headers={"Nats-Msg-Id": msg_id},
+        )
+
+    return publish
+
+
+async def run_watchdog(
+    settings: Settings,
+    judge: Judge,
+    bus: EventBus | None = None,
+    *,
+    ready: Callable[[Watchdog], object] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Rebuild the table, then watch the stream until cancelled (asyncio only: nats-py).
+
+    Args:
+        settings: where the events and the table are.
+        judge: the policy and expectations, with an empty table.
+        bus: where the verdicts are emitted for the notifying adapters.
+        ready: called with the watchdog once it has caught up with the stream and
+            judges (tests and ``lifecycle watch`` use it to say so).
+        clock: POSIX seconds now.
+
+    .. versionadded:: 0.2
+    """
+    nc = await connect(settings)
+    try:
+        js = nc.jetstream()
+        await ensure_stream(js, settings)
+        store = await JetStreamStore.open(js, settings.bucket)
+        publish = publisher(js, settings)
+        dog = Watchdog(judge, store, publish=publish, bus=bus, clock=clock)
+        checkpoint = await dog.restore()
+        now = clock()
+        if checkpoint is None:
+            start = now - settings.rebuild_window
+            judge.slots_from = now
+        else:
+            start = checkpoint[1] - judge.lookback() - 2 * settings.tick - 1.0
+            judge.slots_from = min(checkpoint[1], now)
+        await _watch(nc, js, settings, dog, start, ready, clock)
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await nc.drain()
+
+
+async def _watch(
+    nc: Client,
+    js: JetStreamContext,
+    settings: Settings,
+    dog: Watchdog,
+    start: float,
+    ready: Callable[[Watchdog], object] | None,
+    clock: Callable[[], float],
+) -> None:
+    send, receive = anyio.create_memory_object_stream[Msg](max_buffer_size=math.inf)
+
+    async def deliver(msg: Msg) -> None:
+        await send.send(msg)
+
+    sub = await js.subscribe(
+        f"{settings.subject_prefix}.>",
+        stream=settings.stream,
+        cb=deliver,
+        ordered_consumer=True,
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=datetime.fromtimestamp(max(start, 0.0), timezone.utc),
+        ),
+    )
+    judge = dog.judge
+    last_time = 0.0
+    saved = 0
+    next_checkpoint = clock() + settings.checkpoint_every
+    caught_up_once = False
+
+    async def caught_up() -> bool:
+        info = await sub.consumer_info()
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        return not info.num_pending and judge.consumed >= (delivered or 0)
+
+    try:
+        next_judge = clock()
+        held: Msg | None = None
+        while True:
+            # Take what has arrived (bounded, so judging keeps its pace under load).
+            for _ in range(5000):
+                if held is not None:
+                    msg, held = held, None
+                else:
+                    try:
+                        msg = receive.receive_nowait()
+                    except anyio.WouldBlock:
+                        break
+                meta = msg.metadata
+                seq = meta.sequence.stream
+                seen_at = meta.timestamp.timestamp()
+                last_time = seen_at
+                try:
+                    event = Event.from_json(msg.data)
+                except (ValueError, TypeError, KeyError) as exc:
+                    judge.consumed = max(judge.consumed, seq)
+                    logger.warning(
+                        "watchdog: not a lifecycle event, skipped",
+                        subject=msg.subject,
+                        seq=seq,
+                        error=str(exc),
+                    )
+                    continue
+                await dog.feed(event, seen_at, seq)
+            now = clock()
+            if now >= next_judge:
+                if not caught_up_once:
+                    if await caught_up():
+                        caught_up_once = True
+                        await dog.judge_now()
+                        if ready is not None:
+                            ready(dog)
+                else:
+                    await dog.judge_now(caught_up)
+                next_judge = now + settings.tick
+            if now >= next_checkpoint and caught_up_once and judge.consumed > saved:
+                await dog.store.save_checkpoint(judge.consumed, last_time)
+                saved = judge.consumed
+                next_checkpoint = now + settings.checkpoint_every
+            with anyio.move_on_after(max(0.0, next_judge - clock())):
+                held = await receive.receive()
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            if caught_up_once and judge.consumed > saved and nc.is_connected:
+                await dog.store.save_checkpoint(judge.consumed, last_time)
+            await sub.unsubscribe()
+            send.close()
+            receive.close()

@@ -1,0 +1,319 @@
+"""The watchdog against a real nats-server and real `lifecycle run` wrappers.
+
+Waits are bounded by generous ``fail_after``s, never assertions on time: each test waits
+for the *thing* (a heartbeat in the table, the verdict on the bus, the watchdog having
+read its own verdict back and judged again) and then counts what the stream holds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+import nats
+import pytest
+from lifecycle_nats import subject_for
+from lifecycle_watchdog import MISSED, RECOVERED, Expectation, Judge, Policy, Watchdog
+from lifecycle_watchdog._jetstream import Settings, run_watchdog
+
+from lifecycle import EXITED, HEARTBEAT, STARTING, Environment, Event, EventBus, Outcome
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.anyio
+
+BEAT = 0.2
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # nats-py runs on asyncio only
+
+
+@dataclass
+class Watcher:
+    """One watchdog running in this process, and what it emitted on its local bus."""
+
+    emitted: list[Event] = field(default_factory=list)
+    dog: Watchdog | None = None
+    ready: anyio.Event = field(default_factory=anyio.Event)
+
+    def on_ready(self, dog: Watchdog) -> None:
+        self.dog = dog
+        self.ready.set()
+
+    def named(self, name: str, outcome: Outcome | None = None) -> list[Event]:
+        return [e for e in self.emitted if e.name == name and e.outcome is outcome]
+
+    def lost(self) -> list[Event]:
+        return self.named(EXITED, Outcome.LOST)
+
+
+@asynccontextmanager
+async def watchdog(
+    url: str,
+    *,
+    misses: float = 3,
+    expectations: tuple[Expectation, ...] = (),
+) -> AsyncIterator[Watcher]:
+    watcher = Watcher()
+    settings = Settings(servers=(url,), tick=0.05, checkpoint_every=0.2)
+    async with EventBus() as bus, anyio.create_task_group() as group:
+        for name in (EXITED, HEARTBEAT, MISSED, RECOVERED):
+            bus.subscribe(name, watcher.emitted.append, inline=True)
+        judge = Judge(Policy(misses=misses), expectations)
+        group.start_soon(lambda: run_watchdog(settings, judge, bus, ready=watcher.on_ready))
+        with anyio.fail_after(20):
+            await watcher.ready.wait()
+        yield watcher
+        group.cancel_scope.cancel()
+
+
+async def until(check: Callable[[], bool], limit: float = 20) -> None:
+    """Wait for ``check()`` to hold, looking every 20 ms; fail the test after ``limit`` s.
+
+    The watchdog's state changes inside another component's loop with no event to wait
+    on, so this looks; the bound only turns a hang into a failure.
+    """
+    with anyio.fail_after(limit):
+        while not check():  # noqa: ASYNC110  # nothing to wait on but the state itself
+            await anyio.sleep(0.02)
+
+
+async def settled(url: str, *watchers: Watcher) -> None:
+    """Wait until each watchdog has read the whole stream and judged three more times."""
+    nc = await nats.connect(url)
+    try:
+        last = (await nc.jetstream().stream_info("LIFECYCLE")).state.last_seq
+    finally:
+        await nc.close()
+    marks = [w.dog.rounds if w.dog else 0 for w in watchers]
+    await until(lambda: all(w.dog and w.dog.judge.consumed >= last for w in watchers))
+    await until(
+        lambda: all(w.dog and w.dog.rounds >= m + 3 for w, m in zip(watchers, marks, strict=True))
+    )
+
+
+async def stored(url: str) -> list[Event]:
+    """Every event in the stream, in order."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        last = (await js.stream_info("LIFECYCLE")).state.last_seq
+        events = []
+        for seq in range(1, last + 1):
+            msg = await js.get_msg("LIFECYCLE", seq)
+            events.append(Event.from_json(msg.data or b""))
+        return events
+    finally:
+        await nc.close()
+
+
+def lost_in(events: list[Event]) -> list[Event]:
+    return [e for e in events if e.name == EXITED and e.outcome is Outcome.LOST]
+
+
+RELAY = textwrap.dedent(
+    """
+    # Publishes the wrapper's events to NATS, until lifecycle-nats' adapter is on main.
+    import os
+
+    import nats
+    from lifecycle_nats import subject_for
+
+    _js = None
+
+
+    async def publish(event):
+        global _js
+        if _js is None:
+            _js = (await nats.connect(os.environ["WATCHDOG_TEST_NATS"])).jetstream()
+        await _js.publish(
+            subject_for(event.name, event.environment.name),
+            event.to_json().encode(),
+            headers={"Nats-Msg-Id": event.event_id},
+        )
+    """
+)
+
+
+@dataclass
+class Wrapper:
+    process: subprocess.Popen[bytes]
+
+    def signal(self, number: int) -> None:
+        os.killpg(self.process.pid, number)  # the wrapper and its command
+
+
+@pytest.fixture
+def wrapper(nats_url: str, tmp_path: Path) -> Iterator[Callable[..., Wrapper]]:
+    """Start `lifecycle run --heartbeat 0.2 -- sleep 60` publishing to the test's server."""
+    (tmp_path / "relay.py").write_text(RELAY)
+    config = tmp_path / "lifecycle.toml"
+    config.write_text(
+        "".join(
+            f'[[handlers]]\ntarget = "relay:publish"\nsignal = "{signal}"\ntimeout = 5\n\n'
+            for signal in (STARTING, HEARTBEAT, EXITED)
+        )
+    )
+    started: list[Wrapper] = []
+
+    def start(name: str = "nightly-etl") -> Wrapper:
+        command = [sys.executable, "-m", "lifecycle", "run", "--config", str(config)]
+        command += ["--name", name, "--heartbeat", str(BEAT), "--", "sleep", "60"]
+        process = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env={**os.environ, "WATCHDOG_TEST_NATS": nats_url},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        started.append(Wrapper(process))
+        return started[-1]
+
+    yield start
+    for one in started:
+        if one.process.poll() is None:
+            one.signal(signal.SIGKILL)
+        one.process.wait()
+
+
+def beating(watcher: Watcher, beats: int = 1) -> Callable[[], bool]:
+    """True once the watchdog has seen a run's heartbeats (a run is in its table)."""
+
+    def check() -> bool:
+        assert watcher.dog is not None
+        return any(
+            r.last_heartbeat is not None and r.state.value == "running"
+            for r in watcher.dog.judge.table.values()
+        )
+
+    return check
+
+
+async def test_a_killed_wrapper_is_lost_once_with_two_watchdogs_and_a_restarted_one(
+    nats_url: str, wrapper: Callable[..., Wrapper]
+) -> None:
+    async with watchdog(nats_url) as one, watchdog(nats_url) as two:
+        run = wrapper()
+        await until(beating(one))
+        await until(beating(two))
+        run.signal(signal.SIGKILL)
+        # misses x interval = 0.6 s after the last beat; the bound is generous on purpose.
+        await until(lambda: bool(one.lost() or two.lost()), limit=15)
+        await settled(nats_url, one, two)
+        assert len(one.lost()) + len(two.lost()) == 1
+    async with watchdog(nats_url) as restarted:
+        await settled(nats_url, restarted)
+        assert restarted.lost() == []
+    events = await stored(nats_url)
+    [lost] = lost_in(events)
+    assert lost.environment.name == "nightly-etl"
+    assert lost.attributes["last_heartbeat"] is not None
+
+
+async def test_a_run_that_died_while_no_watchdog_ran_is_lost_once_on_restart(
+    nats_url: str, wrapper: Callable[..., Wrapper]
+) -> None:
+    async with watchdog(nats_url) as first:
+        run = wrapper()
+        await until(beating(first))
+    run.signal(signal.SIGKILL)
+    run.process.wait()
+    async with watchdog(nats_url) as second:
+        # It rebuilds from the bucket and the stream, then judges: lost, on restart.
+        await until(lambda: bool(second.lost()), limit=15)
+        await settled(nats_url, second)
+    async with watchdog(nats_url) as third:
+        await settled(nats_url, third)
+        assert third.lost() == []
+    assert len(lost_in(await stored(nats_url))) == 1
+
+
+async def test_a_pause_within_the_allowance_is_no_alarm_and_one_past_it_is_lost_then_recovered(
+    nats_url: str, wrapper: Callable[..., Wrapper]
+) -> None:
+    # 10 misses x 0.2 s: a 2 s allowance, against a 0.3 s pause.
+    async with watchdog(nats_url, misses=10) as dog:
+        run = wrapper()
+        await until(beating(dog))
+        run.signal(signal.SIGSTOP)
+        await anyio.sleep(0.3)  # the pause under test, well within the allowance
+        run.signal(signal.SIGCONT)
+        assert dog.dog is not None
+        beats = dog.dog.judge.table
+        seen = max(r.last_seen for r in beats.values())
+        await until(lambda: max(r.last_seen for r in beats.values()) > seen)  # beats again
+        assert dog.lost() == []
+        run.signal(signal.SIGSTOP)  # now past it
+        await until(lambda: bool(dog.lost()), limit=15)
+        run.signal(signal.SIGTERM)  # delivered once it runs again: it ends, terminated
+        run.signal(signal.SIGCONT)
+        await until(lambda: bool(dog.named(EXITED, Outcome.TERMINATED)), limit=15)
+        await until(lambda: bool(dog.named(RECOVERED)))
+        await settled(nats_url, dog)
+    [truth] = dog.named(EXITED, Outcome.TERMINATED)
+    assert truth.attributes["after_lost"] is True
+    assert truth.attributes["lost_event_id"] == dog.lost()[0].event_id
+    assert len(dog.named(RECOVERED)) == 1
+    events = await stored(nats_url)
+    assert len(lost_in(events)) == 1
+    assert len([e for e in events if e.name == RECOVERED]) == 1
+    # The run's own exited is in the stream exactly as the wrapper sent it.
+    [own] = [e for e in events if e.name == EXITED and e.outcome is Outcome.TERMINATED]
+    assert own.event_id == truth.event_id
+    assert "after_lost" not in own.attributes
+
+
+async def test_one_missed_per_empty_slot_and_none_while_the_job_starts(nats_url: str) -> None:
+    expect = (
+        Expectation("absent", every=1.0, grace=0.3),
+        Expectation("present", every=1.0, grace=0.3),
+    )
+
+    async def present(stop: anyio.Event) -> None:
+        """The job that runs on time: a start every 0.1 s, published to the stream."""
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+
+        async def relay(event: Event) -> None:
+            await js.publish(
+                subject_for(event.name, event.environment.name),
+                event.to_json().encode(),
+                headers={"Nats-Msg-Id": event.event_id},
+            )
+
+        try:
+            async with EventBus() as bus:
+                bus.subscribe(STARTING, relay)
+                env = Environment("present", bus=bus)
+                while not stop.is_set():
+                    async with env.running():
+                        pass
+                    await anyio.sleep(0.1)
+        finally:
+            await nc.close()
+
+    stop = anyio.Event()
+    async with anyio.create_task_group() as group:
+        group.start_soon(present, stop)
+        async with watchdog(nats_url, expectations=expect) as dog:
+            await until(lambda: len(dog.named(MISSED)) >= 2, limit=15)
+            await settled(nats_url, dog)
+        stop.set()  # only once the watchdog is gone: no slot of "present" goes empty
+    missed = dog.named(MISSED)
+    assert {e.environment.name for e in missed} == {"absent"}
+    dues = [e.attributes["due"] for e in missed]
+    assert len(dues) == len(set(dues))  # one per slot
+    in_stream = [e for e in await stored(nats_url) if e.name == MISSED]
+    assert sorted(e.event_id for e in in_stream) == sorted(e.event_id for e in missed)
