@@ -23,6 +23,7 @@ clock, which must be roughly in sync with the server's (NTP; skew adds to the al
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 
     from ._judge import Judge
 
-__all__ = ["Settings", "connect", "run_watchdog"]
+__all__ = ["Settings", "connect", "run_watchdog", "status_subject"]
 
 logger = structlog.get_logger("lifecycle.watchdog")
 
@@ -88,18 +89,61 @@ class Settings:
     name: str = field(default="lifecycle-watchdog")
 
 
+def status_subject(settings: Settings) -> str:
+    """Where a running watchdog answers ``lifecycle runs`` with its table (core NATS).
+
+    Outside the stream's subjects on purpose: a request must not be stored as an event.
+    """
+    return f"lifecycle_watchdog.{settings.stream}.runs"
+
+
+# Stay well below NATS' default 1 MB max_payload.
+_STATUS_LIMIT = 900_000
+
+
+def status_payload(dog: Watchdog) -> bytes:
+    """The live runs as JSON, the latest seen first kept if it must be cut."""
+    rows = [record.to_dict() for record in dog.live()]
+    for row in rows:
+        row.pop("lost_event", None)
+    truncated = 0
+    data = json.dumps({"source": "watchdog", "runs": rows, "truncated": 0}).encode()
+    while len(data) > _STATUS_LIMIT and rows:
+        cut = max(1, len(rows) // 4)
+        del rows[:cut]
+        truncated += cut
+        data = json.dumps({"source": "watchdog", "runs": rows, "truncated": truncated}).encode()
+    return data
+
+
 async def connect(settings: Settings) -> Client:
-    """Connect to NATS; the error names the servers it tried."""
+    """Connect to NATS within ``connect_timeout``; the error names the servers it tried.
+
+    Once connected, the client reconnects forever: a watchdog outlives server restarts.
+    """
+
+    async def on_error(exc: Exception) -> None:
+        logger.warning("watchdog: NATS connection error", error=str(exc) or type(exc).__name__)
+
+    shown = ", ".join(settings.servers)
     try:
-        return await nats.connect(
-            list(settings.servers),
-            name=settings.name,
-            connect_timeout=settings.connect_timeout,
-            max_reconnect_attempts=-1,
-            allow_reconnect=True,
-        )
+        # nats-py retries the first connection forever too when reconnects are unbounded,
+        # so the bound on the first one is ours.
+        with anyio.fail_after(settings.connect_timeout):
+            return await nats.connect(
+                list(settings.servers),
+                name=settings.name,
+                connect_timeout=settings.connect_timeout,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                error_cb=on_error,
+            )
+    except TimeoutError:
+        raise ConnectionError(
+            f"cannot connect to NATS at {shown} (option servers) within "
+            f"{settings.connect_timeout:g} s"
+        ) from None
     except Exception as exc:
-        shown = ", ".join(settings.servers)
         raise ConnectionError(
             f"cannot connect to NATS at {shown} (option servers): {exc or type(exc).__name__}"
         ) from None
@@ -205,6 +249,11 @@ async def _watch(
     saved = 0
     next_checkpoint = clock() + settings.checkpoint_every
     caught_up_once = False
+    status = None
+
+    async def answer(msg: Msg) -> None:
+        if msg.reply:
+            await msg.respond(status_payload(dog))
 
     async def caught_up() -> bool:
         info = await sub.consumer_info()
@@ -246,6 +295,7 @@ async def _watch(
                     if await caught_up():
                         caught_up_once = True
                         await dog.judge_now()
+                        status = await nc.subscribe(status_subject(settings), cb=answer)
                         if ready is not None:
                             ready(dog)
                 else:
@@ -262,5 +312,7 @@ async def _watch(
             if caught_up_once and judge.consumed > saved and nc.is_connected:
                 await dog.store.save_checkpoint(judge.consumed, last_time)
             await sub.unsubscribe()
+            if status is not None:
+                await status.unsubscribe()
             send.close()
             receive.close()

@@ -7,14 +7,10 @@ read its own verdict back and judged again) and then counts what the stream hold
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import textwrap
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import nats
@@ -26,12 +22,10 @@ from lifecycle_watchdog._jetstream import Settings, run_watchdog
 from lifecycle import EXITED, HEARTBEAT, STARTING, Environment, Event, EventBus, Outcome
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
-    from pathlib import Path
+    from collections.abc import AsyncIterator, Callable
+
 
 pytestmark = pytest.mark.anyio
-
-BEAT = 0.2
 
 
 @pytest.fixture
@@ -122,72 +116,6 @@ def lost_in(events: list[Event]) -> list[Event]:
     return [e for e in events if e.name == EXITED and e.outcome is Outcome.LOST]
 
 
-RELAY = textwrap.dedent(
-    """
-    # Publishes the wrapper's events to NATS, until lifecycle-nats' adapter is on main.
-    import os
-
-    import nats
-    from lifecycle_nats import subject_for
-
-    _js = None
-
-
-    async def publish(event):
-        global _js
-        if _js is None:
-            _js = (await nats.connect(os.environ["WATCHDOG_TEST_NATS"])).jetstream()
-        await _js.publish(
-            subject_for(event.name, event.environment.name),
-            event.to_json().encode(),
-            headers={"Nats-Msg-Id": event.event_id},
-        )
-    """
-)
-
-
-@dataclass
-class Wrapper:
-    process: subprocess.Popen[bytes]
-
-    def signal(self, number: int) -> None:
-        os.killpg(self.process.pid, number)  # the wrapper and its command
-
-
-@pytest.fixture
-def wrapper(nats_url: str, tmp_path: Path) -> Iterator[Callable[..., Wrapper]]:
-    """Start `lifecycle run --heartbeat 0.2 -- sleep 60` publishing to the test's server."""
-    (tmp_path / "relay.py").write_text(RELAY)
-    config = tmp_path / "lifecycle.toml"
-    config.write_text(
-        "".join(
-            f'[[handlers]]\ntarget = "relay:publish"\nsignal = "{signal}"\ntimeout = 5\n\n'
-            for signal in (STARTING, HEARTBEAT, EXITED)
-        )
-    )
-    started: list[Wrapper] = []
-
-    def start(name: str = "nightly-etl") -> Wrapper:
-        command = [sys.executable, "-m", "lifecycle", "run", "--config", str(config)]
-        command += ["--name", name, "--heartbeat", str(BEAT), "--", "sleep", "60"]
-        process = subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env={**os.environ, "WATCHDOG_TEST_NATS": nats_url},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        started.append(Wrapper(process))
-        return started[-1]
-
-    yield start
-    for one in started:
-        if one.process.poll() is None:
-            one.signal(signal.SIGKILL)
-        one.process.wait()
-
-
 def beating(watcher: Watcher, beats: int = 1) -> Callable[[], bool]:
     """True once the watchdog has seen a run's heartbeats (a run is in its table)."""
 
@@ -202,7 +130,7 @@ def beating(watcher: Watcher, beats: int = 1) -> Callable[[], bool]:
 
 
 async def test_a_killed_wrapper_is_lost_once_with_two_watchdogs_and_a_restarted_one(
-    nats_url: str, wrapper: Callable[..., Wrapper]
+    nats_url: str, wrapper: Callable[..., Any]
 ) -> None:
     async with watchdog(nats_url) as one, watchdog(nats_url) as two:
         run = wrapper()
@@ -223,7 +151,7 @@ async def test_a_killed_wrapper_is_lost_once_with_two_watchdogs_and_a_restarted_
 
 
 async def test_a_run_that_died_while_no_watchdog_ran_is_lost_once_on_restart(
-    nats_url: str, wrapper: Callable[..., Wrapper]
+    nats_url: str, wrapper: Callable[..., Any]
 ) -> None:
     async with watchdog(nats_url) as first:
         run = wrapper()
@@ -241,7 +169,7 @@ async def test_a_run_that_died_while_no_watchdog_ran_is_lost_once_on_restart(
 
 
 async def test_a_pause_within_the_allowance_is_no_alarm_and_one_past_it_is_lost_then_recovered(
-    nats_url: str, wrapper: Callable[..., Wrapper]
+    nats_url: str, wrapper: Callable[..., Any]
 ) -> None:
     # 10 misses x 0.2 s: a 2 s allowance, against a 0.3 s pause.
     async with watchdog(nats_url, misses=10) as dog:

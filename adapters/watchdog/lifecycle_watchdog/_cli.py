@@ -1,0 +1,269 @@
+"""``lifecycle watch`` (the service) and ``lifecycle runs`` (its table, for a person or a script).
+
+Both are ``lifecycle.commands`` entry points: ``command(argv) -> exit status``.
+
+=======  ==============================================================
+0        ``watch`` stopped by SIGTERM or SIGINT; ``runs`` printed the table
+1        NATS could not be reached (the message names the servers)
+2        bad options or a bad configuration (the message names file and key)
+=======  ==============================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from datetime import datetime, timezone
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+
+from lifecycle import EXITED, ConfigError, EventBus, load_config
+
+from ._config import WatchConfig, load_watch_config
+from ._jetstream import Settings, connect, run_watchdog, status_subject
+from ._judge import Judge
+from ._model import MISSED, OVERDUE, RECOVERED, RunState
+from ._store import JetStreamStore
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._service import Watchdog
+
+__all__ = ["runs", "watch"]
+
+STATUS_UNREACHABLE = 1
+STATUS_USAGE = 2
+
+VERDICT_SIGNALS = (EXITED, MISSED, OVERDUE, RECOVERED)
+
+
+def _say(command: str, message: str) -> None:
+    print(f"lifecycle {command}: {message}", file=sys.stderr, flush=True)
+
+
+def _parser(command: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"lifecycle {command}", description=description)
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a TOML file with a [watch] table (servers, misses, [[watch.expect]], notify)",
+    )
+    parser.add_argument(
+        "--server",
+        metavar="URL",
+        action="append",
+        help="a NATS server URL (repeatable; overrides [watch] servers)",
+    )
+    return parser
+
+
+def _load(command: str, args: argparse.Namespace) -> WatchConfig | None:
+    try:
+        config = load_watch_config(args.config)
+    except ConfigError as exc:
+        _say(command, f"error: {exc}")
+        return None
+    if args.server:
+        from dataclasses import replace
+
+        config = replace(config, settings=replace(config.settings, servers=tuple(args.server)))
+    return config
+
+
+def _console(bus: EventBus) -> Any:
+    """With no ``notify`` configuration: the verdicts as console lines on stderr."""
+    if not structlog.is_configured():
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    for point in entry_points(group="lifecycle.adapters", name="structlog"):
+        return point.load()(bus, render="console", signals=VERDICT_SIGNALS)
+    log = structlog.get_logger("lifecycle.watchdog")
+
+    def line(event: Any) -> None:
+        log.warning(event.name, environment=event.environment.name, run_id=event.run_id)
+
+    for name in VERDICT_SIGNALS:
+        bus.subscribe(name, line, inline=True)
+    return None
+
+
+def watch(argv: list[str]) -> int:
+    """``lifecycle watch [--config FILE] [--server URL]``: run the watchdog until SIGTERM.
+
+    .. versionadded:: 0.2
+    """
+    parser = _parser(
+        "watch",
+        "Watch the lifecycle events on NATS JetStream: declare silent runs lost, report "
+        "missed and overdue runs, each exactly once; notify through the adapters of the "
+        "[watch] notify configuration.",
+    )
+    args = parser.parse_args(argv)
+    config = _load("watch", args)
+    if config is None:
+        return STATUS_USAGE
+    try:
+        return anyio.run(_watch, config, backend="asyncio")
+    except ConnectionError as exc:
+        _say("watch", f"error: {exc}")
+        return STATUS_UNREACHABLE
+
+
+async def _watch(config: WatchConfig) -> int:
+    async with EventBus() as bus:
+        if config.notify is not None:
+            try:
+                attachment = load_config(config.notify).attach(bus)
+            except ConfigError as exc:
+                _say("watch", f"error: {exc}")
+                return STATUS_USAGE
+        else:
+            attachment = _console(bus)
+        judge = Judge(config.policy, config.expectations)
+        settings = config.settings
+
+        def ready(dog: Watchdog) -> None:
+            _say(
+                "watch",
+                f"watching stream {settings.stream} on {', '.join(settings.servers)}: "
+                f"{len(dog.live())} live runs, {len(config.expectations)} expected schedules",
+            )
+
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def stop_on_signal() -> None:
+                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        async for number in signals:
+                            _say("watch", f"{signal.Signals(number).name}: stopping")
+                            group.cancel_scope.cancel()
+                            return
+
+                group.start_soon(stop_on_signal)
+                await run_watchdog(settings, judge, bus, ready=ready)
+        finally:
+            if attachment is not None:
+                attachment.detach()
+    return 0
+
+
+# -- lifecycle runs ----------------------------------------------------------------
+
+
+def runs(argv: list[str]) -> int:
+    """``lifecycle runs [--config FILE] [--server URL] [--json]``: the live runs.
+
+    Asks a running watchdog for its table; with none answering, reads the stored table
+    (whose heartbeat times are only as fresh as the last start or verdict).
+
+    .. versionadded:: 0.2
+    """
+    parser = _parser("runs", "List the live runs the watchdog knows: one line per run.")
+    parser.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    parser.add_argument(
+        "--all", action="store_true", help="include runs that ended recently (from the store)"
+    )
+    args = parser.parse_args(argv)
+    config = _load("runs", args)
+    if config is None:
+        return STATUS_USAGE
+    try:
+        source, rows = anyio.run(_table, config.settings, backend="asyncio")
+    except ConnectionError as exc:
+        _say("runs", f"error: {exc}")
+        return STATUS_UNREACHABLE
+    if not args.all:
+        rows = [r for r in rows if r.get("state") != RunState.EXITED.value]
+    if args.json:
+        print(json.dumps([_public(row, source) for row in rows], indent=2))
+    else:
+        _print_table(rows, source)
+    return 0
+
+
+async def _table(settings: Settings) -> tuple[str, list[dict[str, Any]]]:
+    nc = await connect(settings)
+    try:
+        try:
+            reply = await nc.request(status_subject(settings), b"", timeout=2.0)
+        except Exception:  # no watchdog answering (no responders, or a timeout)
+            js = nc.jetstream()
+            store = await JetStreamStore.open(js, settings.bucket)
+            return "store", [record.to_dict() for record in await store.records()]
+        data = json.loads(reply.data)
+        rows: list[dict[str, Any]] = data["runs"]
+        return "watchdog", rows
+    finally:
+        await nc.close()
+
+
+def _when(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
+def _public(row: dict[str, Any], source: str) -> dict[str, Any]:
+    return {
+        "environment": row["environment"],
+        "labels": row.get("labels", []),
+        "host": row.get("host", ""),
+        "pid": row.get("pid", 0),
+        "run_id": row["run_id"],
+        "started": _when(row.get("started")),
+        "last_heartbeat": _when(row.get("last_heartbeat")),
+        "heartbeat_interval": row.get("interval"),
+        "state": row.get("state"),
+        "lost_at": _when(row.get("lost_at")),
+        "overdue": row.get("overdue", False),
+        "source": source,
+    }
+
+
+def _age(seconds: float | None, now: float) -> str:
+    if seconds is None:
+        return "-"
+    ago = max(0.0, now - seconds)
+    stamp = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"{stamp} ({ago:.0f}s ago)"
+
+
+def _print_table(rows: Sequence[dict[str, Any]], source: str) -> None:
+    now = datetime.now(timezone.utc).timestamp()
+    header = ("ENVIRONMENT", "HOST", "RUN ID", "STARTED", "LAST HEARTBEAT", "STATE")
+    lines = [header]
+    for row in sorted(rows, key=lambda r: (r["environment"], r.get("started", 0))):
+        state = row.get("state", "")
+        if row.get("overdue"):
+            state += ", overdue"
+        lines.append(
+            (
+                row["environment"],
+                row.get("host", ""),
+                row["run_id"],
+                _age(row.get("started"), now),
+                _age(row.get("last_heartbeat"), now),
+                state,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )
+    if source == "store":
+        print(
+            "(no watchdog answered: read from the stored table; heartbeat times may be stale)",
+            file=sys.stderr,
+        )
+    if len(lines) == 1:
+        print("(no live runs)", file=sys.stderr)
+
+
+watch.help = "watch the NATS event stream for lost, missed and overdue runs"  # type: ignore[attr-defined]
+runs.help = "list the live runs the watchdog knows"  # type: ignore[attr-defined]
