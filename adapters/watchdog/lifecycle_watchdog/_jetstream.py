@@ -255,10 +255,16 @@ async def _watch(
         if msg.reply:
             await msg.respond(status_payload(dog))
 
-    async def caught_up() -> bool:
-        info = await sub.consumer_info()
-        delivered = info.delivered.stream_seq if info.delivered else 0
-        return not info.num_pending and judge.consumed >= (delivered or 0)
+    async def stream_end() -> int:
+        # Every message of the stream matches our filter (the stream holds `prefix.>`),
+        # so the stream's last sequence now is a sequence we will read.
+        return (await js.stream_info(settings.stream)).state.last_seq
+
+    # A judgement waits until everything stored before it was read: at a time T, note the
+    # stream's last sequence; once read up to it, judge *as of T*. A watchdog that lags
+    # behind the stream thus never calls a live run lost, even under a steady flow where
+    # it is never fully idle.
+    pending: tuple[int, float] | None = None
 
     try:
         next_judge = clock()
@@ -290,17 +296,20 @@ async def _watch(
                     continue
                 await dog.feed(event, seen_at, seq)
             now = clock()
-            if now >= next_judge:
-                if not caught_up_once:
-                    if await caught_up():
-                        caught_up_once = True
-                        await dog.judge_now()
-                        status = await nc.subscribe(status_subject(settings), cb=answer)
-                        if ready is not None:
-                            ready(dog)
+            if pending is None and now >= next_judge:
+                if not caught_up_once or dog.has_due(now):
+                    pending = (await stream_end(), now)
                 else:
-                    await dog.judge_now(caught_up)
+                    dog.rounds += 1  # judged: nothing was due
                 next_judge = now + settings.tick
+            if pending is not None and judge.consumed >= pending[0]:
+                await dog.judge_now(now=pending[1])
+                pending = None
+                if not caught_up_once:
+                    caught_up_once = True
+                    status = await nc.subscribe(status_subject(settings), cb=answer)
+                    if ready is not None:
+                        ready(dog)
             if now >= next_checkpoint and caught_up_once and judge.consumed > saved:
                 await dog.store.save_checkpoint(judge.consumed, last_time)
                 saved = judge.consumed

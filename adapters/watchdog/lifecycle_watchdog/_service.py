@@ -75,23 +75,28 @@ class Watchdog:
         for change in self.judge.observe(event, seen_at, seq):
             await self.apply(change)
 
-    async def judge_now(
-        self, caught_up: Callable[[], Awaitable[bool]] | None = None
-    ) -> list[Change]:
-        """Judge at the clock's time; return the changes this watchdog won.
+    def has_due(self, now: float) -> bool:
+        """Whether judging at ``now`` would find anything (it changes nothing)."""
+        return bool(self.judge.due(now, slots=False)) or self.judge.slots_pending(now)
 
-        ``caught_up`` tells whether every event stored so far has been fed; while it says
-        no, nothing is declared (a watchdog that lags behind the stream would otherwise
-        call a live run lost).
+    async def judge_now(
+        self,
+        caught_up: Callable[[], Awaitable[bool]] | None = None,
+        *,
+        now: float | None = None,
+    ) -> list[Change]:
+        """Judge at ``now`` (the clock's time by default); return the changes it won.
+
+        Every event stored before ``now`` must have been fed first; ``caught_up``, if
+        given, is asked when there is something to judge, and while it says no, nothing
+        is declared (a watchdog that lags behind the stream would otherwise call a live
+        run lost).
         """
         self.rounds += 1
-        now = self.clock()
-        if caught_up is not None and (
-            self.judge.due(now, slots=False) or self.judge.slots_pending(now)
-        ):
-            if not await caught_up():
-                return []
+        if now is None:
             now = self.clock()
+        if caught_up is not None and self.has_due(now) and not await caught_up():
+            return []
         won: list[Change] = []
         for change in self.judge.due(now):
             if await self.apply(change):
