@@ -55,6 +55,7 @@ _WATCH_KEYS = frozenset(
         "tick",
         "rebuild_window",
         "connect_timeout",
+        "report_every",
         "notify",
         "expect",
     }
@@ -163,7 +164,7 @@ class _Reader:
         for name in ("stream", "subject_prefix", "bucket"):
             if name in table:
                 options[name] = self.string(name, table[name])
-        for name in ("tick", "rebuild_window", "connect_timeout"):
+        for name in ("tick", "rebuild_window", "connect_timeout", "report_every"):
             if name in table:
                 options[name] = self.seconds(name, table[name])
         settings = Settings(**options)

@@ -239,6 +239,24 @@ class Judge:
             return []  # a replay, or a duplicate
         return [self._create(self._new_record(event, seen_at, seq, seen_at), event, seen_at, seq)]
 
+    def beat(self, run_id: str, seen_at: float, seq: int, interval: Any = None) -> bool:
+        """The heartbeat fast path: ``True`` if it only freshened a running run.
+
+        ``False`` means the beat needs the whole event (an unknown run, a lost one):
+        call :meth:`observe`.
+        """
+        record = self.table.get(run_id)
+        if record is None or record.state is not RunState.RUNNING:
+            return False
+        self.consumed = max(self.consumed, seq)
+        record.last_seen = max(record.last_seen, seen_at)
+        if record.last_heartbeat is None or seen_at > record.last_heartbeat:
+            record.last_heartbeat = seen_at
+        checked = _number(interval)
+        if checked is not None:
+            record.interval = checked
+        return True
+
     def _heartbeat(self, event: Event, seen_at: float, seq: int) -> list[Change]:
         record = self.table.get(event.run_id)
         if record is None:
@@ -246,13 +264,7 @@ class Judge:
             elapsed = _number(event.attributes.get("elapsed")) or 0.0
             new = self._new_record(event, seen_at, seq, seen_at - elapsed)
             return [self._create(new, event, seen_at, seq)]
-        if record.state is RunState.RUNNING:
-            interval = _number(event.attributes.get("interval")) or record.interval
-            self.table[record.run_id] = record.evolve(
-                last_seen=max(record.last_seen, seen_at),
-                last_heartbeat=max(record.last_heartbeat or 0.0, seen_at),
-                interval=interval,
-            )
+        if self.beat(record.run_id, seen_at, seq, event.attributes.get("interval")):
             return []
         if record.state is RunState.LOST and seq > record.judged_seq:
             return [self._late(record, event, seen_at, seq)]
@@ -367,6 +379,28 @@ class Judge:
         )
 
     # -- time ----------------------------------------------------------------------
+
+    def runs_due(self, now: float) -> bool:
+        """Whether a run is lost or overdue at ``now`` (a quick look; it builds nothing)."""
+        policy = self.policy
+        default = policy.default_interval
+        plain = not policy.environments and not policy.labels
+        limits = self._max_duration
+        for record in self.table.values():
+            if record.state is not RunState.RUNNING:
+                continue
+            interval = record.interval or default
+            if interval:
+                misses = (
+                    policy.misses if plain else policy.misses_for(record.environment, record.labels)
+                )
+                if now >= record.last_seen + misses * interval:
+                    return True
+            if limits and not record.overdue:
+                limit = limits.get(record.environment)
+                if limit is not None and now >= record.started + limit:
+                    return True
+        return False
 
     def slots_pending(self, now: float) -> bool:
         """Whether an expected slot has closed by ``now`` and waits to be judged."""

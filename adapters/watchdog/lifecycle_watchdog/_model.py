@@ -10,7 +10,7 @@ when it stored it, so every watchdog reading the stream sees the same times.
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -79,9 +79,12 @@ class RunState(str, Enum):
         return self.value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunRecord:
     """One run in the table.
+
+    Mutable only for the heartbeat fast path of the judge (``last_seen``,
+    ``last_heartbeat``, ``interval``); every other change makes a new record.
 
     ``last_seen`` is the time of the last sign of life (``starting`` or a heartbeat);
     ``seq`` the stream sequence of the last event written to the store for this run;
@@ -112,7 +115,8 @@ class RunRecord:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # By hand: dataclasses.asdict deep-copies, and this runs once per stored write.
+        data = {name: getattr(self, name) for name in _FIELDS}
         data["labels"] = list(self.labels)
         data["state"] = self.state.value
         return data
@@ -124,3 +128,6 @@ class RunRecord:
         values["state"] = RunState(values.get("state", "running"))
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+_FIELDS = tuple(f.name for f in fields(RunRecord))

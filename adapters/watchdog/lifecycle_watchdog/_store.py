@@ -33,11 +33,17 @@ class RunStore(Protocol):
     """The shared run table, with compare-and-set writes."""
 
     async def transition(
-        self, key: str, merge: Callable[[RunRecord | None], RunRecord | None]
+        self,
+        key: str,
+        merge: Callable[[RunRecord | None], RunRecord | None],
+        *,
+        create_first: bool = False,
     ) -> tuple[bool, RunRecord | None]:
         """Write ``merge(stored)`` if the key did not change meanwhile; retry until it holds.
 
         Returns ``(True, written)``, or ``(False, stored)`` when ``merge`` refused.
+        ``create_first``: the key most likely does not exist yet; try creating it
+        before reading.
         """
         ...
 
@@ -71,7 +77,11 @@ class MemoryStore:
         self.data[key] = (value, self._revision)
 
     async def transition(
-        self, key: str, merge: Callable[[RunRecord | None], RunRecord | None]
+        self,
+        key: str,
+        merge: Callable[[RunRecord | None], RunRecord | None],
+        *,
+        create_first: bool = False,
     ) -> tuple[bool, RunRecord | None]:
         stored = await self.get(key)
         new = merge(stored)
@@ -142,8 +152,21 @@ class JetStreamStore:
         return RunRecord.from_dict(json.loads(entry.value)), entry.revision or 0
 
     async def transition(
-        self, key: str, merge: Callable[[RunRecord | None], RunRecord | None]
+        self,
+        key: str,
+        merge: Callable[[RunRecord | None], RunRecord | None],
+        *,
+        create_first: bool = False,
     ) -> tuple[bool, RunRecord | None]:
+        # A run's first record: try to create it first, without a read.
+        new = merge(None) if create_first else None
+        if new is not None:
+            try:
+                await self.kv.create(key, json.dumps(new.to_dict()).encode())
+            except KeyWrongLastSequenceError:
+                pass  # it exists: read it and let merge decide
+            else:
+                return True, new
         while True:
             stored, revision = await self._entry(key)
             new = merge(stored)
