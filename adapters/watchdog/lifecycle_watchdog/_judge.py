@@ -248,11 +248,13 @@ class Judge:
         record = self.table.get(run_id)
         if record is None or record.state is not RunState.RUNNING:
             return False
+        checked = _number(interval)
+        if checked is None and record.interval is None:
+            return False  # it has not said its interval yet: the whole event may
         self.consumed = max(self.consumed, seq)
         record.last_seen = max(record.last_seen, seen_at)
         if record.last_heartbeat is None or seen_at > record.last_heartbeat:
             record.last_heartbeat = seen_at
-        checked = _number(interval)
         if checked is not None:
             record.interval = checked
         return True
