@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Iterable
@@ -10,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import nats
 import nats.errors
 import platformdirs
+from nats.aio.client import Client as NATS
 
 from ._exceptions import NatsConnectError
 from ._subject import check_prefix
@@ -227,8 +228,9 @@ class NatsOptions:
             kwargs["token"] = self.token
         if self.creds is not None:
             kwargs["user_credentials"] = self.creds
+        client = NATS()
         try:
-            client: Client = await nats.connect(
+            await client.connect(
                 list(self.servers),
                 name=self.name,
                 error_cb=on_error,
@@ -242,11 +244,17 @@ class NatsOptions:
                 **kwargs,
                 **callbacks,
             )
-        except nats.errors.NoServersError:
-            raise self._failure(errors) from None
-        except (OSError, nats.errors.Error, TimeoutError) as exc:
-            errors.append(exc)
-            raise self._failure(errors) from None
+        except BaseException as exc:
+            # nats-py leaves the socket of a refused connection open when it does not
+            # reconnect: close it, or it leaks (a ResourceWarning).
+            with contextlib.suppress(Exception):
+                await client.close()
+            if isinstance(exc, nats.errors.NoServersError):
+                raise self._failure(errors) from None
+            if isinstance(exc, (OSError, nats.errors.Error, TimeoutError)):
+                errors.append(exc)
+                raise self._failure(errors) from None
+            raise
         return client
 
     def _failure(self, errors: list[BaseException]) -> NatsConnectError:

@@ -33,7 +33,7 @@ import structlog
 
 from lifecycle import EXITED, STARTING
 
-from ._exceptions import NatsError
+from ._exceptions import NatsError, StreamConfigError
 from ._options import NatsOptions, default_spool_dir
 from ._spool import Spool, SpooledMessage
 from ._stream import ensure_stream
@@ -110,14 +110,17 @@ class PublisherState(enum.Enum):
 
 
 class _Entry:
-    __slots__ = ("future", "message", "path")
+    __slots__ = ("future", "message", "path", "result")
 
     def __init__(self, message: SpooledMessage, path: Path | None = None) -> None:
         self.message = message
         self.path = path
         self.future: asyncio.Future[int] | None = None
+        self.result: int | None = None
 
     def resolve(self, result: int) -> None:
+        if self.result is None:
+            self.result = result
         if self.future is not None and not self.future.done():
             self.future.set_result(result)
 
@@ -292,6 +295,8 @@ class Publisher:
     def waiter(self, entry: _Entry) -> asyncio.Future[int]:
         if entry.future is None:
             entry.future = asyncio.get_running_loop().create_future()
+            if entry.result is not None:
+                entry.future.set_result(entry.result)
         return entry.future
 
     async def wait(self, entry: _Entry, timeout: float | None = None) -> int | None:
@@ -369,7 +374,7 @@ class Publisher:
                 try:
                     await self._open()
                 except NatsError as exc:
-                    self._report_outage(str(exc))
+                    self._report_outage(str(exc), error=isinstance(exc, StreamConfigError))
                     await asyncio.sleep(wait)
                     wait = min(wait * 2, self.reconnect_wait)
                     continue
@@ -413,10 +418,12 @@ class Publisher:
             )
             self._outage = None
 
-    def _report_outage(self, reason: str) -> None:
+    def _report_outage(self, reason: str, *, error: bool = False) -> None:
         if self._outage != reason:
-            logger.warning(
-                "NATS is unreachable; events wait in the outbox",
+            (logger.error if error else logger.warning)(
+                "the JetStream stream does not fit; events wait in the outbox"
+                if error
+                else "NATS is unreachable; events wait in the outbox",
                 reason=reason,
                 pending=len(self._outbox),
             )

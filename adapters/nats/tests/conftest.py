@@ -6,10 +6,13 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 
 def nats_server_binary() -> str:
@@ -100,6 +103,12 @@ def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def nowhere() -> str:
+    """The URL of a port where no server listens."""
+    return f"nats://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture
