@@ -14,6 +14,7 @@ from ._adapter import DEFAULT_SIGNALS, NatsAdapter, attach
 from ._exceptions import NatsConnectError, NatsError, StreamConfigError
 from ._options import DEFAULT_SERVERS, SPOOL_ENV, NatsOptions, default_spool_dir
 from ._publisher import Publisher, PublisherState
+from ._source import STATE_ENV, Source, source
 from ._stream import ensure_stream
 from ._subject import decode_token, subject_for
 
@@ -21,17 +22,20 @@ __all__ = [
     "DEFAULT_SERVERS",
     "DEFAULT_SIGNALS",
     "SPOOL_ENV",
+    "STATE_ENV",
     "NatsAdapter",
     "NatsConnectError",
     "NatsError",
     "NatsOptions",
     "Publisher",
     "PublisherState",
+    "Source",
     "StreamConfigError",
     "attach",
     "decode_token",
     "default_spool_dir",
     "ensure_stream",
+    "source",
     "subject_for",
 ]
 

@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 
@@ -116,3 +118,105 @@ def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory = tmp_path / "spool"
     monkeypatch.setenv("LIFECYCLE_NATS_SPOOL", str(directory))
     return directory
+
+
+RECORDER = """
+import json, os
+
+def record(event):
+    with open(os.environ["RECORD_FILE"], "a", encoding="utf-8") as file:
+        file.write(event.to_json() + "\\n")
+"""
+
+
+class Listener:
+    """``lifecycle listen --config notify.toml`` as a real process, recording what it handles."""
+
+    def __init__(self, directory: Path, server: NatsServer, **listen: Any) -> None:
+        self.directory = directory
+        self.record = directory / "listened.jsonl"
+        self.log = directory / "listen.log"
+        self.config = directory / "notify.toml"
+        (directory / "recorder.py").write_text(RECORDER)
+        options = {"servers": server.url, "durable": "test", "ack_wait": 2, **listen}
+        table = "\n".join(f"{key} = {toml_value(value)}" for key, value in options.items())
+        handlers = "".join(
+            f'[[handlers]]\ntarget = "recorder:record"\nsignal = "{signal}"\ninline = true\n'
+            for signal in ("environment.starting", "environment.heartbeat", "environment.exited")
+        )
+        self.config.write_text(f"[listen]\n{table}\n\n{handlers}")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        env = {
+            **os.environ,
+            "RECORD_FILE": str(self.record),
+            "LIFECYCLE_NATS_STATE": str(self.directory / "state"),
+        }
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lifecycle", "listen", "--config", str(self.config)],
+                cwd=self.directory, env=env, stdout=log, stderr=log,
+            )  # fmt: skip
+        wait_for(lambda: self.log.read_text().count("listening") >= self.starts, "listening", self)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        process, self.process = self.process, None
+        assert process is not None
+        process.send_signal(sig)
+        return process.wait(timeout=20)
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.record.exists():
+            return []
+        return [json.loads(line) for line in self.record.read_text().splitlines() if line]
+
+    def __repr__(self) -> str:
+        return f"<Listener log:\n{self.log.read_text() if self.log.exists() else ''}>"
+
+
+def toml_value(value: Any) -> str:
+    return json.dumps(value)
+
+
+def wait_for(
+    condition: Callable[[], bool], what: str, context: Any = None, limit: float = 20
+) -> None:
+    """Poll a condition another process makes true, up to ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}: {context!r}")
+        time.sleep(0.02)
+
+
+def lifecycle_run(
+    directory: Path,
+    server_url: str,
+    *command: str,
+    stream: str = "LIFECYCLE",
+    extra: str = "",
+    heartbeat: float = 0.2,
+) -> tuple[int, list[dict[str, Any]]]:
+    """``lifecycle run --config cfg.toml -- CMD`` as a real process; its status and its events."""
+    (directory / "recorder.py").write_text(RECORDER)
+    config = directory / "cfg.toml"
+    record = directory / "ran.jsonl"
+    config.write_text(
+        f'[[adapters]]\nname = "nats"\noptions = {{ servers = "{server_url}", stream = "{stream}", '
+        f"delivery_timeout = 1, reconnect_wait = 0.2{extra} }}\n\n"
+        + "".join(
+            f'[[handlers]]\ntarget = "recorder:record"\nsignal = "{signal}"\ninline = true\n'
+            for signal in ("environment.starting", "environment.heartbeat", "environment.exited")
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "lifecycle", "run", "--config", str(config),
+         "--heartbeat", str(heartbeat), "--", *command],
+        cwd=directory, env={**os.environ, "RECORD_FILE": str(record)},
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    lines = record.read_text().splitlines() if record.exists() else []
+    return done.returncode, [json.loads(line) for line in lines]

@@ -24,8 +24,9 @@ from lifecycle import EXITED, HEARTBEAT, STARTING, Environment, EnvironmentInfo,
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from conftest import NatsServer  # type: ignore[import-not-found,unused-ignore]
     from nats.aio.msg import Msg
+
+    from .conftest import NatsServer  # type: ignore[import-not-found,unused-ignore]
 
 pytestmark = pytest.mark.anyio
 
