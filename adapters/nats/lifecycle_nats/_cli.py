@@ -47,9 +47,15 @@ def _say(message: str) -> None:
     print(f"lifecycle: {message}", file=sys.stderr, flush=True)
 
 
+def _stderr_logger(*args: Any) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)  # whatever sys.stderr is when logging
+
+
 def _log_to_stderr() -> None:
+    # Log lines go to stderr (structlog's default is stdout); a configuration made by a
+    # handler module wins.
     if not structlog.is_configured():
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+        structlog.configure(logger_factory=_stderr_logger)
 
 
 def _config(path: Path | None, command: str) -> Config | None:
@@ -102,6 +108,7 @@ async def _listen(config: Config | None) -> int:
         _say(f"error: {where}: listen: {exc}")
         return _STATUS_FAILED
     attachment = None
+    failure: NatsError | None = None
     try:
         if config is not None:
             attachment = config.attach(bus)
@@ -120,18 +127,20 @@ async def _listen(config: Config | None) -> int:
                 group.start_soon(stop_on_signal)
                 try:
                     await consumer.run()
+                except NatsError as exc:
+                    failure = exc
                 finally:
                     group.cancel_scope.cancel()
     except ConfigError as exc:
         _say(f"error: {exc}")
         return _STATUS_FAILED
-    except NatsError as exc:
-        _say(f"error: {where}: listen: {exc}")
-        return _STATUS_FAILED
     finally:
         await bus.aclose()
         if attachment is not None:
             attachment.detach()
+    if failure is not None:
+        _say(f"error: {where}: listen: {failure}")
+        return _STATUS_FAILED
     return 0
 
 

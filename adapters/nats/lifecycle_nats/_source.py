@@ -52,7 +52,7 @@ logger = structlog.get_logger("lifecycle.nats")
 STATE_ENV = "LIFECYCLE_NATS_STATE"
 """Environment variable naming the listener's state directory (the handled-ids file)."""
 
-_FETCH_WAIT = 1.0  # seconds one fetch waits for messages; also how soon stop() is noticed
+_FETCH_WAIT = 0.5  # seconds one fetch waits for messages; also how soon stop() is noticed
 _DELIVER = ("all", "new")
 
 

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import structlog
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -85,6 +86,13 @@ class NatsServer:
         self.start()
 
 
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """The CLI configures structlog for stderr; undo it after each test."""
+    yield
+    structlog.reset_defaults()
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -121,9 +129,11 @@ def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 RECORDER = """
-import json, os
+import json, os, time
 
 def record(event):
+    # A slow handler (SLOW seconds) makes a stream last long enough to kill a listener.
+    time.sleep(float(os.environ.get("SLOW", "0")))
     with open(os.environ["RECORD_FILE"], "a", encoding="utf-8") as file:
         file.write(event.to_json() + "\\n")
 """
@@ -148,10 +158,11 @@ class Listener:
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self) -> None:
+    def start(self, **extra_env: str) -> None:
         self.starts += 1
         env = {
             **os.environ,
+            **extra_env,
             "RECORD_FILE": str(self.record),
             "LIFECYCLE_NATS_STATE": str(self.directory / "state"),
         }

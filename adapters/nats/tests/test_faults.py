@@ -13,6 +13,11 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
+import anyio
+from lifecycle_nats import Publisher
+
+from lifecycle import HEARTBEAT, EnvironmentInfo, Event
+
 from .conftest import (  # type: ignore[import-not-found,unused-ignore]
     RECORDER,
     Listener,
@@ -132,3 +137,32 @@ def test_broker_killed_during_the_wrappers_exit(own_nats: NatsServer, tmp_path: 
     assert listener.stop() == 0
     assert ids(listener.events()) == ids(ran)
     print(f"broker killed during exit: {len(ran)} events, {len(spooled)} spooled, each once")
+
+
+def test_listener_killed_mid_stream_and_restarted(shared_nats: NatsServer, tmp_path: Path) -> None:
+    sent = [
+        Event(name=HEARTBEAT, run_id="run-k", environment=EnvironmentInfo.current("kill"))
+        for _ in range(40)
+    ]
+
+    async def publish() -> None:
+        async with Publisher(
+            servers=shared_nats.url, stream="KILL", subject_prefix="kill", spool_dir=tmp_path
+        ) as publisher:
+            for e in sent:
+                await publisher.publish(e)
+
+    anyio.run(publish)
+    (tmp_path / "listen").mkdir()
+    listener = Listener(tmp_path / "listen", shared_nats, stream="KILL", subject_prefix="kill")
+    listener.start(SLOW="0.05")
+    wait_for(lambda: len(listener.events()) >= 10, "some events handled", listener)
+    seen = len(listener.events())
+    listener.stop(signal.SIGKILL)
+    killed_at = len(listener.events())
+    assert killed_at < len(sent), (seen, killed_at)
+    listener.start()
+    wait_for(lambda: len(listener.events()) >= len(sent), "the rest", listener)
+    assert listener.stop() == 0
+    assert [e["event_id"] for e in listener.events()] == [e.event_id for e in sent]
+    print(f"listener SIGKILLed after {killed_at} of {len(sent)}: each handled once, none skipped")
