@@ -10,7 +10,7 @@ import structlog
 from lifecycle import EXITED, HEARTBEAT, STARTING, Attachment
 
 from ._options import DEFAULT_SERVERS, NatsOptions
-from ._publisher import Publisher, message_for, require_asyncio
+from ._publisher import Publisher, PublisherState, message_for, require_asyncio
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -52,24 +52,20 @@ class NatsAdapter(Attachment):
         return f"<NatsAdapter {self.publisher!r}>"
 
     async def deliver(self, event: Event) -> None:
-        """Queue ``event`` and wait up to ``delivery_timeout`` for its acknowledgement.
+        """Queue ``event`` and wait for its acknowledgement.
 
         The bus runs this in the background, so a run never waits for it; ``bus.aclose()``
-        does, which is what lets a short-lived process hand its last events over. An event
-        not acknowledged in time stays queued (and is spooled at detach): no error.
+        does, which is what lets a short-lived process hand its last events over. The
+        subscription's timeout is ``delivery_timeout``: an event not acknowledged by then
+        is a ``timeout`` result on the bus, and stays queued (and is spooled at detach).
         """
         publisher = self.publisher
-        if publisher.state.value == "closed":
+        if publisher.state is PublisherState.CLOSED:
             return
         entry = publisher.submit(message_for(event, self._prefix))
-        result = await publisher.wait(entry, self.delivery_timeout)
-        if result is None:
-            logger.debug(
-                "event not acknowledged yet; it stays queued",
-                signal=event.name,
-                event_id=event.event_id,
-                pending=publisher.pending,
-            )
+        # Awaited bare: a cancellation at the timeout cancels only this waiter, never
+        # the entry, which stays in the outbox.
+        await publisher.waiter(entry)
 
     async def aclose(self, timeout: float | None = 0) -> int:
         """Detach, wait up to ``timeout`` s for the outbox, spool the rest; return how many."""
@@ -130,7 +126,9 @@ def attach(
             ack_timeout: see :class:`NatsOptions`.
         signals: the signals to publish.
         labels: only environments that carry all these labels.
-        delivery_timeout: seconds each event's background handler waits for the ack.
+        delivery_timeout: seconds each event's background handler waits for the ack
+            (its bus timeout: an event not acknowledged by then is a ``timeout`` result
+            and stays queued); this bounds how long ``bus.aclose()`` waits for NATS.
         max_pending, max_in_flight, reconnect_wait, spool_dir: see :class:`Publisher`.
 
     Raises:
@@ -198,8 +196,7 @@ def attach(
                     signal,
                     adapter.deliver,
                     background=True,
-                    # The handler returns at delivery_timeout itself; this is a backstop.
-                    timeout=delivery_timeout + 5.0,
+                    timeout=delivery_timeout,
                     labels=labels,
                     name=f"lifecycle_nats:{options.stream}",
                 )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -93,11 +94,17 @@ def message_for(
 ) -> SpooledMessage:
     """The message that carries ``event``: its subject, ``Nats-Msg-Id`` and JSON payload."""
     return SpooledMessage(
-        subject=subject_for(event.name, event.environment.name, prefix),
+        subject=_subject(event.name, event.environment.name, prefix),
         msg_id=event.event_id if msg_id is None else msg_id,
         payload=event.to_json().encode(),
         signal=event.name,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _subject(signal: str, environment: str, prefix: str) -> str:
+    # The same few (signal, environment) pairs again and again: encode each once.
+    return subject_for(signal, environment, prefix)
 
 
 class PublisherState(enum.Enum):
@@ -454,6 +461,11 @@ class Publisher:
                 if not in_flight:
                     return
                 future = in_flight[0]
+                if not future.done() and len(in_flight) < min(self.max_in_flight, len(outbox)):
+                    # More to send: let the others run (the read loop may be settling
+                    # acknowledgements) rather than arm a timer for this one.
+                    await asyncio.sleep(0)
+                    continue
                 if not future.done():
                     await asyncio.wait(
                         (future, lost),
