@@ -195,7 +195,7 @@ async def raw_latency(url: str, count: int) -> list[float]:
         while not stop:
             try:
                 messages = await sub.fetch(64, timeout=0.5)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 continue
             for message in messages:
                 Event.from_json(message.data)  # the same parsing the listener does

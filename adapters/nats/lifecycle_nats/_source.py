@@ -14,6 +14,7 @@ their own, so a redelivery that lands on another host is handled again there.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections import OrderedDict
@@ -232,7 +233,8 @@ class Source:
                         wait = 0.05
                     try:
                         messages = await sub.fetch(self.batch, timeout=_FETCH_WAIT)
-                    except nats.errors.TimeoutError:
+                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                        # No message within the wait (nats-py raises either kind).
                         if self._client is None or not self._client.is_connected:
                             raise NatsError("the connection to NATS was lost") from None
                         continue
