@@ -13,11 +13,15 @@ process and one asyncio loop, the alternatives alternating round by round:
   ``js.publish`` awaited one by one, and raw ``js.publish_async`` with the same window of
   acknowledgements in flight as the adapter (256). Same payload (the event's JSON), same
   ``Nats-Msg-Id`` header.
+- consume throughput (events/s): ``lifecycle_nats.source`` emitting each stored event on a
+  bus with one inline handler, acking each; against a raw pull subscriber that fetches
+  256 at a time, parses each into an ``Event`` and acks it.
 - end-to-end latency, one event at a time: ``bus.emit`` on one bus to the handler on the
   bus of ``lifecycle_nats.source``; against raw ``js.publish`` to a raw pull subscriber's
   ``fetch`` (acking each message).
-- ``--scale``: 10,000 simulated runs, each a heartbeat a second, published by a child
-  process through the adapter, consumed by one ``source`` here for a bounded time;
+- ``--scale``: 10,000 simulated runs, each a heartbeat a second, published through the
+  adapter by child processes (4, each with its share of the runs), consumed by one
+  ``source`` here for a bounded time;
   reports the rate, the lag (handler time - event timestamp, median and p99) and the CPU
   of the listener, the publisher and the server.
 """
@@ -44,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import anyio
 import nats
 import structlog
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -85,6 +90,10 @@ def events(count: int, env: str = "bench") -> list[Event]:
         Event(name=HEARTBEAT, run_id="run", environment=info, attributes={"sequence": i})
         for i in range(count)
     ]
+
+
+def say(text: str) -> None:
+    print(f"nats_bench: {text}", file=sys.stderr, flush=True)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -137,6 +146,74 @@ async def raw_publish(url: str, batch: list[Event], pipelined: bool) -> float:
     elapsed = time.perf_counter() - started
     await client.close()
     return len(batch) / elapsed
+
+
+# -- consume throughput ------------------------------------------------------------------
+
+
+async def fill(url: str, env: str, count: int) -> None:
+    """Store ``count`` heartbeats of environment ``env`` in the stream (not timed)."""
+    client = await nats.connect(url)
+    js = client.jetstream()
+    pending = [
+        await js.publish_async(
+            f"lifecycle.heartbeat.{env}", e.to_json().encode(), headers={"Nats-Msg-Id": e.event_id}
+        )
+        for e in events(count, env)
+    ]
+    await asyncio.gather(*pending)
+    await client.close()
+
+
+async def ours_consume(url: str, count: int, env: str, state: Path) -> float:
+    import lifecycle_nats
+
+    await fill(url, env, count)
+    got = 0
+    done = asyncio.Event()
+
+    def handler(event: Event) -> None:
+        nonlocal got
+        got += 1
+        if got >= count:
+            done.set()
+
+    bus = EventBus(name="consume")
+    bus.subscribe(HEARTBEAT, handler, inline=True)
+    source = lifecycle_nats.source(
+        bus, servers=url, stream="BENCH", durable=env, environments=[env], batch=256,
+        state_dir=state,
+    )  # fmt: skip
+    async with anyio.create_task_group() as group:
+        # The clock starts once connected and subscribed, as for the raw subscriber.
+        await group.start(source.run)
+        started = time.perf_counter()
+        await asyncio.wait_for(done.wait(), 120)
+        elapsed = time.perf_counter() - started
+        source.stop()
+    await bus.aclose()
+    return count / elapsed
+
+
+async def raw_consume(url: str, count: int, env: str) -> float:
+    await fill(url, env, count)
+    client = await nats.connect(url)
+    js = client.jetstream()
+    sub = await js.pull_subscribe(f"lifecycle.heartbeat.{env}", durable=env, stream="BENCH")
+    started = time.perf_counter()
+    got = 0
+    while got < count:
+        try:
+            messages = await sub.fetch(256, timeout=0.5)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            continue
+        for message in messages:
+            Event.from_json(message.data)  # the same parsing the listener does
+            await message.ack()
+            got += 1
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return count / elapsed
 
 
 # -- end-to-end latency ---------------------------------------------------------------
@@ -223,14 +300,16 @@ async def raw_latency(url: str, count: int) -> list[float]:
 
 SCALE_CHILD = """
 import asyncio, sys, time
+import structlog
 import lifecycle_nats
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 from lifecycle import EventBus, EnvironmentInfo, Event, HEARTBEAT
 
-async def main(url, runs, seconds, spool):
+async def main(url, runs, seconds, spool, name):
     bus = EventBus(name="scale", max_background=runs + 100)
     adapter = lifecycle_nats.attach(bus, servers=url, spool_dir=spool, stream="BENCH",
                                     delivery_timeout=5, max_pending=runs * 3)
-    infos = [EnvironmentInfo.current(f"run{i}") for i in range(runs)]
+    infos = [EnvironmentInfo.current(f"{name}run{i}") for i in range(runs)]
     start = time.monotonic()
     tick = 0
     while time.monotonic() - start < seconds:
@@ -239,11 +318,13 @@ async def main(url, runs, seconds, spool):
                                  attributes={"sequence": tick, "interval": 1.0}))
         tick += 1
         await asyncio.sleep(max(0.0, start + tick - time.monotonic()))
+    emitted = tick * runs
     await bus.aclose()
     await adapter.aclose(timeout=30)
-    print(adapter.publisher.published, adapter.publisher.dropped, flush=True)
+    p = adapter.publisher
+    print(emitted, p.published, p.dropped, p.spooled, flush=True)
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]))
 """
 
 
@@ -254,7 +335,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def scale(
-    url: str, server_pid: int, runs: int, seconds: float, spool: Path, state: Path
+    url: str,
+    server_pid: int,
+    runs: int,
+    publishers: int,
+    seconds: float,
+    spool: Path,
+    state: Path,
 ) -> dict[str, Any]:
     import lifecycle_nats
 
@@ -280,15 +367,37 @@ async def scale(
     await asyncio.sleep(0.5)
     server_cpu = cpu_seconds(server_pid)
     own_cpu = time.process_time()
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", SCALE_CHILD, url, str(runs), str(seconds), str(spool),
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    share = runs // publishers
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            SCALE_CHILD,
+            url,
+            str(share),
+            str(seconds),
+            str(spool / str(index)),
+            f"p{index}-",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for index in range(publishers)
+    ]
     started = time.monotonic()
-    out, _ = await child.communicate()
+    outputs = await asyncio.gather(*(child.communicate() for child in children))
     wall = time.monotonic() - started
     child_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    published, dropped = (int(x) for x in out.split())
+    warnings = [
+        line
+        for _, err in outputs
+        for line in err.decode().splitlines()
+        if "warning" in line or "error" in line
+    ]
+    emitted = published = dropped = spooled = 0
+    for out, _ in outputs:
+        counts = [int(x) for x in out.split()[-4:]]
+        emitted, published = emitted + counts[0], published + counts[1]
+        dropped, spooled = dropped + counts[2], spooled + counts[3]
     # Let the listener drain what is left (bounded).
     want = published
     if received < want:
@@ -302,9 +411,15 @@ async def scale(
     await bus.aclose()
     return {
         "runs": runs,
+        "publisher_processes": publishers,
         "seconds": seconds,
+        "emitted": emitted,
+        "emitted_per_s": round(emitted / seconds, 1),
         "published": published,
         "dropped": dropped,
+        "spooled": spooled,
+        "publisher_log_warnings": len(warnings),
+        "first_warning": warnings[0][:300] if warnings else None,
         "received": received,
         "rate_per_s": round(received / (wall + drain), 1),
         "lag_median_s": round(statistics.median(lags), 3) if lags else None,
@@ -312,7 +427,7 @@ async def scale(
         "lag_max_s": round(max(lags), 3) if lags else None,
         "drain_after_s": round(drain, 2),
         "listener_cpu_pct": round(100 * listener_cpu / (wall + drain), 1),
-        "publisher_cpu_pct": round(100 * (child_usage.ru_utime + child_usage.ru_stime) / wall, 1),
+        "publishers_cpu_pct": round(100 * (child_usage.ru_utime + child_usage.ru_stime) / wall, 1),
         "server_cpu_pct": round(100 * server_cpu / (wall + drain), 1),
     }
 
@@ -332,6 +447,7 @@ async def run(args: argparse.Namespace, url: str, server_pid: int, work: Path) -
         order = ["ours", "raw", "raw_async"]
         order = order[round_ % 3 :] + order[: round_ % 3]
         for name in order:
+            say(f"throughput round {round_ + 1}/{rounds}: {name}")
             batch = events(count)
             if name == "ours":
                 ours.append(await ours_publish(url, batch, work / f"spool{round_}"))
@@ -348,6 +464,22 @@ async def run(args: argparse.Namespace, url: str, server_pid: int, work: Path) -
             statistics.median(ours) / statistics.median(raw_async), 2
         ),
     }
+    consume_ours: list[float] = []
+    consume_raw: list[float] = []
+    for round_ in range(rounds):
+        say(f"consume round {round_ + 1}/{rounds}")
+        if round_ % 2:
+            consume_raw.append(await raw_consume(url, count, f"rawc{round_}"))
+            consume_ours.append(await ours_consume(url, count, f"oursc{round_}", work / "state"))
+        else:
+            consume_ours.append(await ours_consume(url, count, f"oursc{round_}", work / "state"))
+            consume_raw.append(await raw_consume(url, count, f"rawc{round_}"))
+    results["consume"] = {
+        "ours_per_s": round(statistics.median(consume_ours)),
+        "raw_fetch_per_s": round(statistics.median(consume_raw)),
+        "ratio": round(statistics.median(consume_ours) / statistics.median(consume_raw), 2),
+    }
+    say("latency")
     ours_lat = await ours_latency(url, latency_count, work / "spool-lat", work / "state")
     raw_lat = await raw_latency(url, latency_count)
     ours_lat2 = await ours_latency(url, latency_count, work / "spool-lat2", work / "state")
@@ -363,8 +495,10 @@ async def run(args: argparse.Namespace, url: str, server_pid: int, work: Path) -
         "median_ratio": round(statistics.median(ours_all) / statistics.median(raw_all), 2),
     }
     if args.scale:
+        say(f"scale: {args.scale_runs} runs for {args.scale_seconds:g} s")
         results["scale"] = await scale(
-            url, server_pid, args.scale_runs, args.scale_seconds, work / "spool-scale",
+            url, server_pid, args.scale_runs, args.scale_publishers, args.scale_seconds,
+            work / "spool-scale",
             work / "state",
         )  # fmt: skip
     return results
@@ -381,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", action="store_true", help="also the scale run")
     parser.add_argument("--scale-runs", type=int, default=10_000)
     parser.add_argument("--scale-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--scale-publishers", type=int, default=4, help="processes sharing the simulated runs"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     # The adapter's log lines are not what is measured.
