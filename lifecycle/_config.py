@@ -61,6 +61,8 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "lifecycle.adapters"
 """The entry-point group in which adapters register their ``attach(bus, **options)``."""
+COMMAND_GROUP = "lifecycle.commands"
+"""The entry-point group of added ``lifecycle`` subcommands; each may have its own table."""
 
 # Adapters of this project, so that a missing one can be named with its distribution.
 _KNOWN_ADAPTERS = {
@@ -202,6 +204,11 @@ class Config:
     handlers: list[HandlerSpec]
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     """Expanded values of ``${NAME}`` references, mapped back to ``${NAME}`` for messages."""
+    tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Top-level tables of installed commands (``[listen]`` for ``lifecycle listen``),
+    ``${NAME}`` expanded; each command validates its own.
+
+    .. versionadded:: 0.2"""
 
     def attach(self, bus: EventBus) -> Attachment:
         """Attach every adapter, then subscribe every handler, to ``bus``.
@@ -355,9 +362,20 @@ class _Loader:
         return ConfigError(str(self.file), self.prefix + key, message, value)
 
     def load(self, data: dict[str, Any]) -> Config:
-        for key in data:
-            if key not in _TOP_KEYS:
-                raise self.error(key, "unknown key; expected adapters or handlers")
+        tables: dict[str, Mapping[str, Any]] = {}
+        for key, value in data.items():
+            if key in _TOP_KEYS:
+                continue
+            # A package that adds ``lifecycle <command>`` may read a table of that name.
+            commands = sorted({point.name for point in entry_points(group=COMMAND_GROUP)})
+            if key not in commands:
+                also = f", or the table of an installed command ({', '.join(commands)})"
+                raise self.error(
+                    key, "unknown key; expected adapters or handlers" + (also if commands else "")
+                )
+            if not isinstance(value, dict):
+                raise self.error(key, f"must be a table ([{self.prefix}{key}])", value)
+            tables[key] = self.expand(key, value)
         adapters = [
             self.adapter(f"adapters[{i}]", entry)
             for i, entry in enumerate(self.array(data, "adapters"))
@@ -366,7 +384,7 @@ class _Loader:
             self.handler(f"handlers[{i}]", entry)
             for i, entry in enumerate(self.array(data, "handlers"))
         ]
-        return Config(self.file, adapters, handlers, self.secrets)
+        return Config(self.file, adapters, handlers, self.secrets, tables)
 
     def array(self, data: dict[str, Any], key: str) -> list[dict[str, Any]]:
         entries = data.get(key, [])

@@ -285,10 +285,9 @@ def test_handler_mistakes_name_the_key(
 
 def test_unknown_top_level_key_is_an_error(tmp_path: Path) -> None:
     error = error_of(write(tmp_path, "[[hooks]]\ntarget = 'x'\n"))
-    assert (error.key, str(error).split(": ")[-1]) == (
-        "hooks",
-        "unknown key; expected adapters or handlers",
-    )
+    assert error.key == "hooks"
+    # Installed commands (lifecycle listen, ...) may add their own tables, named after them.
+    assert str(error).split(": ", 2)[-1].startswith("unknown key; expected adapters or handlers")
 
 
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:

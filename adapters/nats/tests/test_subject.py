@@ -54,4 +54,3 @@ def test_a_bad_prefix_is_a_clear_error(prefix: str) -> None:
 def test_all_lists_exactly_the_public_names() -> None:
     public = {name for name in dir(lifecycle_nats) if not name.startswith("_")}
     assert set(lifecycle_nats.__all__) == public
-    assert lifecycle_nats.__all__ == sorted(lifecycle_nats.__all__)

@@ -1,0 +1,213 @@
+"""``lifecycle listen`` and ``lifecycle flush``: the commands lifecycle-nats adds.
+
+``lifecycle listen [--config FILE]`` consumes the stream into a local bus with the
+configuration's adapters and handlers; its ``[listen]`` table holds the NATS options and
+the filters (see :func:`lifecycle_nats.source`). SIGTERM or SIGINT: the message in hand is
+finished, background handlers drained, exit 0.
+
+``lifecycle flush [--config FILE]`` sends the spool now, with the options of the
+configuration's ``[[adapters]] name = "nats"`` entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+
+from lifecycle import ConfigError, EventBus, find_config, load_config
+
+from ._exceptions import NatsError
+from ._options import NatsOptions
+from ._publisher import Publisher
+from ._source import source
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from lifecycle import Config
+
+__all__ = ["flush", "listen"]
+
+_STATUS_FAILED = 1
+_PUBLISHER_KEYS = frozenset(NatsOptions.names()) | {
+    "max_pending",
+    "max_in_flight",
+    "reconnect_wait",
+    "spool_dir",
+}
+
+
+def _say(message: str) -> None:
+    print(f"lifecycle: {message}", file=sys.stderr, flush=True)
+
+
+def _stderr_logger(*args: Any) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)  # whatever sys.stderr is when logging
+
+
+def _log_to_stderr() -> None:
+    # Log lines go to stderr (structlog's default is stdout); a configuration made by a
+    # handler module wins.
+    if not structlog.is_configured():
+        structlog.configure(logger_factory=_stderr_logger)
+
+
+def _config(path: Path | None, command: str) -> Config | None:
+    import os
+
+    # Handlers are module:function in the user's project, as for lifecycle run.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    if path is None:
+        path = find_config()
+        if path is None:
+            return None
+    return load_config(path)
+
+
+def listen(argv: Sequence[str]) -> int:
+    """``lifecycle listen``: consume lifecycle events from NATS into local handlers.
+
+    .. versionadded:: 0.2
+    """
+    parser = argparse.ArgumentParser(
+        prog="lifecycle listen",
+        description="Consume lifecycle events from NATS JetStream and run the configured "
+        "adapters and handlers on them, as if the runs were local. NATS options and filters "
+        "come from the [listen] table of the configuration.",
+    )
+    parser.add_argument("--config", metavar="FILE", type=Path, help="the configuration file")
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+    try:
+        config = _config(args.config, "listen")
+    except ConfigError as exc:
+        _say(f"error: {exc}")
+        return _STATUS_FAILED
+    _log_to_stderr()
+    status: int = anyio.run(_listen, config)
+    return status
+
+
+async def _listen(config: Config | None) -> int:
+    where = str(config.path) if config is not None else "(no configuration)"
+    options: dict[str, Any] = dict(config.tables.get("listen", {})) if config is not None else {}
+    bus = EventBus(name="lifecycle-listen")
+    try:
+        consumer = source(bus, **options)
+    except (TypeError, ValueError) as exc:
+        await bus.aclose()
+        _say(f"error: {where}: listen: {exc}")
+        return _STATUS_FAILED
+    attachment = None
+    failure: NatsError | None = None
+    try:
+        if config is not None:
+            attachment = config.attach(bus)
+        async with anyio.create_task_group() as group:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+                async def stop_on_signal() -> None:
+                    async for signum in signals:
+                        structlog.get_logger("lifecycle.nats").info(
+                            "stopping: finishing the message in hand",
+                            signal=signal.Signals(signum).name,
+                        )
+                        consumer.stop()
+                        return
+
+                group.start_soon(stop_on_signal)
+                try:
+                    await consumer.run()
+                except NatsError as exc:
+                    failure = exc
+                finally:
+                    group.cancel_scope.cancel()
+    except ConfigError as exc:
+        _say(f"error: {exc}")
+        return _STATUS_FAILED
+    finally:
+        await bus.aclose()
+        if attachment is not None:
+            attachment.detach()
+    if failure is not None:
+        _say(f"error: {where}: listen: {failure}")
+        return _STATUS_FAILED
+    return 0
+
+
+def flush(argv: Sequence[str]) -> int:
+    """``lifecycle flush``: send the spooled events now.
+
+    .. versionadded:: 0.2
+    """
+    parser = argparse.ArgumentParser(
+        prog="lifecycle flush",
+        description="Send the events that lifecycle processes spooled while NATS was "
+        "unreachable, with the options of the configuration's nats adapter.",
+    )
+    parser.add_argument("--config", metavar="FILE", type=Path, help="the configuration file")
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=30.0,
+        help="give up after this long; what is unsent stays spooled (default: 30)",
+    )
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+    try:
+        config = _config(args.config, "flush")
+    except ConfigError as exc:
+        _say(f"error: {exc}")
+        return _STATUS_FAILED
+    options: dict[str, Any] = {}
+    where = "(no configuration)"
+    if config is not None:
+        where = str(config.path)
+        for adapter in config.adapters:
+            if adapter.name == "nats":
+                where = f"{config.path}: {adapter.key}.options"
+                options = {k: v for k, v in adapter.options.items() if k in _PUBLISHER_KEYS}
+                break
+    _log_to_stderr()
+    try:
+        publisher = Publisher(**options)
+    except (TypeError, ValueError) as exc:
+        _say(f"error: {where}: {exc}")
+        return _STATUS_FAILED
+    status: int = anyio.run(_flush, publisher, args.timeout, where)
+    return status
+
+
+async def _flush(publisher: Publisher, seconds: float, where: str) -> int:
+    count = publisher.load_spool()
+    if not count:
+        print(f"nothing to send: the spool ({publisher.spool.directory}) is empty")
+        return 0
+    # Fail fast with a clear message when the server is not there at all.
+    try:
+        client = await publisher.options.connect()
+    except NatsError as exc:
+        _say(f"error: {where}: {exc}; {count} event(s) stay spooled")
+        return _STATUS_FAILED
+    await client.close()
+    publisher.start()
+    done = await publisher.flush(seconds)
+    await publisher.aclose()
+    sent = publisher.published
+    if not done:
+        _say(f"sent {sent} of {count} spooled event(s) in {seconds:g} s; the rest stay spooled")
+        return _STATUS_FAILED
+    print(f"sent {sent} spooled event(s) to {publisher.options.shown_servers}")
+    return 0

@@ -1,0 +1,407 @@
+"""Consuming: a durable JetStream pull consumer that re-emits events on a local bus.
+
+Each message is parsed back into an :class:`~lifecycle.Event` and emitted on the bus; it is
+acknowledged once ``bus.emit`` returned its report (every blocking handler finished, the
+background ones started). Delivery is at-least-once: a listener that dies before its ack
+gets the message again after ``ack_wait``. So that a redelivered event is not handled
+twice, the listener remembers the ids of the last ``idempotency_window`` events it handled,
+in memory and in an append-only file in its state directory (``<stream>-<durable>.ids``):
+an id is written there after the emit and before the ack, so even a SIGKILL between the
+two does not make the restarted listener handle that event again. Listeners on one host
+that share a durable consumer share that file; listeners on different hosts each keep
+their own, so a redelivery that lands on another host is handled again there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import nats.errors
+import nats.js.errors
+import platformdirs
+import structlog
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from lifecycle import Event
+
+from ._exceptions import NatsError, StreamConfigError
+from ._options import NatsOptions, _seconds
+from ._publisher import require_asyncio
+from ._stream import ensure_stream
+from ._subject import encode_token, signal_kind
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from anyio.abc import TaskStatus
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+
+    from lifecycle import EventBus
+
+__all__ = ["STATE_ENV", "Source", "source"]
+
+logger = structlog.get_logger("lifecycle.nats")
+
+STATE_ENV = "LIFECYCLE_NATS_STATE"
+"""Environment variable naming the listener's state directory (the handled-ids file)."""
+
+_FETCH_WAIT = 0.5  # seconds one fetch waits for messages; also how soon stop() is noticed
+_DELIVER = ("all", "new")
+
+
+def _default_state_dir() -> Path:
+    env = os.environ.get(STATE_ENV)
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_state_dir("lifecycle")) / "listen"
+
+
+def _names(option: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise TypeError(f"{option} must be a list of strings, not {value!r}")
+    if not all(isinstance(item, str) and item for item in value):
+        raise TypeError(f"{option} must be a list of non-empty strings, not {value!r}")
+    return tuple(value)
+
+
+class _Handled:
+    """The ids of the last ``size`` handled events: an LRU in memory, a journal on disk."""
+
+    def __init__(self, size: int, path: Path | None) -> None:
+        self.size = size
+        self.path = path
+        self.ids: OrderedDict[str, None] = OrderedDict()
+        self._fd: int | None = None
+        self._written = 0
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with contextlib.suppress(FileNotFoundError):
+                for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[-size:]:
+                    if line:
+                        self.ids[line] = None
+            self._compact()
+
+    def __contains__(self, event_id: str) -> bool:
+        if event_id in self.ids:
+            self.ids.move_to_end(event_id)
+            return True
+        return False
+
+    def add(self, event_id: str) -> None:
+        self.ids[event_id] = None
+        if len(self.ids) > self.size:
+            self.ids.popitem(last=False)
+        if self._fd is not None:
+            # One write() of a short line to an O_APPEND file: whole, and it survives the
+            # process being killed (the kernel has it), which is the case that matters.
+            os.write(self._fd, f"{event_id}\n".encode())
+            self._written += 1
+            if self._written > 2 * self.size:
+                self._compact()
+
+    def _compact(self) -> None:
+        assert self.path is not None
+        if self._fd is not None:
+            os.close(self._fd)
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        temporary.write_text("".join(f"{i}\n" for i in self.ids), encoding="utf-8")
+        os.replace(temporary, self.path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._written = 0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Source:
+    """A durable JetStream consumer that turns the stream back into events on ``bus``.
+
+    Build it with :func:`source`; run it with ``await source.run()`` (or
+    ``await task_group.start(source.run)``); :meth:`stop` makes :meth:`run` finish the
+    message in hand, give back the rest of its batch, and return.
+
+    Attributes:
+        handled: events emitted on the bus.
+        duplicates: redelivered events already handled, acknowledged without emitting.
+        skipped: events the filters left out (acknowledged).
+        terminated: malformed or foreign messages, logged and terminated.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        options: NatsOptions,
+        *,
+        durable: str,
+        signals: tuple[str, ...],
+        environments: tuple[str, ...],
+        labels: frozenset[str],
+        idempotency_window: int,
+        state_dir: Path | None,
+        ack_wait: float,
+        batch: int,
+        deliver: str,
+        reconnect_wait: float,
+    ) -> None:
+        self.bus = bus
+        self.options = options
+        self.durable = durable
+        self.signals = frozenset(signals)
+        self.environments = frozenset(environments)
+        self.labels = labels
+        self.idempotency_window = idempotency_window
+        self.state_dir = state_dir
+        self.ack_wait = ack_wait
+        self.batch = batch
+        self.deliver = deliver
+        self.reconnect_wait = reconnect_wait
+        self.handled = 0
+        self.duplicates = 0
+        self.skipped = 0
+        self.terminated = 0
+        self._stopping = False
+        self._client: Client | None = None
+
+    def __repr__(self) -> str:
+        return f"<Source {self.options.stream}/{self.durable} on {self.options.shown_servers}>"
+
+    @property
+    def filter_subject(self) -> str:
+        """The consumer's subject filter: as narrow as one subject can express the filters."""
+        prefix = self.options.subject_prefix
+        kind = (
+            encode_token(signal_kind(next(iter(self.signals)))) if len(self.signals) == 1 else "*"
+        )
+        env = encode_token(next(iter(self.environments))) if len(self.environments) == 1 else "*"
+        if kind == "*" and env == "*":
+            return f"{prefix}.>"
+        return f"{prefix}.{kind}.{env}"
+
+    def wants(self, event: Event) -> bool:
+        """Whether ``event`` passes the signal, environment and label filters."""
+        if self.signals and event.name not in self.signals:
+            return False
+        if self.environments and event.environment.name not in self.environments:
+            return False
+        return self.labels <= event.environment.labels
+
+    def stop(self) -> None:
+        """Finish the message in hand, give back the rest of the batch, and return from run()."""
+        self._stopping = True
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Consume until :meth:`stop`; reconnects by itself after the first connection.
+
+        Raises:
+            NatsConnectError: the first connection failed (the message names the option).
+            StreamConfigError: the stream or the durable consumer does not fit.
+            RuntimeError: not running on asyncio (nats-py needs it).
+        """
+        require_asyncio("lifecycle-nats consuming")
+        path = None
+        if self.state_dir is not None:
+            path = self.state_dir / f"{self.options.stream}-{self.durable}.ids"
+        handled = _Handled(self.idempotency_window, path)
+        try:
+            sub: JetStreamContext.PullSubscription | None = await self._subscribe()
+            logger.info(
+                "listening",
+                servers=self.options.shown_servers,
+                stream=self.options.stream,
+                durable=self.durable,
+                filter=self.filter_subject,
+            )
+            task_status.started()
+            wait = 0.05
+            while not self._stopping:
+                try:
+                    if sub is None:
+                        sub = await self._subscribe()
+                        logger.info("listening again", servers=self.options.shown_servers)
+                        wait = 0.05
+                    try:
+                        messages = await sub.fetch(self.batch, timeout=_FETCH_WAIT)
+                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                        # No message within the wait (nats-py raises either kind).
+                        if self._client is None or not self._client.is_connected:
+                            raise NatsError("the connection to NATS was lost") from None
+                        continue
+                    for index, message in enumerate(messages):
+                        if self._stopping:
+                            for rest in messages[index:]:
+                                with contextlib.suppress(Exception):
+                                    await rest.nak()
+                            break
+                        await self._handle(message, handled)
+                except (NatsError, nats.errors.Error, OSError) as exc:
+                    if isinstance(exc, StreamConfigError):
+                        raise
+                    logger.warning(
+                        "NATS is unreachable; listening again when it is back",
+                        reason=f"{type(exc).__name__}: {exc}",
+                    )
+                    sub = None
+                    await self._close()
+                    await anyio.sleep(wait)
+                    wait = min(wait * 2, self.reconnect_wait)
+        finally:
+            handled.close()
+            with anyio.CancelScope(shield=True):
+                await self._close()
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        client = await self.options.connect()
+        self._client = client
+        js = client.jetstream(timeout=self.options.ack_timeout)
+        await ensure_stream(js, self.options)
+        await self._ensure_consumer(js)
+        return await js.pull_subscribe_bind(self.durable, stream=self.options.stream)
+
+    async def _ensure_consumer(self, js: JetStreamContext) -> None:
+        wanted = self.filter_subject
+        try:
+            info = await js.consumer_info(self.options.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            await js.add_consumer(
+                self.options.stream,
+                ConsumerConfig(
+                    durable_name=self.durable,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=self.ack_wait,
+                    deliver_policy=DeliverPolicy.ALL
+                    if self.deliver == "all"
+                    else DeliverPolicy.NEW,
+                    filter_subject=wanted,
+                    max_ack_pending=max(1000, self.batch * 4),
+                ),
+            )
+            return
+        have = info.config.filter_subject or ">"
+        if have != wanted:
+            raise StreamConfigError(
+                self.options.stream,
+                f"the durable consumer {self.durable!r} filters {have!r}, but these filters "
+                f"need {wanted!r}; give the listener another durable name, or delete the "
+                f"consumer (nats consumer rm {self.options.stream} {self.durable})",
+            )
+
+    async def _handle(self, message: Msg, handled: _Handled) -> None:
+        try:
+            event = Event.from_json(message.data)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            self.terminated += 1
+            logger.error(
+                "not a lifecycle event; terminated",
+                subject=message.subject,
+                error=f"{type(exc).__name__}: {exc}",
+                data=message.data[:200].decode("utf-8", "replace"),
+            )
+            await message.term()
+            return
+        if event.event_id in handled:
+            self.duplicates += 1
+            logger.debug("already handled; acknowledged again", event_id=event.event_id)
+        elif not self.wants(event):
+            self.skipped += 1
+        else:
+            await self.bus.emit(event)
+            handled.add(event.event_id)
+            self.handled += 1
+        await message.ack()
+
+    async def _close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                with anyio.move_on_after(2):
+                    await client.close()
+
+
+def source(
+    bus: EventBus,
+    *,
+    durable: str = "lifecycle-listen",
+    signals: Iterable[str] = (),
+    environments: Iterable[str] = (),
+    labels: Iterable[str] = (),
+    idempotency_window: int = 10_000,
+    state_dir: str | os.PathLike[str] | bool | None = None,
+    ack_wait: float = 30.0,
+    batch: int = 64,
+    deliver: str = "all",
+    reconnect_wait: float = 2.0,
+    **nats_options: Any,
+) -> Source:
+    """A :class:`Source` that consumes lifecycle events from JetStream into ``bus``.
+
+    Args:
+        bus: where the events are emitted again, with whatever is subscribed to it.
+        durable: the durable consumer's name; listeners sharing it split the work.
+        signals: only these signals (``environment.exited``, ...); default all.
+        environments: only these environment names; default all.
+        labels: only environments that carry all these labels.
+        idempotency_window: how many handled event ids are remembered, so that a
+            redelivered one is acknowledged without being handled again.
+        state_dir: where the handled ids are kept across restarts (default:
+            ``$LIFECYCLE_NATS_STATE``, else ``listen`` in the user's state directory);
+            ``False`` keeps them in memory only.
+        ack_wait: seconds the server waits for an acknowledgement before redelivering;
+            keep it above your handlers' timeouts.
+        batch: messages fetched at once.
+        deliver: ``all`` (a new consumer starts at the stream's first message) or ``new``.
+        reconnect_wait: the longest wait between reconnection attempts, in seconds.
+        nats_options: see :class:`NatsOptions` (``servers``, ``stream``, ...).
+
+    A single signal and/or environment filter narrows the consumer's subject filter;
+    the rest is filtered here (those messages are acknowledged and skipped).
+
+    Raises:
+        TypeError, ValueError: an option is wrong; the message names it.
+
+    .. versionadded:: 0.2
+    """
+    options = NatsOptions.build(**nats_options)
+    if not isinstance(durable, str) or not durable or any(c in durable for c in ".*> \t/\\"):
+        raise ValueError(
+            f"durable must be a consumer name (no '.', '*', '>', '/', '\\' or spaces), not {durable!r}"
+        )
+    for name, value in (("idempotency_window", idempotency_window), ("batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, not {value!r}")
+    if deliver not in _DELIVER:
+        raise ValueError(f"deliver must be one of {', '.join(_DELIVER)}, not {deliver!r}")
+    directory: Path | None
+    if state_dir is False:
+        directory = None
+    elif state_dir is None or state_dir is True:
+        directory = _default_state_dir()
+    elif isinstance(state_dir, (str, os.PathLike)):
+        directory = Path(state_dir)
+    else:
+        raise TypeError(f"state_dir must be a path or false, not {state_dir!r}")
+    return Source(
+        bus,
+        options,
+        durable=durable,
+        signals=_names("signals", signals),
+        environments=_names("environments", environments),
+        labels=frozenset(_names("labels", labels)),
+        idempotency_window=idempotency_window,
+        state_dir=directory,
+        ack_wait=_seconds("ack_wait", ack_wait),
+        batch=batch,
+        deliver=deliver,
+        reconnect_wait=_seconds("reconnect_wait", reconnect_wait),
+    )

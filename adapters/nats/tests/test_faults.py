@@ -1,0 +1,168 @@
+"""Faults with real processes and a real server that the test stops, kills and restarts.
+
+Every scenario counts the events: the listener must have handled exactly the events the
+run handled in process, each once, in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from lifecycle_nats import Publisher
+
+from lifecycle import HEARTBEAT, EnvironmentInfo, Event
+
+from .conftest import (  # type: ignore[import-not-found,unused-ignore]
+    RECORDER,
+    Listener,
+    lifecycle_run,
+    wait_for,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .conftest import NatsServer  # type: ignore[import-not-found,unused-ignore]
+
+WAIT_FOR_GO = "import os, time\nwhile not os.path.exists('go'):\n    time.sleep(0.02)\n"
+
+
+class BackgroundRun:
+    """``lifecycle run`` of a command that waits for a file named ``go``."""
+
+    def __init__(self, directory: Path, server: NatsServer) -> None:
+        directory.mkdir()
+        self.directory = directory
+        self.record = directory / "ran.jsonl"
+        (directory / "recorder.py").write_text(RECORDER)
+        config = directory / "cfg.toml"
+        config.write_text(
+            f'[[adapters]]\nname = "nats"\noptions = {{ servers = "{server.url}", '
+            "delivery_timeout = 1, reconnect_wait = 0.2 }\n\n"
+            + "".join(
+                f'[[handlers]]\ntarget = "recorder:record"\nsignal = "{s}"\ninline = true\n'
+                for s in ("environment.starting", "environment.heartbeat", "environment.exited")
+            )
+        )
+        with (directory / "run.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lifecycle", "run", "--config", str(config),
+                 "--heartbeat", "0.1", "--", sys.executable, "-c", WAIT_FOR_GO],
+                cwd=directory, env={**os.environ, "RECORD_FILE": str(self.record)},
+                stdout=subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.record.exists():
+            return []
+        return [json.loads(line) for line in self.record.read_text().splitlines() if line]
+
+    def finish(self) -> int:
+        (self.directory / "go").touch()
+        return self.process.wait(timeout=30)
+
+
+def ids(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(e["name"], e["event_id"]) for e in events]
+
+
+def test_broker_down_before_the_run_then_started(own_nats: NatsServer, tmp_path: Path) -> None:
+    run = BackgroundRun(tmp_path / "run", own_nats)
+    wait_for(lambda: len(run.events()) >= 4, "starting and some heartbeats", run.events)
+    own_nats.start()
+    (tmp_path / "listen").mkdir()
+    listener = Listener(tmp_path / "listen", own_nats)
+    listener.start()
+    wait_for(lambda: len(listener.events()) >= 4, "the waiting events to arrive", listener)
+    assert run.finish() == 0
+    ran = run.events()
+    wait_for(lambda: len(listener.events()) >= len(ran), "the rest", listener)
+    assert listener.stop() == 0
+    assert ids(listener.events()) == ids(ran)
+    print(f"broker down before the run: {len(ran)} events, each once, in order")
+
+
+def test_broker_restarted_mid_run(own_nats: NatsServer, tmp_path: Path) -> None:
+    own_nats.start()
+    (tmp_path / "listen").mkdir()
+    listener = Listener(tmp_path / "listen", own_nats)
+    listener.start()
+    run = BackgroundRun(tmp_path / "run", own_nats)
+    wait_for(lambda: len(listener.events()) >= 3, "events before the restart", listener)
+    own_nats.stop(signal.SIGTERM)
+    before = len(run.events())
+    wait_for(lambda: len(run.events()) >= before + 3, "heartbeats during the outage", run.events)
+    own_nats.start()
+    wait_for(lambda: len(listener.events()) >= before + 3, "events after the restart", listener)
+    assert run.finish() == 0
+    ran = run.events()
+    wait_for(lambda: len(listener.events()) >= len(ran), "the rest", listener)
+    assert listener.stop() == 0
+    assert ids(listener.events()) == ids(ran)
+    print(f"broker restarted mid-run: {len(ran)} events, each once, in order")
+
+
+def test_broker_killed_during_the_wrappers_exit(own_nats: NatsServer, tmp_path: Path) -> None:
+    own_nats.start()
+    (tmp_path / "listen").mkdir()
+    listener = Listener(tmp_path / "listen", own_nats)
+    listener.start()
+    (tmp_path / "run").mkdir()
+    assert own_nats.process is not None
+    # The command itself kills the broker as it ends: exited is emitted while it is down.
+    kill = f"import os, time; time.sleep(0.5); os.kill({own_nats.process.pid}, 9)"
+    status, ran = lifecycle_run(
+        tmp_path / "run", own_nats.url, sys.executable, "-c", kill,
+        extra=f', spool_dir = "{tmp_path / "spool"}"', heartbeat=0.1,
+    )  # fmt: skip
+    assert status == 0
+    own_nats.process.wait(timeout=20)
+    own_nats.process = None
+    spooled = [name for name in os.listdir(tmp_path / "spool") if name.endswith(".json")]
+    assert spooled  # at least the exited event
+    own_nats.start()
+    flush = subprocess.run(
+        [sys.executable, "-m", "lifecycle", "flush", "--config", str(tmp_path / "run" / "cfg.toml")],
+        cwd=tmp_path / "run", capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert flush.returncode == 0, flush.stderr
+    assert f"sent {len(spooled)} spooled event(s)" in flush.stdout
+    wait_for(lambda: len(listener.events()) >= len(ran), "the spooled events", listener)
+    assert listener.stop() == 0
+    assert ids(listener.events()) == ids(ran)
+    print(f"broker killed during exit: {len(ran)} events, {len(spooled)} spooled, each once")
+
+
+def test_listener_killed_mid_stream_and_restarted(shared_nats: NatsServer, tmp_path: Path) -> None:
+    sent = [
+        Event(name=HEARTBEAT, run_id="run-k", environment=EnvironmentInfo.current("kill"))
+        for _ in range(40)
+    ]
+
+    async def publish() -> None:
+        async with Publisher(
+            servers=shared_nats.url, stream="KILL", subject_prefix="kill", spool_dir=tmp_path
+        ) as publisher:
+            for e in sent:
+                await publisher.publish(e)
+
+    anyio.run(publish)
+    (tmp_path / "listen").mkdir()
+    listener = Listener(tmp_path / "listen", shared_nats, stream="KILL", subject_prefix="kill")
+    listener.start(SLOW="0.05")
+    wait_for(lambda: len(listener.events()) >= 10, "some events handled", listener)
+    seen = len(listener.events())
+    listener.stop(signal.SIGKILL)
+    killed_at = len(listener.events())
+    assert killed_at < len(sent), (seen, killed_at)
+    listener.start()
+    wait_for(lambda: len(listener.events()) >= len(sent), "the rest", listener)
+    assert listener.stop() == 0
+    assert [e["event_id"] for e in listener.events()] == [e.event_id for e in sent]
+    print(f"listener SIGKILLed after {killed_at} of {len(sent)}: each handled once, none skipped")

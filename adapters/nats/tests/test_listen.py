@@ -1,0 +1,271 @@
+"""Consuming: source() into a local bus, idempotency, filters, bad input, the listener process."""
+
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import nats
+import pytest
+from lifecycle_nats import Publisher, StreamConfigError, ensure_stream, source, subject_for
+
+from lifecycle import EXITED, HEARTBEAT, STARTING, EnvironmentInfo, Event, EventBus
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from lifecycle_nats import Source
+
+    from .conftest import NatsServer  # type: ignore[import-not-found,unused-ignore]
+
+pytestmark = pytest.mark.anyio
+
+
+def event(name: str = EXITED, env: str = "job", labels: tuple[str, ...] = ()) -> Event:
+    return Event(name=name, run_id="run-1", environment=EnvironmentInfo.current(env, labels))
+
+
+class Received:
+    """The events a bus handled, and a way to wait for the n-th."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.events: list[Event] = []
+        self._waiting: tuple[int, anyio.Event] | None = None
+        for signal_name in (STARTING, HEARTBEAT, EXITED):
+            bus.subscribe(signal_name, self._got, inline=True)
+
+    def _got(self, event: Event) -> None:
+        self.events.append(event)
+        if self._waiting is not None and len(self.events) >= self._waiting[0]:
+            self._waiting[1].set()
+
+    async def wait(self, count: int) -> None:
+        if len(self.events) < count:
+            self._waiting = (count, anyio.Event())
+            with anyio.fail_after(20):
+                await self._waiting[1].wait()
+
+
+async def make_stream(url: str, stream: str, prefix: str) -> None:
+    client = await nats.connect(url)
+    try:
+        await ensure_stream(client.jetstream(), stream=stream, subject_prefix=prefix)
+    finally:
+        await client.close()
+
+
+async def publish_raw(url: str, subject: str, data: bytes, msg_id: str | None = None) -> None:
+    client = await nats.connect(url)
+    try:
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        await client.jetstream().publish(subject, data, headers=headers)
+    finally:
+        await client.close()
+
+
+class Consuming:
+    def __init__(self, consumer: Source, received: Received) -> None:
+        self.source = consumer
+        self.received = received
+
+
+@asynccontextmanager
+async def consuming(
+    server: NatsServer, stream: str, tmp_path: Path, **options: Any
+) -> AsyncIterator[Consuming]:
+    async with EventBus() as bus, anyio.create_task_group() as group:
+        received = Received(bus)
+        consumer = source(
+            bus, servers=server.url, stream=stream, subject_prefix=stream.lower(),
+            state_dir=tmp_path / "state", **options,
+        )  # fmt: skip
+        await group.start(consumer.run)
+        try:
+            yield Consuming(consumer, received)
+        finally:
+            consumer.stop()
+
+
+async def test_events_come_back_whole_on_the_local_bus(
+    shared_nats: NatsServer, tmp_path: Path
+) -> None:
+    sent = [event(STARTING, "a.b"), event(HEARTBEAT, "a.b"), event(EXITED, "a.b")]
+    async with Publisher(
+        servers=shared_nats.url, stream="BACK", subject_prefix="back", spool_dir=tmp_path
+    ) as p:
+        for e in sent:
+            await p.publish(e)
+    async with consuming(shared_nats, "BACK", tmp_path) as running:
+        await running.received.wait(3)
+        assert running.received.events == sent
+        assert running.source.handled == 3
+
+
+async def test_a_redelivered_event_id_is_handled_once(
+    shared_nats: NatsServer, tmp_path: Path
+) -> None:
+    once = event()
+    subject = subject_for(once.name, "job", prefix="twice")
+    await make_stream(shared_nats.url, "TWICE", "twice")
+    # The same event stored twice (past the duplicate window, under other message ids).
+    await publish_raw(shared_nats.url, subject, once.to_json().encode(), "first")
+    await publish_raw(shared_nats.url, subject, once.to_json().encode(), "second")
+    after = event(STARTING)
+    await publish_raw(shared_nats.url, subject, after.to_json().encode())
+    async with consuming(shared_nats, "TWICE", tmp_path) as running:
+        await running.received.wait(2)
+        assert running.received.events == [once, after]
+        assert running.source.duplicates == 1
+
+
+async def test_malformed_and_foreign_messages_are_terminated_and_the_listener_goes_on(
+    shared_nats: NatsServer, tmp_path: Path
+) -> None:
+    await make_stream(shared_nats.url, "BAD", "bad")
+    good = event()
+    for data in (
+        b"{not json",
+        b'{"hello": "world"}',
+        b"[1, 2]",
+        b"\xff\xfe",
+        good.to_json().encode(),
+    ):
+        await publish_raw(shared_nats.url, "bad.exited.job", data)
+    async with consuming(shared_nats, "BAD", tmp_path) as running:
+        await running.received.wait(1)
+        assert running.received.events == [good]
+        assert running.source.terminated == 4
+
+
+async def test_filters_by_signal_environment_and_labels(
+    shared_nats: NatsServer, tmp_path: Path
+) -> None:
+    wanted = event(EXITED, "etl", ("nightly", "x"))
+    others = [
+        event(STARTING, "etl", ("nightly",)),
+        event(EXITED, "web", ("nightly",)),
+        event(EXITED, "etl"),
+    ]
+    async with Publisher(
+        servers=shared_nats.url, stream="FILTER", subject_prefix="filter", spool_dir=tmp_path
+    ) as p:
+        for e in [*others, wanted]:
+            await p.publish(e)
+    async with consuming(
+        shared_nats, "FILTER", tmp_path,
+        signals=[EXITED, STARTING], environments=["etl"], labels=["nightly", "x"],
+    ) as running:  # fmt: skip
+        await running.received.wait(1)
+        assert running.received.events == [wanted]
+        # web fell to the consumer's subject filter; the rest was filtered here.
+        assert running.source.filter_subject == "filter.*.etl"
+
+
+async def test_one_signal_and_environment_narrow_the_consumer_subject(
+    shared_nats: NatsServer,
+) -> None:
+    async with EventBus() as bus:
+        consumer = source(bus, servers=shared_nats.url, signals=[EXITED], environments=["web.01"])
+        assert consumer.filter_subject == "lifecycle.exited.web~2E01"
+
+
+async def test_a_durable_with_other_filters_is_a_clear_error(
+    shared_nats: NatsServer, tmp_path: Path
+) -> None:
+    async with consuming(shared_nats, "DURABLE", tmp_path, durable="shared"):
+        pass
+    async with EventBus() as bus:
+        consumer = source(
+            bus, servers=shared_nats.url, stream="DURABLE", subject_prefix="durable",
+            durable="shared", signals=[EXITED], state_dir=False,
+        )  # fmt: skip
+        with pytest.raises(
+            StreamConfigError, match=r"durable consumer 'shared' filters 'durable\.>'"
+        ):
+            await consumer.run()
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"durable": "a.b"}, "durable"),
+        ({"signals": EXITED}, "signals"),
+        ({"idempotency_window": 0}, "idempotency_window"),
+        ({"deliver": "last"}, "deliver"),
+        ({"ack_wait": 0}, "ack_wait"),
+        ({"servers": "nats://"}, "servers"),
+        ({"state_dir": 3}, "state_dir"),
+    ],
+)
+async def test_a_bad_listen_option_names_it(options: dict[str, Any], named: str) -> None:
+    async with EventBus() as bus:
+        with pytest.raises((TypeError, ValueError), match=named):
+            source(bus, **options)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_under_trio_consuming_says_nats_needs_asyncio() -> None:
+    async with EventBus() as bus:
+        with pytest.raises(RuntimeError, match=r"needs asyncio.*trio"):
+            await source(bus).run()
+
+
+def cli(*argv: str) -> int:
+    from lifecycle._cli import main
+
+    return main(list(argv))
+
+
+def test_listen_with_no_server_names_the_servers_option(
+    tmp_path: Path, nowhere: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "notify.toml"
+    config.write_text(f'[listen]\nservers = "{nowhere}"\n')
+    assert cli("listen", "--config", str(config)) == 1
+    error = capsys.readouterr().err
+    assert f"{config}: listen: cannot connect to NATS at {nowhere}" in error
+    assert "check the option servers" in error
+
+
+def test_listen_with_a_bad_option_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "notify.toml"
+    config.write_text("[listen]\nbatch = 0\n")
+    assert cli("listen", "--config", str(config)) == 1
+    assert f"{config}: listen: batch must be a positive int" in capsys.readouterr().err
+
+
+def test_listen_with_an_unknown_option_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "notify.toml"
+    config.write_text('[listen]\nserver = "nats://x:4222"\n')
+    assert cli("listen", "--config", str(config)) == 1
+    assert "unknown NATS option 'server'" in capsys.readouterr().err
+
+
+def test_flush_with_an_empty_spool_says_so(
+    spool_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli("flush") == 0
+    assert "nothing to send" in capsys.readouterr().out
+
+
+def test_flush_with_no_server_keeps_the_spool(
+    tmp_path: Path, nowhere: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lifecycle_nats._publisher import message_for
+    from lifecycle_nats._spool import Spool
+
+    Spool(tmp_path / "spool").write([message_for(event())])
+    config = tmp_path / "cfg.toml"
+    config.write_text(
+        f'[[adapters]]\nname = "nats"\noptions = {{ servers = "{nowhere}", spool_dir = "{tmp_path / "spool"}" }}\n'
+    )
+    assert cli("flush", "--config", str(config)) == 1
+    assert "check the option servers" in capsys.readouterr().err
+    assert len(os.listdir(tmp_path / "spool")) == 1
