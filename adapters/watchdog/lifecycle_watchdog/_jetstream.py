@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING
 import anyio
 import nats
 import structlog
-from lifecycle_nats import subject_for
-from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from lifecycle_nats import NatsOptions, subject_for
+from lifecycle_nats import ensure_stream as _ensure_stream
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ._service import Publish, Watchdog
 from ._store import JetStreamStore
@@ -150,20 +150,16 @@ async def connect(settings: Settings) -> Client:
 
 
 async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
-    try:
-        await js.stream_info(settings.stream)
-    except NotFoundError:
-        if not settings.create_stream:
-            raise
-        await js.add_stream(
-            StreamConfig(
-                name=settings.stream,
-                subjects=[f"{settings.subject_prefix}.>"],
-                storage=StorageType.FILE,
-                duplicate_window=120.0,
-                max_age=7 * 86400.0,
-            )
-        )
+    """The stream, created with lifecycle-nats' defaults if missing, checked if present."""
+    await _ensure_stream(
+        js,
+        NatsOptions.build(
+            servers=settings.servers,
+            stream=settings.stream,
+            subject_prefix=settings.subject_prefix,
+            create_stream=settings.create_stream,
+        ),
+    )
 
 
 def publisher(js: JetStreamContext, settings: Settings) -> Publish:

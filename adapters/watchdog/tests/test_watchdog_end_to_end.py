@@ -7,25 +7,115 @@ read its own verdict back and judged again) and then counts what the stream hold
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
+import lifecycle_nats
 import nats
 import pytest
-from lifecycle_nats import subject_for
+from lifecycle_nats import SPOOL_ENV
 from lifecycle_watchdog import MISSED, RECOVERED, Expectation, Judge, Policy, Watchdog
 from lifecycle_watchdog._jetstream import Settings, run_watchdog
 
 from lifecycle import EXITED, HEARTBEAT, STARTING, Environment, Event, EventBus, Outcome
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Iterator
+    from pathlib import Path
+
+# Fixtures here rather than in a conftest.py: mypy checks every adapter's tests as one
+# tree, and two conftest modules would clash.
+
+BEAT = 0.2
+"""The wrappers' heartbeat interval."""
+NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh ``nats-server -js`` for one test; stopped (and its store dropped) after."""
+    port = free_port()
+    store = tmp_path / "jetstream"
+    server = subprocess.Popen(
+        [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # ready when it accepts connections (bounded: fails the test, never hangs)
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"nats-server did not start on port {port}") from None
+                time.sleep(0.02)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@dataclass
+class Wrapper:
+    process: subprocess.Popen[bytes]
+
+    def signal(self, number: int) -> None:
+        os.killpg(self.process.pid, number)  # the wrapper and its command
+
+
+@pytest.fixture
+def wrapper(nats_url: str, tmp_path: Path) -> Iterator[Callable[..., Wrapper]]:
+    """Start `lifecycle run --heartbeat 0.2 -- sleep 60` publishing to the test's server."""
+    config = tmp_path / "lifecycle.toml"
+    config.write_text(f'[[adapters]]\nname = "nats"\noptions = {{ servers = ["{nats_url}"] }}\n')
+    started: list[Wrapper] = []
+
+    def start(name: str = "nightly-etl") -> Wrapper:
+        command = [sys.executable, "-m", "lifecycle", "run", "--config", str(config)]
+        command += ["--name", name, "--heartbeat", str(BEAT), "--", "sleep", "60"]
+        process = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env={**os.environ, SPOOL_ENV: str(tmp_path / "spool")},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        started.append(Wrapper(process))
+        return started[-1]
+
+    yield start
+    for one in started:
+        if one.process.poll() is None:
+            one.signal(signal.SIGKILL)
+        one.process.wait()
 
 
 pytestmark = pytest.mark.anyio
+LIFECYCLE = [sys.executable, "-m", "lifecycle"]
 
 
 @pytest.fixture
@@ -130,7 +220,7 @@ def beating(watcher: Watcher, beats: int = 1) -> Callable[[], bool]:
 
 
 async def test_a_killed_wrapper_is_lost_once_with_two_watchdogs_and_a_restarted_one(
-    nats_url: str, wrapper: Callable[..., Any]
+    nats_url: str, wrapper: Callable[..., Wrapper]
 ) -> None:
     async with watchdog(nats_url) as one, watchdog(nats_url) as two:
         run = wrapper()
@@ -151,7 +241,7 @@ async def test_a_killed_wrapper_is_lost_once_with_two_watchdogs_and_a_restarted_
 
 
 async def test_a_run_that_died_while_no_watchdog_ran_is_lost_once_on_restart(
-    nats_url: str, wrapper: Callable[..., Any]
+    nats_url: str, wrapper: Callable[..., Wrapper]
 ) -> None:
     async with watchdog(nats_url) as first:
         run = wrapper()
@@ -169,7 +259,7 @@ async def test_a_run_that_died_while_no_watchdog_ran_is_lost_once_on_restart(
 
 
 async def test_a_pause_within_the_allowance_is_no_alarm_and_one_past_it_is_lost_then_recovered(
-    nats_url: str, wrapper: Callable[..., Any]
+    nats_url: str, wrapper: Callable[..., Wrapper]
 ) -> None:
     # 10 misses x 0.2 s: a 2 s allowance, against a 0.3 s pause.
     async with watchdog(nats_url, misses=10) as dog:
@@ -210,27 +300,14 @@ async def test_one_missed_per_empty_slot_and_none_while_the_job_starts(nats_url:
     )
 
     async def present(stop: anyio.Event) -> None:
-        """The job that runs on time: a start every 0.1 s, published to the stream."""
-        nc = await nats.connect(nats_url)
-        js = nc.jetstream()
-
-        async def relay(event: Event) -> None:
-            await js.publish(
-                subject_for(event.name, event.environment.name),
-                event.to_json().encode(),
-                headers={"Nats-Msg-Id": event.event_id},
-            )
-
-        try:
-            async with EventBus() as bus:
-                bus.subscribe(STARTING, relay)
+        """The job that runs on time: a start every 0.1 s, through lifecycle-nats."""
+        async with EventBus() as bus:
+            with lifecycle_nats.attach(bus, servers=nats_url, signals=[STARTING]):
                 env = Environment("present", bus=bus)
                 while not stop.is_set():
                     async with env.running():
                         pass
                     await anyio.sleep(0.1)
-        finally:
-            await nc.close()
 
     stop = anyio.Event()
     async with anyio.create_task_group() as group:
@@ -245,3 +322,69 @@ async def test_one_missed_per_empty_slot_and_none_while_the_job_starts(nats_url:
     assert len(dues) == len(set(dues))  # one per slot
     in_stream = [e for e in await stored(nats_url) if e.name == MISSED]
     assert sorted(e.event_id for e in in_stream) == sorted(e.event_id for e in missed)
+
+
+def test_watch_notifies_through_the_usual_handlers_and_runs_lists_the_live_run(
+    nats_url: str, tmp_path: Path, wrapper: Callable[..., Wrapper]
+) -> None:
+    (tmp_path / "notes.py").write_text(
+        "import json, os\n"
+        "def note(event):\n"
+        "    with open(os.environ['NOTES'], 'a') as f:\n"
+        "        f.write(event.to_json() + '\\n')\n"
+    )
+    (tmp_path / "notify.toml").write_text(
+        '[[handlers]]\ntarget = "notes:note"\nsignal = "environment.exited"\n'
+    )
+    (tmp_path / "watch.toml").write_text(
+        f'[watch]\nservers = ["{nats_url}"]\nnotify = "notify.toml"\ntick = 0.05\n'
+    )
+    notes = tmp_path / "notes.jsonl"
+    env = {**os.environ, "NOTES": str(notes)}
+    service = subprocess.Popen(
+        [*LIFECYCLE, "watch", "--config", "watch.toml"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert service.stderr is not None
+        for line in service.stderr:  # ends if the service dies: the assert below says so
+            if "watching stream" in line:
+                break
+        assert service.poll() is None
+        run = wrapper()
+        deadline = time.monotonic() + 20
+        while True:  # ask until the run is listed with a heartbeat (bounded)
+            listed = subprocess.run(
+                [*LIFECYCLE, "runs", "--server", nats_url, "--json"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            rows = json.loads(listed.stdout)
+            if rows and rows[0]["last_heartbeat"]:
+                break
+            assert time.monotonic() < deadline, listed
+        [row] = rows
+        assert (row["environment"], row["state"], row["source"]) == (
+            "nightly-etl",
+            "running",
+            "watchdog",
+        )
+        run.signal(signal.SIGKILL)
+        while not (notes.exists() and notes.read_text()):
+            assert time.monotonic() < deadline + 10, "no notification of the lost run"
+            time.sleep(0.05)
+        [note] = [json.loads(line) for line in notes.read_text().splitlines()]
+        assert note["outcome"] == "lost"
+        assert note["run_id"] == row["run_id"]
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(20) == 0
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+        if service.stderr is not None:
+            service.stderr.close()

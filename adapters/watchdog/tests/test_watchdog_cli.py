@@ -1,0 +1,68 @@
+"""`lifecycle watch` and `lifecycle runs` as real processes, and their configuration errors."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+from lifecycle_watchdog._cli import runs, watch
+from lifecycle_watchdog._config import load_watch_config
+
+from lifecycle import ConfigError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+LIFECYCLE = [sys.executable, "-m", "lifecycle"]
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "shown"),
+    [
+        ("misses = 0", "watch.misses", "0"),
+        ('servers = ["localhost:4222"]', "watch.servers[0]", "'localhost:4222'"),
+        ("colour = 1", "watch.colour", ""),
+        (
+            '[[watch.expect]]\nenvironment = "etl"\ncron = "61 * * * *"',
+            "watch.expect[0].cron",
+            "'61 * * * *'",
+        ),
+        (
+            '[[watch.expect]]\nenvironment = "etl"\nevery = 60\ntimezone = "Mars/Olympus"',
+            "watch.expect[0].timezone",
+            "'Mars/Olympus'",
+        ),
+        ('[[watch.expect]]\nenvironment = "etl"', "watch.expect[0]", ""),
+    ],
+)
+def test_a_bad_watch_configuration_names_the_file_the_key_and_the_value(
+    tmp_path: Path, table: str, key: str, shown: str
+) -> None:
+    file = tmp_path / "watch.toml"
+    file.write_text(f"[watch]\n{table}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_watch_config(file)
+    message = str(caught.value)
+    assert message.startswith(f"{file}: {key}")
+    assert shown in message
+
+
+def test_watch_exits_2_on_a_bad_configuration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "watch.toml"
+    file.write_text("[watch]\nmisses = 'three'\n")
+    assert watch(["--config", str(file)]) == 2
+    assert runs(["--config", str(file)]) == 2
+    assert "watch.misses" in capsys.readouterr().err
+
+
+def test_runs_says_which_servers_it_could_not_reach(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], free_tcp_port: int
+) -> None:
+    url = f"nats://127.0.0.1:{free_tcp_port}"
+    (tmp_path / "watch.toml").write_text(f'[watch]\nservers = ["{url}"]\nconnect_timeout = 0.5\n')
+    assert runs(["--config", str(tmp_path / "watch.toml")]) == 1
+    assert url in capsys.readouterr().err
