@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from lifecycle import EXITED, ConfigError, EventBus, load_config
+from lifecycle import EXITED, ConfigError, EventBus
 
 from ._config import WatchConfig, load_watch_config
 from ._jetstream import Settings, connect, run_watchdog, status_subject
@@ -52,7 +52,8 @@ def _parser(command: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help="a TOML file with a [watch] table (servers, misses, [[watch.expect]], notify)",
+        help="the configuration: its [watch] table (servers, misses, [[watch.expect]]) and "
+        "the [[adapters]]/[[handlers]] that hear the verdicts (default: ./lifecycle.toml)",
     )
     parser.add_argument(
         "--server",
@@ -64,6 +65,11 @@ def _parser(command: str, description: str) -> argparse.ArgumentParser:
 
 
 def _load(command: str, args: argparse.Namespace) -> WatchConfig | None:
+    import os
+
+    # Handlers are module:function in the user's project, as for lifecycle run.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         config = load_watch_config(args.config)
     except ConfigError as exc:
@@ -101,7 +107,7 @@ def watch(argv: list[str]) -> int:
         "watch",
         "Watch the lifecycle events on NATS JetStream: declare silent runs lost, report "
         "missed and overdue runs, each exactly once; notify through the adapters of the "
-        "[watch] notify configuration.",
+        "adapters and handlers of the same configuration.",
     )
     args = parser.parse_args(argv)
     config = _load("watch", args)
@@ -116,9 +122,9 @@ def watch(argv: list[str]) -> int:
 
 async def _watch(config: WatchConfig) -> int:
     async with EventBus() as bus:
-        if config.notify is not None:
+        if config.notify is not None and (config.notify.adapters or config.notify.handlers):
             try:
-                attachment = load_config(config.notify).attach(bus)
+                attachment = config.notify.attach(bus)
             except ConfigError as exc:
                 _say("watch", f"error: {exc}")
                 return STATUS_USAGE

@@ -5,7 +5,6 @@
     [watch]
     servers = ["nats://127.0.0.1:4222"]
     misses = 3                       # silent intervals before a run is lost
-    notify = "lifecycle.toml"        # the adapters that hear the verdicts
 
     [watch.misses_by_environment]
     nightly-etl = 5
@@ -17,28 +16,28 @@
     grace = 600
     max_duration = 7200
 
+    [[adapters]]                     # the same file's adapters hear the verdicts
+    name = "webhook"
+    options = { url = "${SLACK_WEBHOOK_URL}", format = "slack", signals = [...] }
+
 Every error is a :class:`lifecycle.ConfigError` naming the file, the key and the value.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from lifecycle import ConfigError
+from lifecycle import Config, ConfigError, find_config, load_config
 
 from ._jetstream import Settings
 from ._judge import Policy
 from ._schedule import Expectation
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["WatchConfig", "load_watch_config"]
 
@@ -56,7 +55,6 @@ _WATCH_KEYS = frozenset(
         "rebuild_window",
         "connect_timeout",
         "report_every",
-        "notify",
         "expect",
     }
 )
@@ -75,12 +73,18 @@ class WatchConfig:
     settings: Settings = field(default_factory=Settings)
     policy: Policy = field(default_factory=Policy)
     expectations: tuple[Expectation, ...] = ()
-    notify: Path | None = None
+    notify: Config | None = None
+    """The configuration's adapters and handlers, which hear the verdicts."""
     file: Path | None = None
 
 
 def load_watch_config(path: str | Path | None) -> WatchConfig:
-    """Read the ``[watch]`` table of ``path`` (defaults for everything when ``None``).
+    """Read a configuration: its ``[watch]`` table, and the adapters that notify.
+
+    The file is an ordinary ``lifecycle.toml`` (or ``pyproject.toml`` with
+    ``[tool.lifecycle]``): its ``[[adapters]]`` and ``[[handlers]]`` hear the verdicts.
+    With ``path=None``, ``lifecycle.toml`` in the working directory if there is one, else
+    the defaults (and the verdicts logged to stderr).
 
     Raises:
         lifecycle.ConfigError: the file cannot be read, or a key is unknown or has a bad
@@ -89,25 +93,14 @@ def load_watch_config(path: str | Path | None) -> WatchConfig:
     .. versionadded:: 0.2
     """
     if path is None:
-        return WatchConfig()
-    file = Path(path)
-    shown = str(file)
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(shown, None, f"cannot read the file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(shown, None, f"the file is not UTF-8 text: {exc.reason}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(shown, None, f"the file is not valid TOML: {exc}") from None
-    prefix = "watch"
-    if file.name == "pyproject.toml":
-        data = data.get("tool", {}).get("lifecycle", {})
-        prefix = "tool.lifecycle.watch"
-    table = data.get("watch")
-    if table is None:
-        raise ConfigError(shown, prefix, "the table is missing")
-    return _Reader(shown, prefix).load(table, file)
+        path = find_config()
+        if path is None:
+            return WatchConfig()
+    config = load_config(path)
+    prefix = "tool.lifecycle.watch" if config.path.name == "pyproject.toml" else "watch"
+    table = dict(config.tables.get("watch", {}))
+    watch = _Reader(str(config.path), prefix).load(table)
+    return replace(watch, notify=config, file=config.path)
 
 
 class _Reader:
@@ -150,7 +143,7 @@ class _Reader:
             raise self.error(key, "must be finite", value)
         return float(value)
 
-    def load(self, table: Any, file: Path) -> WatchConfig:
+    def load(self, table: Any) -> WatchConfig:
         table = self.keys("", table, _WATCH_KEYS)
         servers = table.get("servers", list(Settings.servers))
         if isinstance(servers, str):
@@ -192,10 +185,7 @@ class _Reader:
                     "two expectations have this name; give each its own name",
                     name,
                 )
-        notify = None
-        if "notify" in table:
-            notify = file.parent / self.string("notify", table["notify"])
-        return WatchConfig(settings, policy, expectations, notify, file)
+        return WatchConfig(settings, policy, expectations)
 
     def number_table(self, key: str, table: dict[str, Any]) -> dict[str, float]:
         values = table.get(key, {})

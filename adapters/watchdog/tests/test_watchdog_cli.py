@@ -40,7 +40,7 @@ LIFECYCLE = [sys.executable, "-m", "lifecycle"]
 def test_a_bad_watch_configuration_names_the_file_the_key_and_the_value(
     tmp_path: Path, table: str, key: str, shown: str
 ) -> None:
-    file = tmp_path / "watch.toml"
+    file = tmp_path / "lifecycle.toml"
     file.write_text(f"[watch]\n{table}\n")
     with pytest.raises(ConfigError) as caught:
         load_watch_config(file)
@@ -52,7 +52,7 @@ def test_a_bad_watch_configuration_names_the_file_the_key_and_the_value(
 def test_watch_exits_2_on_a_bad_configuration(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    file = tmp_path / "watch.toml"
+    file = tmp_path / "lifecycle.toml"
     file.write_text("[watch]\nmisses = 'three'\n")
     assert watch(["--config", str(file)]) == 2
     assert runs(["--config", str(file)]) == 2

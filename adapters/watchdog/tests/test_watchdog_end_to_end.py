@@ -333,11 +333,9 @@ def test_watch_notifies_through_the_usual_handlers_and_runs_lists_the_live_run(
         "    with open(os.environ['NOTES'], 'a') as f:\n"
         "        f.write(event.to_json() + '\\n')\n"
     )
-    (tmp_path / "notify.toml").write_text(
-        '[[handlers]]\ntarget = "notes:note"\nsignal = "environment.exited"\n'
-    )
     (tmp_path / "watch.toml").write_text(
-        f'[watch]\nservers = ["{nats_url}"]\nnotify = "notify.toml"\ntick = 0.05\n'
+        f'[watch]\nservers = ["{nats_url}"]\ntick = 0.05\n\n'
+        '[[handlers]]\ntarget = "notes:note"\nsignal = "environment.exited"\n'
     )
     notes = tmp_path / "notes.jsonl"
     env = {**os.environ, "NOTES": str(notes)}
