@@ -291,12 +291,15 @@ async def _watch(
                         error=str(exc),
                     )
             now = clock()
-            if pending is None and now >= next_judge:
-                if not caught_up_once or dog.has_due(now):
-                    pending = (await stream_end(), now)
-                else:
-                    dog.rounds += 1  # judged: nothing was due
+            if now >= next_judge:
+                # Always move on: a judgement still waiting for the reading to catch up
+                # must not turn the sleep below into a busy loop.
                 next_judge = now + settings.tick
+                if pending is None:
+                    if not caught_up_once or dog.has_due(now):
+                        pending = (await stream_end(), now)
+                    else:
+                        dog.rounds += 1  # judged: nothing was due
             if now >= next_report:
                 next_report = now + settings.report_every
                 logger.info(
