@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the simulation")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before any kill")
     parser.add_argument("--ramp", type=float, default=5.0, help="seconds over which the runs start")
-    parser.add_argument("--tick", type=float, default=0.25, help="the watchdog's tick")
+    parser.add_argument("--tick", type=float, default=0.1, help="the watchdog's tick")
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--profile", metavar="FILE", help="run the watchdog under cProfile")
