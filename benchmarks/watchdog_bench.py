@@ -285,7 +285,14 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         killed = {r.run_id: r for r in runs if r.killed}
         per_run: dict[str, int] = {}
         delays: list[float] = []
+        judged_late: list[float] = []  # the verdict's own time after the run's deadline
+        stored_late: list[float] = []  # the verdict stored after the verdict's own time
         for data, stored_at in verdicts:
+            stamp = datetime.fromisoformat(data["timestamp"]).timestamp()
+            judged_late.append(
+                stamp - datetime.fromisoformat(data["attributes"]["deadline"]).timestamp()
+            )
+            stored_late.append(stored_at - stamp)
             per_run[data["run_id"]] = per_run.get(data["run_id"], 0) + 1
             victim = killed.get(data["run_id"])
             if victim is not None:
@@ -320,6 +327,14 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                 "median": round(statistics.median(delays), 3) if delays else None,
                 "max": round(max(delays), 3) if delays else None,
                 "allowance": allowance,
+            },
+            "verdict_after_deadline_s": {
+                "median": round(statistics.median(judged_late), 3) if judged_late else None,
+                "max": round(max(judged_late), 3) if judged_late else None,
+            },
+            "verdict_stored_after_its_time_s": {
+                "median": round(statistics.median(stored_late), 3) if stored_late else None,
+                "max": round(max(stored_late), 3) if stored_late else None,
             },
             "watchdog_cpu_share_of_one_core": round(cpu / elapsed, 3),
             "watchdog_rss_mb": round(rss, 1),
