@@ -24,8 +24,19 @@ import lifecycle_nats
 import nats
 import pytest
 from lifecycle_nats import SPOOL_ENV
-from lifecycle_watchdog import MISSED, RECOVERED, Expectation, Judge, Policy, Watchdog
+from lifecycle_watchdog import (
+    MISSED,
+    RECOVERED,
+    Expectation,
+    JetStreamStore,
+    Judge,
+    Policy,
+    RunRecord,
+    RunState,
+    Watchdog,
+)
 from lifecycle_watchdog._jetstream import Settings, run_watchdog
+from lifecycle_watchdog._model import run_key
 
 from lifecycle import EXITED, HEARTBEAT, STARTING, Environment, Event, EventBus, Outcome
 
@@ -386,3 +397,34 @@ def test_watch_notifies_through_the_usual_handlers_and_runs_lists_the_live_run(
             service.wait()
         if service.stderr is not None:
             service.stderr.close()
+
+
+async def test_two_stores_racing_on_one_key_give_the_verdict_to_one(nats_url: str) -> None:
+    """The compare-and-set itself, on a real bucket: many racers, one winner."""
+    record = RunRecord(run_id="run-1", environment="etl", interval=1.0)
+    clients = [await nats.connect(nats_url) for _ in range(4)]
+    try:
+        stores = [await JetStreamStore.open(nc.jetstream()) for nc in clients]
+        await stores[0].transition(run_key("run-1"), lambda stored: record)
+
+        def declare(stored: RunRecord | None) -> RunRecord | None:
+            if stored is None or stored.state is not RunState.RUNNING:
+                return None
+            return stored.evolve(state=RunState.LOST, lost_count=stored.lost_count + 1)
+
+        results: list[bool] = []
+
+        async def race(store: JetStreamStore) -> None:
+            won, _ = await store.transition(run_key("run-1"), declare)
+            results.append(won)
+
+        async with anyio.create_task_group() as group:
+            for store in stores * 3:  # twelve racers on four connections
+                group.start_soon(race, store)
+        assert results.count(True) == 1
+        stored = await stores[1].get(run_key("run-1"))
+        assert stored is not None
+        assert (stored.state, stored.lost_count) == (RunState.LOST, 1)
+    finally:
+        for nc in clients:
+            await nc.close()
