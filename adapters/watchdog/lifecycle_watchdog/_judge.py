@@ -102,6 +102,11 @@ def _lost_id(run_id: str, count: int) -> str:
     return verdict_id("lost", run_id, *([count] if count > 1 else []))
 
 
+def lost_msg_id(run_id: str, count: int) -> str:
+    """The ``Nats-Msg-Id`` of a run's ``count``-th lost verdict."""
+    return f"lost:{run_id}{_suffix(count)}"
+
+
 def _suffix(count: int) -> str:
     # The first verdict of a run uses the bare id (`lost:<run_id>`); a run that came
     # back and was lost again gets `:2`, `:3`, ...
@@ -455,7 +460,6 @@ class Judge:
         self, record: RunRecord, now: float, misses: float, interval: float, deadline: float
     ) -> Change:
         count = record.lost_count + 1
-        suffix = _suffix(count)
         event = Event(
             name=EXITED,
             run_id=record.run_id,
@@ -479,6 +483,7 @@ class Judge:
             lost_at=now,
             judged_seq=self.consumed,
             lost_event=event.to_dict(),
+            announced=False,
         )
         basis = record.lost_count
 
@@ -493,7 +498,7 @@ class Judge:
             "lost",
             run_key(record.run_id),
             merge,
-            publish=((event, f"lost:{record.run_id}{suffix}"),),
+            publish=((event, lost_msg_id(record.run_id, count)),),
             emit=(event,),
         )
 

@@ -110,6 +110,8 @@ class RunRecord:
     outcome: str | None = None
     late: bool = False
     lost_event: dict[str, Any] | None = field(default=None, compare=False)
+    announced: bool = True
+    """False between winning a ``lost`` verdict and having published and emitted it."""
 
     def evolve(self, **changes: Any) -> RunRecord:
         return replace(self, **changes)

@@ -18,7 +18,8 @@ import structlog
 
 from lifecycle import HEARTBEAT, SCHEMA_VERSION, Event
 
-from ._model import RunRecord, RunState
+from ._judge import lost_msg_id
+from ._model import RunRecord, RunState, run_key
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -84,11 +85,61 @@ class Watchdog:
         self._idle = anyio.Event()
         self._idle.set()
         self._limit = anyio.Semaphore(256)
+        self._unannounced: dict[str, tuple[int, Event, str]] = {}
 
     async def restore(self) -> tuple[int, float] | None:
-        """Load the stored table into the judge; return the stored checkpoint, if any."""
-        self.judge.restore(await self.store.records())
+        """Load the stored table into the judge; return the stored checkpoint, if any.
+
+        A ``lost`` verdict won by a watchdog that stopped before announcing it is
+        announced now (published under its own ``Nats-Msg-Id``, emitted by whichever
+        watchdog marks it announced).
+        """
+        records = await self.store.records()
+        self.judge.restore(records)
+        for record in records:
+            if record.state is RunState.LOST and not record.announced and record.lost_event:
+                event = Event.from_dict(record.lost_event)
+                await self._announce(
+                    run_key(record.run_id),
+                    record.lost_count,
+                    event,
+                    lost_msg_id(record.run_id, record.lost_count),
+                )
         return await self.store.checkpoint()
+
+    async def _announce(self, key: str, count: int, event: Event, msg_id: str) -> bool:
+        """Publish a lost verdict, then emit it if this watchdog marks it announced.
+
+        Publishing first: a crash before the mark publishes again on restart, which the
+        stream's duplicate window drops. Emitting last, for the one watchdog whose mark
+        lands: the local notification goes out once.
+        """
+        if self.publish is not None:
+            try:
+                await self.publish(event, msg_id)
+            except Exception as exc:
+                # NATS away for longer than the publish may wait: keep the verdict and
+                # try again at the next judgement (and a restarted watchdog would too).
+                logger.warning(
+                    "watchdog: could not publish a verdict yet; will retry",
+                    msg_id=msg_id,
+                    error=str(exc) or type(exc).__name__,
+                )
+                self._unannounced[key] = (count, event, msg_id)
+                return False
+        self._unannounced.pop(key, None)
+
+        def mark(stored: RunRecord | None) -> RunRecord | None:
+            if stored is None or stored.announced or stored.lost_count != count:
+                return None
+            return stored.evolve(announced=True)
+
+        won, stored = await self.store.transition(key, mark)
+        if stored is not None:
+            self.judge.adopt(stored)
+        if won and self.bus is not None:
+            await self.bus.emit(event)
+        return won
 
     async def feed_json(self, data: bytes, seen_at: float, seq: int) -> None:
         """Take one message's payload: a heartbeat of a running run takes a fast path.
@@ -163,6 +214,8 @@ class Watchdog:
         run lost).
         """
         self.rounds += 1
+        for key, (count, event, msg_id) in list(self._unannounced.items()):
+            await self._announce(key, count, event, msg_id)
         if now is None:
             now = self.clock()
         if caught_up is not None and self.has_due(now) and not await caught_up():
@@ -205,6 +258,11 @@ class Watchdog:
                 key=change.key,
                 events=[event.name for event in change.emit],
             )
+        if change.kind == "lost":
+            [(event, msg_id)] = change.publish
+            count = self.judge.table[event.run_id].lost_count
+            await self._announce(change.key, count, event, msg_id)
+            return True
         if self.publish is not None:
             for event, msg_id in change.publish:
                 await self.publish(event, msg_id)

@@ -398,3 +398,37 @@ async def test_a_run_past_its_max_duration_is_overdue_once() -> None:
     assert len(overdue) == 1
     assert overdue[0].attributes["max_duration"] == 60
     assert rig.lost() == []
+
+
+@pytest.mark.anyio
+async def test_a_verdict_won_but_never_announced_is_announced_once_on_restart() -> None:
+    store, stream, clock = MemoryStore(), Stream(), Clock()
+    first = Rig(store=store, stream=stream, clock=clock)
+    first.dog.publish = _broken  # it wins the verdict, cannot publish it, and stops
+    await first.feed(event(STARTING, heartbeat_interval=1.0), T0)
+    await first.judge(T0 + 3)
+    assert first.emitted == []
+    assert stream.stored == []
+    restarted = [Rig(store=store, stream=stream, clock=clock) for _ in range(2)]
+    for rig in restarted:
+        await rig.dog.restore()
+    assert [e.outcome for e, _ in stream.stored] == [Outcome.LOST]
+    assert [len(rig.emitted) for rig in restarted] == [1, 0]  # the notification, once
+
+
+async def _broken(event: Event, msg_id: str) -> None:
+    raise ConnectionError("the server went away between the verdict and its announcement")
+
+
+@pytest.mark.anyio
+async def test_a_verdict_that_could_not_be_published_is_retried_at_the_next_judgement() -> None:
+    rig = Rig()
+    rig.dog.publish = _broken
+    await rig.feed(event(STARTING, heartbeat_interval=1.0), T0)
+    await rig.judge(T0 + 3)
+    assert (rig.lost(), rig.emitted) == ([], [])
+    rig.dog.publish = rig.stream.publish  # the server is back
+    await rig.judge(T0 + 3.1)
+    await rig.judge(T0 + 3.2)
+    assert len(rig.lost()) == 1
+    assert [e.outcome for e in rig.emitted] == [Outcome.LOST]
