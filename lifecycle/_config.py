@@ -13,6 +13,10 @@ A ``lifecycle.toml`` (or the ``[tool.lifecycle]`` table of a ``pyproject.toml``)
     background = true
     labels = ["nightly"]
 
+A top-level table named after an installed ``lifecycle`` command (``[listen]`` for
+``lifecycle listen`` from lifecycle-nats) is kept, expanded, in :attr:`Config.tables` for
+that command to validate.
+
 ``${NAME}`` in any string is replaced by the environment variable ``NAME`` (``${NAME:-x}``
 falls back to ``x``; ``$$`` is a literal ``$``). Loading checks everything it can without
 touching a bus: every problem is a :exc:`~lifecycle.ConfigError` naming the file, the key
