@@ -75,6 +75,7 @@ class Case:
     secondary: list[float] = field(default_factory=list)
     round_medians: list[float] = field(default_factory=list)
     gc_runs: int = 0
+    gc_full_runs: int = 0
     emits: int = 0
     batch: int = 1
 
@@ -89,6 +90,11 @@ class Case:
             "rounds": len(self.round_medians),
             "batch": self.batch,
             "gc_runs_per_1000_emits": 1000 * self.gc_runs / self.emits if self.emits else None,
+            # Full (generation 2) collections: they walk the whole unfrozen heap, which is
+            # where gc.freeze (see compare) makes them cheaper than in a real program.
+            "gc_full_runs_per_1000_emits": (
+                1000 * self.gc_full_runs / self.emits if self.emits else None
+            ),
         }
         out.update(_stats(self.samples, self.round_medians))
         if self.secondary:
@@ -178,9 +184,10 @@ async def _compare(cases: list[Case], rounds: int, budget: float, max_batch: int
     for round_index in range(rounds):
         shift = round_index % len(cases)
         for case in cases[shift:] + cases[:shift]:
-            before = GC.runs
+            before, full_before = GC.runs, GC.by_generation[2]
             taken = await _batch(case, case.batch)
             case.gc_runs += GC.runs - before
+            case.gc_full_runs += GC.by_generation[2] - full_before
             case.emits += len(taken)
             case.samples.extend(taken)
             case.round_medians.append(statistics.median(taken))
