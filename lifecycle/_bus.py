@@ -24,7 +24,8 @@ from ._dispatch import (
 from ._exceptions import BusClosedError, EmitDepthError
 from ._handle import Handle
 from ._logging import log_failure, logger
-from ._results import CloseReport, EmitReport, HandlerResult, Status
+from ._plan import NO_PLAN, Plan, PlanCache
+from ._results import CloseReport, EmitReport, HandlerResult, InlineRun, Status
 from ._subscription import Handler, Subscription, check_timeout, handler_name, is_async_callable
 from ._threads import WorkerPool
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from ._event import Event
+    from ._results import ResultPart
 
 __all__ = ["DEFAULT", "EventBus", "ResultHook"]
 
@@ -111,55 +113,6 @@ class _Deadline:
             self.futures = []
 
 
-def _names(subs: tuple[Subscription, ...]) -> tuple[str, ...]:
-    return tuple(sub.name for sub in subs)
-
-
-class _Plan:
-    """Who receives one signal from one sender, grouped for dispatch; rebuilt on change."""
-
-    __slots__ = ("background", "background_names", "filtered", "groups", "inline", "receivers")
-
-    def __init__(self, subs: list[Subscription], receivers: int) -> None:
-        subs.sort(key=lambda sub: (sub.order, sub.sequence))
-        groups: list[list[Subscription]] = []
-        for sub in subs:
-            if sub.background:
-                continue
-            if groups and groups[-1][0].order == sub.order:
-                groups[-1].append(sub)
-            else:
-                groups.append([sub])
-        self.groups = tuple(tuple(group) for group in groups)
-        self.inline = _inline_groups(self.groups)
-        self.background = tuple(sub for sub in subs if sub.background)
-        self.background_names = _names(self.background)
-        self.filtered = any(sub.labels for sub in subs)
-        self.receivers = receivers
-
-    def for_labels(
-        self, labels: frozenset[str]
-    ) -> tuple[tuple[tuple[Subscription, ...], ...], frozenset[int], tuple[Subscription, ...]]:
-        kept_groups = []
-        for group in self.groups:
-            kept = tuple(sub for sub in group if sub.labels <= labels)
-            if kept:
-                kept_groups.append(kept)
-        groups = tuple(kept_groups)
-        background = tuple(sub for sub in self.background if sub.labels <= labels)
-        return groups, _inline_groups(groups), background
-
-
-def _inline_groups(groups: tuple[tuple[Subscription, ...], ...]) -> frozenset[int]:
-    """The indexes of the groups made only of inline handlers (no task, no thread)."""
-    return frozenset(
-        index for index, group in enumerate(groups) if all(sub.inline for sub in group)
-    )
-
-
-_NO_PLAN = _Plan([], 0)
-
-
 def _blinker_receiver(receiver: Callable[..., Any], sender: Any) -> Handler:
     """Adapt a plain blinker receiver, ``receiver(sender, **kwargs)``, to a handler."""
     sent_by = None if sender is ANY else sender
@@ -174,6 +127,16 @@ def _blinker_receiver(receiver: Callable[..., Any], sender: Any) -> Handler:
         return receiver(sent_by, event=event)
 
     return call
+
+
+def _any_failed(parts: list[ResultPart]) -> bool:
+    for part in parts:
+        if isinstance(part, InlineRun):
+            if part.failures:
+                return True
+        elif part.status is not Status.OK:
+            return True
+    return False
 
 
 class EventBus:
@@ -216,7 +179,7 @@ class EventBus:
         self.max_depth = max_depth
         self._state = BusState.OPEN
         self._signals = blinker.Namespace()
-        self._plans: dict[tuple[str, int], _Plan] = {}
+        self._plans = PlanCache()
         self._results = blinker.Signal("Announces every handler result: receiver(bus, result=...)")
         # Result hooks connected with logs_failures=True; while any is, the bus stays quiet.
         self._failure_loggers = 0
@@ -385,20 +348,20 @@ class EventBus:
 
     # -- emitting --------------------------------------------------------------------
 
-    def _plan(self, name: str, sender: Any) -> _Plan:
+    def _plan(self, name: str, sender: Any) -> Plan:
         signal = self._signals.get(name)
         if signal is None or not signal.receivers:
-            return _NO_PLAN
-        key = (name, id(sender))
-        plan = self._plans.get(key)
-        # Weakly held blinker receivers vanish without a disconnect signal: the count tells.
-        if plan is not None and plan.receivers == len(signal.receivers):
-            return plan
+            return NO_PLAN
+        return self._plans.get(name, signal, sender, self._build_plan)
+
+    def _build_plan(self, signal: blinker.Signal, name: str, sender: Any) -> Plan:
         subs: list[Subscription] = []
+        takes_sender = False
         for receiver in signal.receivers_for(sender):
             if isinstance(receiver, Subscription):
                 subs.append(receiver)
             else:
+                takes_sender = True
                 subs.append(
                     Subscription(
                         None,
@@ -409,8 +372,7 @@ class EventBus:
                         takes_event=True,
                     )
                 )
-        plan = self._plans[key] = _Plan(subs, len(signal.receivers))
-        return plan
+        return Plan(subs, len(signal.receivers), takes_sender)
 
     async def emit(self, event: Event, *, sender: Any = ANY) -> EmitReport:
         """Deliver ``event`` to the receivers of ``event.name``; return one result per handler.
@@ -429,15 +391,12 @@ class EventBus:
         depth = _depth.get()
         if depth >= self.max_depth:
             raise EmitDepthError(event.name, depth + 1, self.max_depth)
-        plan = self._plan(event.name, sender)
-        if plan is _NO_PLAN:
+        selection = self._plan(event.name, sender).select(event.environment.labels)
+        background = selection.background
+        if not selection.steps and not background:
             return EmitReport(event, ())
-        if plan.filtered:
-            groups, inline, background = plan.for_labels(event.environment.labels)
-        else:
-            groups, inline, background = plan.groups, plan.inline, plan.background
         started = perf_counter()
-        results: list[HandlerResult] = []
+        parts: list[ResultPart] = []
         token = _depth.set(depth + 1)
         try:
             try:
@@ -453,26 +412,23 @@ class EventBus:
                     self._start_background_asyncio(loop, background, event)
                 else:
                     await self._start_background(loop, background, event)
-            for index, group in enumerate(groups):
-                if index in inline:
-                    run_inline_group(group, event, results)
+            for subs, calls in selection.steps:
+                if calls is not None:
+                    run_inline_group(subs, calls, event, parts)
                 elif loop is not None:
-                    await run_group_asyncio(loop, self._pool, group, event, results)
+                    await run_group_asyncio(loop, self._pool, subs, event, parts)
                 else:
-                    await run_group_generic(self._limiter, group, event, results)
+                    await run_group_generic(self._limiter, subs, event, parts)
         finally:
             _depth.reset(token)
-        report = EmitReport(
-            event,
-            tuple(results),
-            plan.background_names if background is plan.background else _names(background),
-            perf_counter() - started,
+        report = EmitReport._lazy(
+            event, parts, selection.background_names, perf_counter() - started
         )
         if self._results.receivers:
-            for result in results:
+            for result in report.results:
                 self._announce(result)
-        elif not self._failure_loggers:
-            for result in results:
+        elif not self._failure_loggers and _any_failed(parts):
+            for result in report.results:
                 if result.status is not Status.OK:
                     log_failure(result, bus=self.name)
         return report
@@ -580,11 +536,13 @@ class EventBus:
     async def _run_background_generic(
         self, sub: Subscription, event: Event, scope: anyio.CancelScope
     ) -> None:
-        slot: list[HandlerResult] = []
+        slot: list[ResultPart] = []
         with scope:
             await run_group_generic(self._limiter, (sub,), event, slot)
         if self._background.pop(scope, None) is not None and slot:
-            self._background_finished(slot[0])
+            (result,) = slot
+            assert isinstance(result, HandlerResult)  # background handlers are never inline
+            self._background_finished(result)
 
     async def drain(self, grace: float | None = None) -> CloseReport:
         """Wait up to ``grace`` seconds for background handlers; cancel and report the rest.

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._results import HandlerResult, Status
+from ._results import HandlerResult, InlineRun, Status
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from ._event import Event
+    from ._results import ResultPart
     from ._subscription import Subscription
     from ._threads import WorkerPool
 
@@ -43,36 +44,58 @@ else:
 
 def run_inline(sub: Subscription, event: Event) -> HandlerResult:
     """Run one inline handler where it stands among tasks of a mixed group."""
-    out: list[HandlerResult] = []
-    run_inline_group((sub,), event, out)
-    return out[0]
+    started = perf_counter()
+    error: Exception | None = None
+    try:
+        sub.call(event)
+    except Exception as exc:
+        error = exc
+    status = Status.OK if error is None else Status.ERROR
+    return HandlerResult(
+        sub.name,
+        event.name,
+        status,
+        perf_counter() - started,
+        error,
+        sub.critical,
+        False,
+        event.run_id,
+    )
 
 
 def run_inline_group(
-    subs: Sequence[Subscription], event: Event, results: list[HandlerResult]
+    subs: tuple[Subscription, ...],
+    calls: tuple[Callable[[Event], Any], ...],
+    event: Event,
+    parts: list[ResultPart],
 ) -> None:
-    """Run a group of inline handlers one after the other and append their results.
+    """Run a group of inline handlers one after the other; append what they left.
 
-    The fast path for cheap sync handlers: one clock reading per handler (each one's end is
-    the next one's start) and results built with ``tuple.__new__``, which skips the named
-    tuple's Python-level ``__new__`` (0.3 us against 0.5 us a result).
+    The fast path for cheap sync handlers: per handler, the call and one clock reading
+    (each one's end is the next one's start), nothing else unless it raised. The results
+    are built only when someone reads them (:class:`~lifecycle._results.InlineRun`).
     """
-    new = tuple.__new__
-    name, run_id = event.name, event.run_id
-    append = results.append
-    last = perf_counter()
-    result: tuple[Any, ...]
-    for sub in subs:
+    stamps: list[float] = []
+    stamp = stamps.append
+    clock = perf_counter
+    failures: dict[int, Exception] | None = None
+    todo = calls
+    started = clock()
+    while True:
         try:
-            sub.call(event)
+            for call in todo:
+                call(event)
+                stamp(clock())
         except Exception as exc:
-            now = perf_counter()
-            result = (sub.name, name, Status.ERROR, now - last, exc, sub.critical, False, run_id)
-        else:
-            now = perf_counter()
-            result = (sub.name, name, Status.OK, now - last, None, sub.critical, False, run_id)
-        append(new(HandlerResult, result))
-        last = now
+            stamp(clock())
+            index = len(stamps) - 1
+            if failures is None:
+                failures = {}
+            failures[index] = exc
+            todo = calls[index + 1 :]
+            continue
+        break
+    parts.append(InlineRun(subs, event, started, stamps, failures))
 
 
 def result_of(
@@ -160,7 +183,7 @@ async def run_group_asyncio(
     pool: WorkerPool,
     subs: Sequence[Subscription],
     event: Event,
-    results: list[HandlerResult],
+    results: list[ResultPart],
 ) -> None:
     """Run one group of blocking handlers concurrently and append their results in order."""
     started = perf_counter()
@@ -302,7 +325,7 @@ async def run_group_generic(
     limiter: anyio.CapacityLimiter,
     subs: Sequence[Subscription],
     event: Event,
-    results: list[HandlerResult],
+    results: list[ResultPart],
 ) -> None:
     """The same contract as :func:`run_group_asyncio`, through an anyio task group."""
     slots: list[list[Any]] = [[] for _ in subs]
