@@ -17,7 +17,7 @@ from ._dispatch import (
     result_of,
     retrieve_quietly,
     run_group_asyncio,
-    run_group_generic,
+    run_group_trio,
     run_inline_group,
     start_task,
 )
@@ -418,7 +418,7 @@ class EventBus:
                 elif loop is not None:
                     await run_group_asyncio(loop, self._pool, subs, event, parts)
                 else:
-                    await run_group_generic(self._limiter, subs, event, parts)
+                    await run_group_trio(self._limiter, subs, event, parts)
         finally:
             _depth.reset(token)
         report = EmitReport._lazy(
@@ -538,7 +538,7 @@ class EventBus:
     ) -> None:
         slot: list[ResultPart] = []
         with scope:
-            await run_group_generic(self._limiter, (sub,), event, slot)
+            await run_group_trio(self._limiter, (sub,), event, slot)
         if self._background.pop(scope, None) is not None and slot:
             (result,) = slot
             assert isinstance(result, HandlerResult)  # background handlers are never inline

@@ -3,13 +3,13 @@
 Two implementations with one contract. On asyncio, handlers become bare tasks (eagerly
 started where Python offers it) tracked by one waiter future and one timer per distinct
 timeout, so dispatch costs about what ``asyncio.gather`` costs and leaves no cyclic
-garbage. Elsewhere (trio), a task group with a ``move_on_after`` per handler does the same
-job through anyio.
+garbage. On trio, one nursery and one cancel scope per distinct timeout do the same job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -288,51 +288,113 @@ async def run_group_asyncio(
         )
 
 
-async def _run_one_generic(
-    sub: Subscription, event: Event, limiter: anyio.CapacityLimiter, slot: list[Any]
+async def _run_one_trio(
+    sub: Subscription,
+    event: Event,
+    limiter: anyio.CapacityLimiter,
+    slots: list[HandlerResult | None],
+    index: int,
+    started: float,
 ) -> None:
-    started = perf_counter()
-    exc: BaseException | None = None
-    with anyio.move_on_after(sub.timeout if sub.timeout is not None else float("inf")) as scope:
-        try:
-            if sub.is_async:
-                await sub.call(event)
-            else:
-                await anyio.to_thread.run_sync(
-                    sub.call, event, abandon_on_cancel=True, limiter=limiter
-                )
-        except Exception as error:
-            exc = error
-    if scope.cancelled_caught:
-        status = Status.TIMEOUT
-    else:
-        status = Status.OK if exc is None else Status.ERROR
-    slot.append(
-        HandlerResult(
-            sub.name,
-            event.name,
-            status,
-            perf_counter() - started,
-            exc,
-            sub.critical,
-            sub.background,
-            event.run_id,
-        )
+    # No cancel scope of its own: the group's scope for this timeout cancels it. If that
+    # happens, Cancelled goes through (it is not an Exception) and the slot stays empty,
+    # which is how the group tells a timeout.
+    exc: Exception | None = None
+    try:
+        if sub.is_async:
+            await sub.call(event)
+        else:
+            await anyio.to_thread.run_sync(sub.call, event, abandon_on_cancel=True, limiter=limiter)
+    except Exception as error:
+        exc = error
+    slots[index] = HandlerResult(
+        sub.name,
+        event.name,
+        Status.OK if exc is None else Status.ERROR,
+        perf_counter() - started,
+        exc,
+        sub.critical,
+        sub.background,
+        event.run_id,
     )
 
 
-async def run_group_generic(
+async def _run_until(
+    trio: Any,
+    deadline: float,
+    subs: Sequence[Subscription],
+    indexes: list[int],
+    event: Event,
+    limiter: anyio.CapacityLimiter,
+    slots: list[HandlerResult | None],
+    started: float,
+) -> None:
+    """Run the handlers that share one timeout under one cancel scope."""
+    with trio.CancelScope(deadline=deadline):
+        async with trio.open_nursery() as nursery:
+            start_soon = nursery.start_soon
+            for index in indexes:
+                start_soon(_run_one_trio, subs[index], event, limiter, slots, index, started)
+    # Here only if the handlers finished or the deadline passed: the emitter's own
+    # cancellation propagates out of the nursery. A handler without a result was still
+    # running at the deadline.
+    given_up = perf_counter() - started
+    for index in indexes:
+        if slots[index] is None:
+            sub = subs[index]
+            slots[index] = HandlerResult(
+                sub.name,
+                event.name,
+                Status.TIMEOUT,
+                given_up,
+                None,
+                sub.critical,
+                sub.background,
+                event.run_id,
+            )
+
+
+async def run_group_trio(
     limiter: anyio.CapacityLimiter,
     subs: Sequence[Subscription],
     event: Event,
     results: list[ResultPart],
 ) -> None:
-    """The same contract as :func:`run_group_asyncio`, through an anyio task group."""
-    slots: list[list[Any]] = [[] for _ in subs]
-    async with anyio.create_task_group() as tg:
-        for sub, slot in zip(subs, slots, strict=False):
-            if sub.inline:
-                slot.append(run_inline(sub, event))
+    """The same contract as :func:`run_group_asyncio`, on trio.
+
+    Written against trio itself rather than through anyio: one nursery and one cancel
+    scope per distinct timeout in the group, not an anyio task group with two anyio
+    scopes per handler, which cost 2.2-2.5 times a plain trio nursery. Handlers of one
+    group start together, so those sharing a timeout share a deadline, and a handler
+    still running at its deadline is given up alone: the others' results are already in.
+    """
+    import trio
+
+    started = perf_counter()
+    slots: list[HandlerResult | None] = [None] * len(subs)
+    by_timeout: dict[float | None, list[int]] = {}
+    for index, sub in enumerate(subs):
+        if sub.inline:
+            slots[index] = run_inline(sub, event)
+        else:
+            bucket = by_timeout.get(sub.timeout)
+            if bucket is None:
+                by_timeout[sub.timeout] = [index]
             else:
-                tg.start_soon(_run_one_generic, sub, event, limiter, slot)
-    results.extend(slot[0] for slot in slots)
+                bucket.append(index)
+    if by_timeout:
+        now = trio.current_time()
+        runs = [
+            (math.inf if timeout is None else now + timeout, indexes)
+            for timeout, indexes in by_timeout.items()
+        ]
+        if len(runs) == 1:
+            deadline, indexes = runs[0]
+            await _run_until(trio, deadline, subs, indexes, event, limiter, slots, started)
+        else:
+            async with trio.open_nursery() as nursery:
+                for deadline, indexes in runs:
+                    nursery.start_soon(
+                        _run_until, trio, deadline, subs, indexes, event, limiter, slots, started
+                    )
+    results.extend(slots)  # type: ignore[arg-type]  # every slot is filled by now
