@@ -14,6 +14,8 @@ import blinker
 from blinker import ANY
 
 from ._dispatch import (
+    YIELDS,
+    Deadlines,
     result_of,
     retrieve_quietly,
     run_group_asyncio,
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT", "EventBus", "ResultHook"]
 
 H = TypeVar("H", bound=Handler)
+
+# After a group's handlers outlived the yields to the loop, how many emits skip them.
+_SKIP_YIELDS = 16
 
 _depth: contextvars.ContextVar[int] = contextvars.ContextVar("lifecycle_emit_depth", default=0)
 
@@ -184,6 +189,8 @@ class EventBus:
         # Result hooks connected with logs_failures=True; while any is, the bus stays quiet.
         self._failure_loggers = 0
         self._pool = WorkerPool(max_threads)
+        # The deadlines of blocking handlers still running, one timer for all (asyncio).
+        self._deadlines: Deadlines | None = None
         self._limiter = anyio.CapacityLimiter(max_threads)
         # Background handlers in flight: future (asyncio) or cancel scope (trio) -> entry.
         self._background: dict[Any, tuple[Subscription, Event, float, _Deadline | None]] = {}
@@ -412,11 +419,20 @@ class EventBus:
                     self._start_background_asyncio(loop, background, event)
                 else:
                     await self._start_background(loop, background, event)
-            for subs, calls in selection.steps:
+            for index, (subs, calls) in enumerate(selection.steps):
                 if calls is not None:
                     run_inline_group(subs, calls, event, parts)
                 elif loop is not None:
-                    await run_group_asyncio(loop, self._pool, subs, event, parts)
+                    if self._deadlines is None or self._deadlines.loop is not loop:
+                        self._deadlines = Deadlines(loop)
+                    skip = selection.skip_yields[index]
+                    if skip:
+                        selection.skip_yields[index] = skip - 1
+                    waited = await run_group_asyncio(
+                        loop, self._pool, self._deadlines, subs, event, parts, 0 if skip else YIELDS
+                    )
+                    if waited and not skip:
+                        selection.skip_yields[index] = _SKIP_YIELDS
                 else:
                     await run_group_trio(self._limiter, subs, event, parts)
         finally:

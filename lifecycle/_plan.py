@@ -54,7 +54,7 @@ class Selection:
     without tasks), else ``None``.
     """
 
-    __slots__ = ("background", "background_names", "steps")
+    __slots__ = ("background", "background_names", "skip_yields", "steps")
 
     def __init__(self, subs: list[Subscription]) -> None:
         # ``subs`` is sorted by (order, sequence).
@@ -76,6 +76,11 @@ class Selection:
         )
         self.background = tuple(background)
         self.background_names = tuple(sub.name for sub in background)
+        # Per group, how many more emits go straight to waiting for its handlers instead
+        # of first yielding to the loop for them (asyncio): set when the handlers were
+        # still running after the yields, so a group of slow handlers does not pay for
+        # yields that never finish them, and counted down so that it tries again.
+        self.skip_yields = [0] * len(self.steps)
 
     @property
     def empty(self) -> bool:
