@@ -134,16 +134,6 @@ def _blinker_receiver(receiver: Callable[..., Any], sender: Any) -> Handler:
     return call
 
 
-def _any_failed(parts: list[ResultPart]) -> bool:
-    for part in parts:
-        if isinstance(part, InlineRun):
-            if part.failures:
-                return True
-        elif part.status is not Status.OK:
-            return True
-    return False
-
-
 class EventBus:
     """An async event bus for lifecycle events.
 
@@ -359,7 +349,11 @@ class EventBus:
         signal = self._signals.get(name)
         if signal is None or not signal.receivers:
             return NO_PLAN
-        return self._plans.get(name, signal, sender, self._build_plan)
+        plan = self._plans.lookup(name, signal, sender)
+        if plan is None:
+            plan = self._build_plan(signal, name, sender)
+            self._plans.store(name, signal, sender, plan)
+        return plan
 
     def _build_plan(self, signal: blinker.Signal, name: str, sender: Any) -> Plan:
         subs: list[Subscription] = []
@@ -398,7 +392,17 @@ class EventBus:
         depth = _depth.get()
         if depth >= self.max_depth:
             raise EmitDepthError(event.name, depth + 1, self.max_depth)
-        selection = self._plan(event.name, sender).select(event.environment.labels)
+        name = event.name
+        signal = self._signals.get(name)
+        if signal is None or not signal.receivers:
+            return EmitReport(event, ())
+        plan = self._plans.lookup(name, signal, sender)
+        if plan is None:
+            plan = self._build_plan(signal, name, sender)
+            self._plans.store(name, signal, sender, plan)
+        selection = plan.everyone
+        if selection is None:
+            selection = plan.select(event.environment.labels)
         background = selection.background
         if not selection.steps and not background:
             return EmitReport(event, ())
@@ -443,11 +447,21 @@ class EventBus:
         if self._results.receivers:
             for result in report.results:
                 self._announce(result)
-        elif not self._failure_loggers and _any_failed(parts):
-            for result in report.results:
-                if result.status is not Status.OK:
-                    log_failure(result, bus=self.name)
+        elif not self._failure_loggers:
+            for part in parts:
+                if isinstance(part, InlineRun):
+                    failed = bool(part.failures)
+                else:
+                    failed = part.status is not Status.OK
+                if failed:
+                    self._log_failures(report)
+                    break
         return report
+
+    def _log_failures(self, report: EmitReport) -> None:
+        for result in report.results:
+            if result.status is not Status.OK:
+                log_failure(result, bus=self.name)
 
     def _announce(self, result: HandlerResult) -> None:
         if result.status is not Status.OK and not self._failure_loggers:

@@ -26,8 +26,6 @@ except ImportError:  # pragma: no cover - another blinker: every sender gets its
     _make_id = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     import blinker
 
     from ._subscription import Subscription
@@ -35,8 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["MAX_PLANS", "MAX_SELECTIONS", "Plan", "PlanCache", "Selection"]
 
 MAX_PLANS = 256
-"""Plans one bus keeps: one per signal, plus one per signal and sender for senders with
-receivers of their own (or plain blinker receivers, which are handed the sender)."""
+"""Plans one bus keeps of each kind: per signal, for senders without receivers of their
+own; and per signal and sender, for senders with some (or for every sender, when plain
+blinker receivers are connected: they are handed the sender)."""
 
 MAX_SELECTIONS = 64
 """Distinct event label sets one plan remembers the selected handlers of."""
@@ -155,8 +154,8 @@ def has_own_receivers(signal: blinker.Signal, sender: Any) -> bool:
 
 
 class PlanCache:
-    """Plans by ``(signal, None)`` for senders without receivers of their own, and by
-    ``(signal, id(sender))`` for the others; at most :data:`MAX_PLANS`, oldest dropped.
+    """Plans by signal for senders without receivers of their own, and by signal and
+    ``id(sender)`` for the others; at most :data:`MAX_PLANS` of each, oldest dropped.
 
     A plan keyed by a sender's id either holds the sender (a plain blinker receiver's
     adapter is handed it) or exists because blinker indexes receivers under that sender,
@@ -164,40 +163,41 @@ class PlanCache:
     the cache. So an id never picks up a dead sender's plan.
     """
 
-    __slots__ = ("_plans",)
+    __slots__ = ("by_sender", "shared")
 
     def __init__(self) -> None:
-        self._plans: dict[tuple[str, int | None], Plan] = {}
+        self.shared: dict[str, Plan] = {}
+        self.by_sender: dict[tuple[str, int], Plan] = {}
 
     def __len__(self) -> int:
-        return len(self._plans)
+        return len(self.shared) + len(self.by_sender)
 
     def clear(self) -> None:
-        self._plans.clear()
+        self.shared.clear()
+        self.by_sender.clear()
 
-    def get(
-        self,
-        name: str,
-        signal: blinker.Signal,
-        sender: Any,
-        build: Callable[[blinker.Signal, str, Any], Plan],
-    ) -> Plan:
+    def lookup(self, name: str, signal: blinker.Signal, sender: Any) -> Plan | None:
+        """The plan for ``sender`` if one is cached and still current, else ``None``."""
         count = len(signal.receivers)
-        own = has_own_receivers(signal, sender)
-        plans = self._plans
-        if not own:
-            plan = plans.get((name, None))
+        if sender is ANY or not has_own_receivers(signal, sender):
+            plan = self.shared.get(name)
             if plan is not None and plan.receivers == count:
                 return plan
-        key: tuple[str, int | None] = (name, id(sender))
-        plan = plans.get(key)
+        plan = self.by_sender.get((name, id(sender)))
         if plan is not None and plan.receivers == count:
             return plan
-        plan = build(signal, name, sender)
-        if not own and not plan.takes_sender:
-            key = (name, None)
-        plans.pop(key, None)
-        if len(plans) >= MAX_PLANS:
-            del plans[next(iter(plans))]
-        plans[key] = plan
-        return plan
+        return None
+
+    def store(self, name: str, signal: blinker.Signal, sender: Any, plan: Plan) -> None:
+        """Keep ``plan``, built for ``sender``, for every sender it is good for."""
+        if not plan.takes_sender and (sender is ANY or not has_own_receivers(signal, sender)):
+            _bounded_put(self.shared, name, plan)
+        else:
+            _bounded_put(self.by_sender, (name, id(sender)), plan)
+
+
+def _bounded_put(plans: dict[Any, Plan], key: Any, plan: Plan) -> None:
+    plans.pop(key, None)
+    if len(plans) >= MAX_PLANS:
+        del plans[next(iter(plans))]
+    plans[key] = plan

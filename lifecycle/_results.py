@@ -134,12 +134,15 @@ class EmitReport:
        handlers are built on first access of :attr:`results`.
     """
 
-    __slots__ = ("_parts", "_results", "background", "duration", "event")
+    # Private slots behind read-only properties: setting one is an AttributeError, and
+    # the bus fills them with plain stores (a frozen dataclass's object.__setattr__ per
+    # field cost more than the rest of an emit of one inline handler).
+    __slots__ = ("_background", "_duration", "_event", "_parts", "_results")
     __match_args__ = ("event", "results", "background", "duration")
 
-    event: Event
-    background: tuple[str, ...]
-    duration: float
+    _event: Event
+    _background: tuple[str, ...]
+    _duration: float
     _results: tuple[HandlerResult, ...] | None
     _parts: Sequence[ResultPart] | None
 
@@ -150,11 +153,11 @@ class EmitReport:
         background: tuple[str, ...] = (),
         duration: float = 0.0,
     ) -> None:
-        _set(self, "event", event)
-        _set(self, "_results", tuple(results))
-        _set(self, "_parts", None)
-        _set(self, "background", background)
-        _set(self, "duration", duration)
+        self._event = event
+        self._results = tuple(results)
+        self._parts = None
+        self._background = background
+        self._duration = duration
 
     @classmethod
     def _lazy(
@@ -166,28 +169,36 @@ class EmitReport:
     ) -> EmitReport:
         """A report whose results are built from ``parts`` when first read."""
         report = _new(cls)
-        _set(report, "event", event)
-        _set(report, "_results", None)
-        _set(report, "_parts", parts)
-        _set(report, "background", background)
-        _set(report, "duration", duration)
+        report._event = event
+        report._results = None
+        report._parts = parts
+        report._background = background
+        report._duration = duration
         return report
+
+    @property
+    def event(self) -> Event:
+        """The event that was emitted."""
+        return self._event
+
+    @property
+    def background(self) -> tuple[str, ...]:
+        """The names of the background handlers started."""
+        return self._background
+
+    @property
+    def duration(self) -> float:
+        """Seconds the emit took."""
+        return self._duration
 
     @property
     def results(self) -> tuple[HandlerResult, ...]:
         """One result per blocking handler, in order."""
         results = self._results
         if results is None:
-            results = _build(self._parts or ())
-            _set(self, "_results", results)
-            _set(self, "_parts", None)
+            results = self._results = _build(self._parts or ())
+            self._parts = None
         return results
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"EmitReport is immutable; cannot set {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"EmitReport is immutable; cannot delete {name!r}")
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
@@ -252,7 +263,6 @@ class EmitReport:
         return "\n".join(lines)
 
 
-_set = object.__setattr__
 _new = object.__new__
 
 

@@ -84,6 +84,6 @@ async def test_a_lazy_report_equals_one_built_from_its_results() -> None:
 async def test_a_report_is_immutable() -> None:
     report = await EventBus().emit(starting())
     with pytest.raises(AttributeError):
-        report.duration = 1.0
+        report.duration = 1.0  # type: ignore[misc]
     with pytest.raises(AttributeError):
         del report.event
