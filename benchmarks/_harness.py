@@ -140,20 +140,26 @@ async def _batch(case: Case, count: int) -> list[float]:
 TOO_SLOW = 0.2
 
 
-async def compare(cases: list[Case], rounds: int, budget: float, max_batch: int = 5000) -> None:
+async def compare(
+    cases: list[Case], rounds: int, budget: float, max_batch: int = 5000, freeze: bool = True
+) -> None:
     """Run ``rounds`` rounds of every case; each batch takes about ``budget`` seconds.
 
     The heap is collected and frozen first (``gc.freeze``): objects left by earlier
     comparisons (bubus keeps its event history, Django and matplotlib their modules) then
     stay out of full collections, which walk only what the measured code allocates. A
-    full collection during one comparison so costs the same whatever ran before it.
+    full collection during one comparison so costs the same whatever ran before it. That
+    also hides what a full collection costs in a program with a big heap: ``freeze=False``
+    measures with the heap as it is (scenario 12).
     """
     gc.collect()
-    gc.freeze()
+    if freeze:
+        gc.freeze()
     try:
         await _compare(cases, rounds, budget, max_batch)
     finally:
-        gc.unfreeze()
+        if freeze:
+            gc.unfreeze()
 
 
 async def _compare(cases: list[Case], rounds: int, budget: float, max_batch: int) -> None:

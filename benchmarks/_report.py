@@ -22,6 +22,7 @@ TITLES = {
     "s9_slow": "9. async handlers still running after the first yields (4 suspensions): time per emit",
     "s10_labels": "10. label filters: 1 matching subscriber among N for other labels: time per emit",
     "s11_big": "11. 10,000 async handlers, no suspension: time per emit",
+    "s12_unfrozen": "12. scenario 1 at the largest N with the heap not frozen: time per emit",
 }
 
 
@@ -67,7 +68,7 @@ def latency_table(key: str, results: dict[Any, dict[str, Any]], title: str | Non
     header = f"{'alternative':<{width}}{'i/c/t':<7}" + "".join(
         f"{'N=' + str(n):>{cell}}" for n in sizes
     )
-    header += "   gc runs/1k emits by N"
+    header += "   gc runs/1k emits by N (of which full)"
     lines += [header, "-" * len(header)]
     for name in names:
         marks = ""
@@ -94,7 +95,10 @@ def latency_table(key: str, results: dict[Any, dict[str, Any]], title: str | Non
                 text += f" {spread:.0%})" if spread is not None else ")"
             row += f"{text:>{cell}}"
             per_k = summary["gc_runs_per_1000_emits"]
-            gcs.append("-" if per_k is None else f"{per_k:.0f}")
+            full = summary.get("gc_full_runs_per_1000_emits")
+            gcs.append(
+                "-" if per_k is None else f"{per_k:.0f}" + (f"({full:.0f} full)" if full else "")
+            )
         lines.append(f"{name:<{width}}{marks:<7}{row}   {' '.join(gcs)}")
     return "\n".join(lines)
 

@@ -42,10 +42,14 @@ Results = dict[int, dict[str, Any]]
 
 
 async def _run(
-    cases: list[Case], teardowns: list[Any], cfg: Config, rounds: int | None = None
+    cases: list[Case],
+    teardowns: list[Any],
+    cfg: Config,
+    rounds: int | None = None,
+    freeze: bool = True,
 ) -> dict[str, Any]:
     try:
-        await compare(cases, rounds or cfg.rounds, cfg.budget)
+        await compare(cases, rounds or cfg.rounds, cfg.budget, freeze=freeze)
     finally:
         for teardown in teardowns:
             await teardown()
@@ -183,6 +187,23 @@ async def big(cfg: Config) -> Results:
         alt.bus_case(handlers, event)[0],
     ]
     return {cfg.big_size: await _run(cases, [], cfg, rounds=max(3, cfg.rounds // 3))}
+
+
+async def unfrozen(cfg: Config) -> Results:
+    """Scenario 12: scenario 1's bus and gather at the largest N, the heap not frozen.
+
+    Every other comparison freezes the heap first, so full collections walk only what
+    the measured code allocated. Here they walk everything this process holds (Django,
+    matplotlib, bubus's history...), as in a real program with a big heap: the figures
+    show what a full collection triggered by the emits' allocations costs.
+    """
+    n = max(cfg.sizes)
+    handlers = alt.async_handlers(n)
+    event = alt.make_event()
+    cases = [alt.gather_async(handlers, event), alt.bus_case(handlers, event)[0]]
+    for case in cases:
+        case.name += " (heap not frozen)"
+    return {n: await _run(cases, [], cfg, freeze=False)}
 
 
 class _Finish:

@@ -102,6 +102,7 @@ async def _asyncio_suite(cfg: Config, only: set[str] | None, say: Any) -> dict[s
         ("s9_slow", _scenarios.slow_path),
         ("s10_labels", _scenarios.label_scaling),
         ("s11_big", _scenarios.big),
+        ("s12_unfrozen", _scenarios.unfrozen),
         ("s7_memory", _scenarios.memory),
     ]
     data: dict[str, Any] = {}
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         action="append",
         metavar="SCENARIO",
-        help="run only these (s1_async, ..., s11_big, trio)",
+        help="run only these (s1_async, ..., s12_unfrozen, trio)",
     )
     parser.add_argument("--sizes", help="comma-separated handler counts, instead of the defaults")
     parser.add_argument(
