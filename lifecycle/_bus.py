@@ -26,7 +26,7 @@ from ._dispatch import (
 from ._exceptions import BusClosedError, EmitDepthError
 from ._handle import Handle
 from ._logging import log_failure, logger
-from ._plan import NO_PLAN, Plan, PlanCache
+from ._plan import NO_PLAN, Plan, PlanCache, Selection
 from ._results import CloseReport, EmitReport, HandlerResult, InlineRun, Status
 from ._subscription import Handler, Subscription, check_timeout, handler_name, is_async_callable
 from ._threads import WorkerPool
@@ -409,6 +409,13 @@ class EventBus:
         started = perf_counter()
         parts: list[ResultPart] = []
         token = _depth.set(depth + 1)
+        if selection.inline_only:
+            try:
+                for subs, calls in selection.steps:
+                    run_inline_group(subs, calls, event, parts)  # type: ignore[arg-type]  # inline_only: never None
+            finally:
+                _depth.reset(token)
+            return self._reported(event, parts, selection, started)
         try:
             try:
                 loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -441,6 +448,12 @@ class EventBus:
                     await run_group_trio(self._limiter, subs, event, parts)
         finally:
             _depth.reset(token)
+        return self._reported(event, parts, selection, started)
+
+    def _reported(
+        self, event: Event, parts: list[ResultPart], selection: Selection, started: float
+    ) -> EmitReport:
+        """The report of an emit; its results announced to hooks, its failures logged."""
         report = EmitReport._lazy(
             event, parts, selection.background_names, perf_counter() - started
         )

@@ -53,7 +53,7 @@ class Selection:
     without tasks), else ``None``.
     """
 
-    __slots__ = ("background", "background_names", "skip_yields", "steps")
+    __slots__ = ("background", "background_names", "inline_only", "skip_yields", "steps")
 
     def __init__(self, subs: list[Subscription]) -> None:
         # ``subs`` is sorted by (order, sequence).
@@ -80,6 +80,8 @@ class Selection:
         # still running after the yields, so a group of slow handlers does not pay for
         # yields that never finish them, and counted down so that it tries again.
         self.skip_yields = [0] * len(self.steps)
+        # Every handler is inline: the emit needs no loop, no task and no await.
+        self.inline_only = not background and all(calls for _, calls in self.steps)
 
     @property
     def empty(self) -> bool:
