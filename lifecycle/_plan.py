@@ -121,11 +121,12 @@ class Plan:
         """The handlers an event whose environment carries ``labels`` reaches."""
         if self.everyone is not None:
             return self.everyone
-        selection = self.selections.get(labels)
+        try:
+            selection = self.selections.get(labels)
+        except TypeError:  # a set given to EnvironmentInfo directly
+            return self.select(frozenset(labels))
         if selection is not None:
             return selection
-        if not isinstance(labels, frozenset):  # a set given to EnvironmentInfo directly
-            return self.select(frozenset(labels))
         chosen = list(self.unfiltered)
         for label in labels:
             bucket = self.by_label.get(label)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from lifecycle import STARTING, Environment, EventBus
+from lifecycle import STARTING, Environment, EnvironmentInfo, Event, EventBus
 from lifecycle._plan import MAX_PLANS, MAX_SELECTIONS
 
 from .helpers import starting
@@ -150,3 +150,17 @@ async def test_a_new_subscription_reaches_the_next_emit_with_the_same_labels() -
     bus.subscribe(STARTING, lambda e: seen.append("second"), labels=["web"], inline=True)
     await bus.emit(starting(labels=("web",)))
     assert seen == ["first", "first", "second"]
+
+
+async def test_an_environment_built_with_a_plain_set_of_labels_still_matches() -> None:
+    bus = EventBus()
+    seen: list[str] = []
+    bus.subscribe(STARTING, lambda e: seen.append(e.run_id), labels=["web"], inline=True)
+    event = Event(
+        name=STARTING,
+        run_id="r",
+        environment=EnvironmentInfo(name="x", labels={"web", "eu"}),  # type: ignore[arg-type]
+    )
+    await bus.emit(event)
+    await bus.emit(event)
+    assert seen == ["r", "r"]
