@@ -411,8 +411,8 @@ class EventBus:
         token = _depth.set(depth + 1)
         if selection.inline_only:
             try:
-                for subs, calls in selection.steps:
-                    run_inline_group(subs, calls, event, parts)  # type: ignore[arg-type]  # inline_only: never None
+                for group, group_calls in selection.inline_only:
+                    run_inline_group(group, group_calls, event, parts)
             finally:
                 _depth.reset(token)
             return self._reported(event, parts, selection, started)
@@ -434,13 +434,17 @@ class EventBus:
                 if calls is not None:
                     run_inline_group(subs, calls, event, parts)
                 elif loop is not None:
-                    if self._deadlines is None or self._deadlines.loop is not loop:
-                        self._deadlines = Deadlines(loop)
+                    deadlines = self._deadlines
+                    if deadlines is None or deadlines.loop is not loop:
+                        # A bus used from another loop (another thread, a new asyncio.run)
+                        # gets a watcher for that loop; the old one's timer stays with its
+                        # own loop and groups.
+                        deadlines = self._deadlines = Deadlines(loop)
                     skip = selection.skip_yields[index]
                     if skip:
                         selection.skip_yields[index] = skip - 1
                     waited = await run_group_asyncio(
-                        loop, self._pool, self._deadlines, subs, event, parts, 0 if skip else YIELDS
+                        loop, self._pool, deadlines, subs, event, parts, 0 if skip else YIELDS
                     )
                     if waited and not skip:
                         selection.skip_yields[index] = _SKIP_YIELDS

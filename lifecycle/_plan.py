@@ -26,8 +26,11 @@ except ImportError:  # pragma: no cover - another blinker: every sender gets its
     _make_id = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import blinker
 
+    from ._event import Event
     from ._subscription import Subscription
 
 __all__ = ["MAX_PLANS", "MAX_SELECTIONS", "Plan", "PlanCache", "Selection"]
@@ -55,6 +58,9 @@ class Selection:
 
     __slots__ = ("background", "background_names", "inline_only", "skip_yields", "steps")
 
+    steps: tuple[tuple[tuple[Subscription, ...], tuple[Callable[[Event], Any], ...] | None], ...]
+    inline_only: tuple[tuple[tuple[Subscription, ...], tuple[Callable[[Event], Any], ...]], ...]
+
     def __init__(self, subs: list[Subscription]) -> None:
         # ``subs`` is sorted by (order, sequence).
         groups: list[list[Subscription]] = []
@@ -80,12 +86,13 @@ class Selection:
         # still running after the yields, so a group of slow handlers does not pay for
         # yields that never finish them, and counted down so that it tries again.
         self.skip_yields = [0] * len(self.steps)
-        # Every handler is inline: the emit needs no loop, no task and no await.
-        self.inline_only = not background and all(calls for _, calls in self.steps)
-
-    @property
-    def empty(self) -> bool:
-        return not self.steps and not self.background
+        # When every handler is inline, the steps again (with their calls): the emit then
+        # needs no loop, no task and no await. Empty otherwise.
+        self.inline_only = ()
+        if not background and all(calls is not None for _, calls in self.steps):
+            self.inline_only = tuple(
+                (subs, calls) for subs, calls in self.steps if calls is not None
+            )
 
 
 class Plan:
