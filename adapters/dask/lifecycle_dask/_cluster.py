@@ -2,21 +2,23 @@
 
 Nothing here needs lifecycle-dask on the scheduler or the workers: resources come from the
 scheduler's identity, worker counters from a probe sent by value with ``Client.run``,
-worker arrivals and departures from the scheduler's ``all`` event topic.
+worker arrivals and departures from the scheduler's ``all`` event topic, read there by a
+function sent by value with ``Client.run_on_scheduler``.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Awaitable, Callable, Iterable, Mapping
 
     from distributed import Client
 
-__all__ = ["Baseline", "make_probe", "resources", "run_metrics"]
+__all__ = ["Baseline", "at_exit", "baseline", "log_tail", "make_probe", "resources"]
 
 PROBE_NAME = "lifecycle_dask_probe"
 """The probe's name, as workers log it when ``Client.run`` calls it."""
@@ -142,25 +144,117 @@ async def probe_workers(
     return probes, "; ".join(errors) or None
 
 
-async def baseline(client: Client, identity: Mapping[str, Any]) -> Baseline:
-    """Read the start of the run: its workers, the scheduler's clock, their counters."""
+def make_membership_reader() -> Callable[..., Any]:
+    """Build the function ``Client.run_on_scheduler`` sends to read worker arrivals and departures.
+
+    Made in a function so that it travels by value, like the probe. Without ``since`` it
+    returns the scheduler's clock; with it, the ``add-worker`` and ``remove-worker``
+    entries of the scheduler's ``all`` topic from that time on, read newest first and
+    stopping at ``since``, so only they cross the wire, however long the log is.
+    """
+
+    def lifecycle_dask_membership(dask_scheduler: Any, since: float | None = None) -> Any:
+        import time
+
+        if since is None:
+            return time.time()
+        found = []
+        for stamp, message in reversed(dask_scheduler.get_events("all")):
+            if stamp < since:
+                break
+            if isinstance(message, dict) and message.get("action") in (
+                "add-worker",
+                "remove-worker",
+            ):
+                found.append(
+                    (
+                        stamp,
+                        {
+                            "action": message.get("action"),
+                            "worker": message.get("worker"),
+                            "expected": bool(message.get("expected", False)),
+                        },
+                    )
+                )
+        return found[::-1]
+
+    return lifecycle_dask_membership
+
+
+async def _gather(**calls: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
+    """Await the calls concurrently; each result, or the exception it raised."""
+    results: dict[str, Any] = {}
+
+    async def one(key: str, call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            results[key] = await call()
+        except Exception as exc:
+            results[key] = exc
+
+    async with anyio.create_task_group() as group:
+        for key, call in calls.items():
+            group.start_soon(one, key, call)
+    return results
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def baseline(client: Client) -> tuple[dict[str, Any], Baseline]:
+    """Read the start of the run: the scheduler's identity, its clock, the workers' counters.
+
+    Raises:
+        Exception: the scheduler's identity could not be read.
+    """
+    remote = _client(client)
+    got = await _gather(
+        identity=lambda: remote.scheduler.identity(),
+        clock=lambda: remote.run_on_scheduler(make_membership_reader()),
+        probes=lambda: probe_workers(client),
+    )
+    identity = got["identity"]
+    if isinstance(identity, BaseException):
+        raise identity
     workers = identity.get("workers") or {}
-    try:
-        # ``time.time`` pickles by reference to a builtin: the scheduler needs nothing more.
-        scheduler_time: float | None = await _client(client).run_on_scheduler(time.time)
-    except Exception:
-        scheduler_time = None  # run_on_scheduler refused (pickling disabled): sets only
-    try:
-        probes, error = await probe_workers(client)
-    except Exception as exc:
-        probes, error = {}, f"{type(exc).__name__}: {exc}"
-    return Baseline(
+    clock = got["clock"]
+    probes, error = (
+        ({}, _why(got["probes"])) if isinstance(got["probes"], BaseException) else got["probes"]
+    )
+    return identity, Baseline(
         workers=set(workers),
         names={address: str(w.get("name", address)) for address, w in workers.items()},
-        scheduler_time=scheduler_time,
+        # Refused when the scheduler does not run pickled functions: sets only, then.
+        scheduler_time=None if isinstance(clock, BaseException) else clock,
         probes=probes,
         probe_error=error,
     )
+
+
+async def at_exit(client: Client, start: Baseline) -> tuple[dict[str, Any], list[str]]:
+    """Read what the workers did since ``start``; return the metrics and what failed."""
+    remote = _client(client)
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "identity": lambda: remote.scheduler.identity(),
+        "probes": lambda: probe_workers(client, start.since()),
+    }
+    if start.scheduler_time is not None:
+        since = start.scheduler_time
+        calls["events"] = lambda: remote.run_on_scheduler(make_membership_reader(), since=since)
+    got = await _gather(**calls)
+    errors = [_why(value) for value in got.values() if isinstance(value, BaseException)]
+    identity = got["identity"]
+    if isinstance(identity, BaseException):
+        return {}, errors
+    probes: dict[str, dict[str, Any]] = {}
+    if not isinstance(got["probes"], BaseException):
+        probes, probe_error = got["probes"]
+        if probe_error:
+            errors.append(probe_error)
+    events = got.get("events")
+    if isinstance(events, BaseException) or events is None:
+        events = []
+    return run_metrics(start, identity, probes, events), errors
 
 
 def _membership(

@@ -30,7 +30,7 @@ from distributed.diagnostics.plugin import NannyPlugin, SchedulerPlugin, WorkerP
 
 from lifecycle import Environment, EventBus, Outcome, Run
 
-from ._cluster import Baseline, baseline, log_tail, probe_workers, resources, run_metrics
+from ._cluster import Baseline, at_exit, baseline, log_tail, resources
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -354,9 +354,7 @@ class DaskEnvironment(Environment):
             session = await self._connect(stack)
             stack.push_async_callback(self._unregister, session)
             with anyio.fail_after(self.probe_timeout):
-                client: Any = session.client
-                identity = await client.scheduler.identity()
-                start = await baseline(session.client, identity)
+                identity, start = await baseline(session.client)
             info = resources(identity)
             info["scheduler"] = info["scheduler"] or session.scheduler_address
             token = _SESSION.set(session)
@@ -385,25 +383,16 @@ class DaskEnvironment(Environment):
         errors: list[str] = []
         client: Any = session.client
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.probe_timeout) as scope:
-            try:
-                if not succeeded and self.log_lines:
-                    # Before the probe, whose own log lines would fill the tail.
+            if not succeeded and self.log_lines:
+                # Before the probe, whose own log lines would fill the tail.
+                try:
                     logs = await client.get_worker_logs(n=self.log_lines + 5)
                     info["worker_logs"] = log_tail(logs, self.log_lines)
-                identity = await client.scheduler.identity()
-                probes, probe_error = await probe_workers(session.client, start.since())
-                if probe_error:
-                    errors.append(probe_error)
-                events: list[Any] = []
-                if start.scheduler_time is not None:
-                    events = [
-                        event
-                        for event in await client.get_events("all")
-                        if event[0] >= start.scheduler_time
-                    ]
-                info.update(run_metrics(start, identity, probes, events))
-            except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
+                except Exception as exc:
+                    errors.append(f"worker logs: {type(exc).__name__}: {exc}")
+            metrics, failed = await at_exit(session.client, start)
+            info.update(metrics)
+            errors.extend(failed)
         if scope.cancelled_caught:
             errors.append(f"reading the cluster took longer than {self.probe_timeout} s")
         if start.probe_error:
