@@ -58,10 +58,10 @@ class NoDaskRunError(RuntimeError):
     .. versionadded:: 0.2
     """
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, why: str = "none is") -> None:
         super().__init__(
-            f"{what} needs a Dask run in progress: call it from the body of "
-            "DaskEnvironment.running(), or from a handler of that run's events"
+            f"{what} needs a Dask run in progress ({why}): call it from the body of "
+            "DaskEnvironment.running() or run_sync(), or from a handler of that run's events"
         )
 
 
@@ -132,6 +132,26 @@ class DaskSession:
 
 
 _SESSION: contextvars.ContextVar[DaskSession] = contextvars.ContextVar("lifecycle_dask_session")
+# Every Dask run in progress in this process, for code in a thread that did not inherit
+# the run's context: the body of ``Environment.run_sync`` runs in the caller's thread
+# while the run itself lives in the blocking portal's event loop thread.
+_ACTIVE: list[DaskSession] = []
+
+
+def _lookup(what: str) -> DaskSession:
+    try:
+        return _SESSION.get()
+    except LookupError:
+        pass
+    if len(_ACTIVE) == 1:
+        return _ACTIVE[0]
+    if _ACTIVE:
+        raise NoDaskRunError(
+            what,
+            f"{len(_ACTIVE)} Dask runs are in progress in this process and this context "
+            "belongs to none of them",
+        )
+    raise NoDaskRunError(what)
 
 
 def current_session() -> DaskSession:
@@ -139,17 +159,16 @@ def current_session() -> DaskSession:
 
     Available in the body of :meth:`DaskEnvironment.running` and in every handler of
     that run's events (``on_start``, ``on_exit``, any subscriber of the bus), async or
-    plain: handlers run in a copy of the emitter's context.
+    plain: handlers run in a copy of the emitter's context. Elsewhere (the body of
+    ``run_sync``, which runs in the caller's thread), it is the one Dask run in progress
+    in the process, if there is exactly one.
 
     Raises:
         NoDaskRunError: no Dask run is in progress here.
 
     .. versionadded:: 0.2
     """
-    try:
-        return _SESSION.get()
-    except LookupError:
-        raise NoDaskRunError("current_session()") from None
+    return _lookup("current_session()")
 
 
 def current_client() -> Client:
@@ -160,10 +179,7 @@ def current_client() -> Client:
 
     .. versionadded:: 0.2
     """
-    try:
-        return _SESSION.get().client
-    except LookupError:
-        raise NoDaskRunError("current_client()") from None
+    return _lookup("current_client()").client
 
 
 async def broadcast(plugin: Plugin, name: str | None = None) -> str:
@@ -192,11 +208,7 @@ async def broadcast(plugin: Plugin, name: str | None = None) -> str:
 
     .. versionadded:: 0.2
     """
-    try:
-        session = _SESSION.get()
-    except LookupError:
-        raise NoDaskRunError("broadcast()") from None
-    return await session.broadcast(plugin, name)
+    return await _lookup("broadcast()").broadcast(plugin, name)
 
 
 def _require_asyncio() -> None:
@@ -358,6 +370,7 @@ class DaskEnvironment(Environment):
             info = resources(identity)
             info["scheduler"] = info["scheduler"] or session.scheduler_address
             token = _SESSION.set(session)
+            _ACTIVE.append(session)
             try:
                 async with super().running(
                     run_id,
@@ -373,6 +386,7 @@ class DaskEnvironment(Environment):
                     succeeded = run.outcome in (None, Outcome.SUCCEEDED) and not run.exit_code
                     await self._collect(run, session, start, succeeded=succeeded)
             finally:
+                _ACTIVE.remove(session)
                 _SESSION.reset(token)
 
     async def _collect(

@@ -325,6 +325,15 @@ def test_dask_needs_asyncio_and_says_so_under_trio() -> None:
         pool.submit(untyped(anyio.run), main, backend="trio").result()
 
 
+def test_a_run_sync_body_uses_the_run_client_with_the_blocking_api() -> None:
+    def flow(n: int) -> int:
+        client: Any = current_client()  # the body runs in this thread, the run in the portal's
+        return sum(client.gather(client.map(abs, range(-n, 0))))
+
+    env = DaskEnvironment(cluster_kwargs={"n_workers": 1, **QUIET})
+    assert env.run_sync(flow, 4) == 10
+
+
 def test_the_run_accessors_outside_a_run_raise() -> None:
     with pytest.raises(NoDaskRunError, match="current_client"):
         current_client()
