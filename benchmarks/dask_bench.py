@@ -5,7 +5,8 @@
 
 Three ways to reach the cluster, each against the code one would write without the
 environment, with the same work in the body (``client.map`` of ``n`` trivial tasks, then
-``gather``), on an in-process ``LocalCluster`` (2 workers, 2 threads each):
+``gather``; ``n = 0`` is an empty body, so its "added" column is the environment's whole
+fixed cost), on an in-process ``LocalCluster`` (2 workers, 2 threads each):
 
 - ``client``: a Client given to the environment, against using that Client directly;
 - ``cluster``: a running cluster given to the environment, which opens a Client per run,
@@ -14,9 +15,10 @@ environment, with the same work in the body (``client.map`` of ``n`` trivial tas
   ``async with LocalCluster(...), Client(...)`` by hand.
 
 Baseline and environment alternate run by run in one process and one event loop; each
-figure is the median over the rounds. What the environment adds per run: before
+figure is a median over the rounds, the added time and the ratio of each round's pair. What the environment adds per run: before
 ``starting``, the scheduler's identity, its clock and a probe of every worker; after the
-body, the same again plus the scheduler's event log (and the workers' logs on a failure).
+body, the same again plus the worker arrivals and departures from the scheduler's event
+log (and the workers' logs on a failure); each round of reads is done concurrently.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def inc(x: int) -> int:
 
 
 async def work(client: Any, n: int) -> None:
+    if not n:
+        return
     results = await client.gather(client.map(inc, range(n), pure=False))
     assert len(results) == n
 
@@ -56,8 +60,13 @@ async def measure(
     baseline: Callable[[], Awaitable[None]],
     with_env: Callable[[], Awaitable[None]],
     rounds: int,
-) -> tuple[float, float]:
-    """Median seconds per run of each, alternating which goes first round by round."""
+) -> tuple[float, float, float, float]:
+    """Both, once per round, in an order that alternates; return medians.
+
+    Returns the median seconds of each, and the medians of the per-round difference and
+    ratio (env against baseline): pairing the two runs of a round keeps the drift of a
+    loaded machine out of the comparison.
+    """
     await baseline()  # warm both paths up (imports, first connections)
     await with_env()
     times: dict[str, list[float]] = {"baseline": [], "env": []}
@@ -67,11 +76,21 @@ async def measure(
             started = perf_counter()
             await fn()
             times[key].append(perf_counter() - started)
-    return statistics.median(times["baseline"]), statistics.median(times["env"])
+    base, env = times["baseline"], times["env"]
+    return (
+        statistics.median(base),
+        statistics.median(env),
+        statistics.median(e - b for b, e in zip(base, env, strict=True)),
+        statistics.median(e / b for b, e in zip(base, env, strict=True))
+        if min(base) > 0
+        else float("nan"),
+    )
 
 
-async def main_async(rounds: int, sizes: list[int]) -> list[tuple[str, int, float, float]]:
-    rows: list[tuple[str, int, float, float]] = []
+async def main_async(
+    rounds: int, sizes: list[int]
+) -> list[tuple[str, int, float, float, float, float]]:
+    rows: list[tuple[str, int, float, float, float, float]] = []
     new_cluster: Any = LocalCluster
     new_client: Any = Client
     async with new_cluster(asynchronous=True, **CLUSTER) as cluster:
@@ -125,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: few rounds")
     parser.add_argument("--rounds", type=int, default=None, help="runs of each per figure")
     args = parser.parse_args(argv)
-    rounds = args.rounds or (3 if args.quick else 30)
-    sizes = [10, 100] if args.quick else [10, 100, 1000]
+    rounds = args.rounds or (3 if args.quick else 20)
+    sizes = [0, 10] if args.quick else [0, 10, 100]
     started = perf_counter()
     rows = anyio.run(main_async, rounds, sizes, backend="asyncio")
     print(
@@ -138,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("| reached through | tasks | without | with DaskEnvironment | added | ratio |")
     print("|---|---|---|---|---|---|")
-    for kind, n, base, env in rows:
-        print(f"| {kind} | {n} | {_ms(base)} | {_ms(env)} | {_ms(env - base)} | {env / base:.2f} |")
+    for kind, n, base, env, added, ratio in rows:
+        print(f"| {kind} | {n} | {_ms(base)} | {_ms(env)} | {_ms(added)} | {ratio:.2f} |")
+    print()
+    print("without, with: median per run; added, ratio: median over rounds of (with - without)")
+    print("and with / without, the two runs of a round measured back to back")
     print()
     print(f"(took {perf_counter() - started:.0f} s)")
     return 0
