@@ -1,6 +1,6 @@
 """What ``DaskEnvironment`` adds to a run on a LocalCluster, as a ratio to the same run without it.
 
-    uv run python -m benchmarks.dask_bench            # about a minute on 2 cores
+    uv run python -m benchmarks.dask_bench            # about 80 s on 2 cores
     uv run python -m benchmarks.dask_bench --quick    # a smoke run: a few seconds
 
 Three ways to reach the cluster, each against the code one would write without the
@@ -24,6 +24,7 @@ log (and the workers' logs on a failure); each round of reads is done concurrent
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from importlib.metadata import version
@@ -60,12 +61,12 @@ async def measure(
     baseline: Callable[[], Awaitable[None]],
     with_env: Callable[[], Awaitable[None]],
     rounds: int,
-) -> tuple[float, float, float, float]:
+) -> tuple[float, float, tuple[float, float, float], float]:
     """Both, once per round, in an order that alternates; return medians.
 
-    Returns the median seconds of each, and the medians of the per-round difference and
-    ratio (env against baseline): pairing the two runs of a round keeps the drift of a
-    loaded machine out of the comparison.
+    Returns the median seconds of each, the quartiles of the per-round difference and the
+    median per-round ratio (env against baseline): pairing the two runs of a round keeps
+    the drift of a loaded machine out of the comparison.
     """
     await baseline()  # warm both paths up (imports, first connections)
     await with_env()
@@ -80,17 +81,22 @@ async def measure(
     return (
         statistics.median(base),
         statistics.median(env),
-        statistics.median(e - b for b, e in zip(base, env, strict=True)),
+        _quartiles([e - b for b, e in zip(base, env, strict=True)]),
         statistics.median(e / b for b, e in zip(base, env, strict=True))
-        if min(base) > 0
+        if min(base) > 1e-3  # an empty baseline: no ratio
         else float("nan"),
     )
 
 
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, q2, q3 = statistics.quantiles(values, n=4)
+    return q1, q2, q3
+
+
 async def main_async(
     rounds: int, sizes: list[int]
-) -> list[tuple[str, int, float, float, float, float]]:
-    rows: list[tuple[str, int, float, float, float, float]] = []
+) -> list[tuple[str, int, float, float, tuple[float, float, float], float]]:
+    rows: list[tuple[str, int, float, float, tuple[float, float, float], float]] = []
     new_cluster: Any = LocalCluster
     new_client: Any = Client
     async with new_cluster(asynchronous=True, **CLUSTER) as cluster:
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: few rounds")
     parser.add_argument("--rounds", type=int, default=None, help="runs of each per figure")
     args = parser.parse_args(argv)
-    rounds = args.rounds or (3 if args.quick else 20)
+    rounds = args.rounds or (4 if args.quick else 40)
     sizes = [0, 10] if args.quick else [0, 10, 100]
     started = perf_counter()
     rows = anyio.run(main_async, rounds, sizes, backend="asyncio")
@@ -155,13 +161,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{CLUSTER['n_workers']} workers x {CLUSTER['threads_per_worker']} threads)"
     )
     print()
-    print("| reached through | tasks | without | with DaskEnvironment | added | ratio |")
+    print(
+        "| reached through | tasks | without | with DaskEnvironment | added (quartiles) | ratio |"
+    )
     print("|---|---|---|---|---|---|")
-    for kind, n, base, env, added, ratio in rows:
-        print(f"| {kind} | {n} | {_ms(base)} | {_ms(env)} | {_ms(added)} | {ratio:.2f} |")
+    for kind, n, base, env, (q1, q2, q3), ratio in rows:
+        shown = "-" if math.isnan(ratio) else f"{ratio:.2f}"  # NaN: an empty baseline
+        added = f"{_ms(q2)} ({q1 * 1000:.1f} to {q3 * 1000:.1f})"
+        print(f"| {kind} | {n} | {_ms(base)} | {_ms(env)} | {added} | {shown} |")
     print()
-    print("without, with: median per run; added, ratio: median over rounds of (with - without)")
-    print("and with / without, the two runs of a round measured back to back")
+    print("without, with: median per run. added: quartiles over rounds of (with - without);")
+    print("ratio: median over rounds of with / without; the two runs of a round back to back.")
     print()
     print(f"(took {perf_counter() - started:.0f} s)")
     return 0
