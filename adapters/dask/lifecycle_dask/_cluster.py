@@ -115,7 +115,6 @@ class Baseline:
     """What the cluster looked like when the run started, to measure the run against."""
 
     workers: set[str]
-    names: dict[str, str]
     scheduler_time: float | None
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)
     probe_error: str | None = None
@@ -139,8 +138,10 @@ async def probe_workers(
     for address, answer in answers.items():
         if isinstance(answer, BaseException):
             errors.append(f"{address}: {type(answer).__name__}: {answer}")
-        else:
-            probes[address] = answer
+            continue
+        probes[address] = answer
+        if answer.get("error"):
+            errors.append(f"{address}: memory monitor: {answer['error']}")
     return probes, "; ".join(errors) or None
 
 
@@ -223,7 +224,6 @@ async def baseline(client: Client) -> tuple[dict[str, Any], Baseline]:
     )
     return identity, Baseline(
         workers=set(workers),
-        names={address: str(w.get("name", address)) for address, w in workers.items()},
         # Refused when the scheduler does not run pickled functions: sets only, then.
         scheduler_time=None if isinstance(clock, BaseException) else clock,
         probes=probes,
