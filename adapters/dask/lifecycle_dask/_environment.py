@@ -211,6 +211,25 @@ async def broadcast(plugin: Plugin, name: str | None = None) -> str:
     return await _lookup("broadcast()").broadcast(plugin, name)
 
 
+@asynccontextmanager
+async def _closed_even_if_cancelled(resource: Any, grace: float) -> AsyncIterator[Any]:
+    """``async with resource``, its exit shielded from cancellation and bounded by ``grace``.
+
+    A cancelled run must still close the Client and the cluster it opened: unshielded,
+    their ``__aexit__`` would be cancelled at its first await, leaving the cluster running
+    and Dask's close coroutines never awaited.
+    """
+    value = await resource.__aenter__()
+    try:
+        yield value
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+            await resource.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+        await resource.__aexit__(None, None, None)
+
+
 def _require_asyncio() -> None:
     try:
         asyncio.get_running_loop()
@@ -335,11 +354,15 @@ class DaskEnvironment(Environment):
 
             factory: Any = LocalCluster if target is None else target
             created: Cluster = await stack.enter_async_context(
-                factory(asynchronous=True, **self.cluster_kwargs)
+                _closed_even_if_cancelled(
+                    factory(asynchronous=True, **self.cluster_kwargs), self.exit_grace
+                )
             )
             cluster, address = created, created.scheduler_address
         new_client: Any = Client
-        client = await stack.enter_async_context(new_client(address, asynchronous=True))
+        client = await stack.enter_async_context(
+            _closed_even_if_cancelled(new_client(address, asynchronous=True), self.exit_grace)
+        )
         return DaskSession(client, cluster, owns, address)
 
     @asynccontextmanager

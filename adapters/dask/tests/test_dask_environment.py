@@ -291,6 +291,37 @@ async def test_a_critical_broadcast_failure_aborts_the_run_and_closes_its_cluste
     assert cluster.status is Status.closed
 
 
+async def test_on_exit_handlers_can_still_use_the_run_client(cluster: LocalCluster) -> None:
+    seen: list[int] = []
+
+    async def on_exit() -> None:
+        seen.append((await identity(current_client()))["n_workers"])
+
+    async with DaskEnvironment(cluster, on_exit=on_exit).running() as run:
+        pass
+    assert run.exit_report is not None
+    assert run.exit_report.ok
+    assert seen == [2]
+
+
+async def test_a_cancelled_run_still_reports_the_workers(cluster: LocalCluster) -> None:
+    async with EventBus() as bus:
+        events = recorder(bus)
+        with anyio.fail_after(20), anyio.CancelScope() as scope:
+            async with DaskEnvironment(cluster, bus=bus).running():
+                client: Any = current_client()
+                await client.gather(client.map(abs, range(-3, 0)))
+                scope.cancel()
+                await anyio.sleep_forever()
+    exited = exited_of(events)
+    assert exited.outcome is Outcome.CANCELLED
+    # Read under the cancellation that ended the body: the reads are shielded, and so
+    # is closing the run's own Client.
+    assert exited.attributes["dask"]["tasks_run"] == 3
+    assert "worker_logs" in exited.attributes["dask"]
+    assert client.status == "closed"
+
+
 async def test_a_failed_run_carries_the_workers_log_tail(
     cluster: LocalCluster, client: Client
 ) -> None:
