@@ -85,7 +85,7 @@ class DaskSession:
     owns_cluster: bool
     scheduler_address: str
     plugins: list[str] = field(default_factory=list)
-    _kinds: dict[str, str] = field(default_factory=dict, repr=False)
+    _kinds: dict[str, str] = field(default_factory=dict, init=False, repr=False)
 
     async def broadcast(self, plugin: Plugin, name: str | None = None) -> str:
         """Register ``plugin`` for this run; see :func:`broadcast`."""
