@@ -23,6 +23,7 @@ from ._event import (
     Outcome,
 )
 from ._exceptions import (
+    AbandonedThreadsError,
     BusClosedError,
     ConfigError,
     EmitDepthError,
@@ -44,6 +45,7 @@ __all__ = [
     "HEARTBEAT",
     "SCHEMA_VERSION",
     "STARTING",
+    "AbandonedThreadsError",
     "AdapterSpec",
     "Attachment",
     "BusClosedError",

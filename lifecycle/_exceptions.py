@@ -5,6 +5,7 @@ The hierarchy::
     LifecycleError
     ├── BusClosedError        emitting or subscribing on a closed bus
     ├── EmitDepthError        a handler's emit nested deeper than the bus allows
+    ├── AbandonedThreadsError too many hung sync handlers; a sync handler was not run
     ├── StartAborted          a critical ``environment.starting`` handler failed
     ├── RunTimeoutError       a run outlived its time limit (also a ``TimeoutError``)
     ├── RunTerminated         SIGTERM or SIGINT ended a run under the blocking runner
@@ -53,6 +54,29 @@ class EmitDepthError(LifecycleError):
         )
         self.signal = signal
         self.depth = depth
+        self.limit = limit
+
+
+class AbandonedThreadsError(LifecycleError):
+    """A plain (sync) handler was not run: too many abandoned handler threads still run.
+
+    A plain handler given up at its timeout keeps running in its thread, which the bus
+    abandons and replaces. Once ``max_abandoned_threads`` such threads are still running,
+    the bus refuses to start more plain handlers until some return: each one it refuses
+    gets this error as its result (status ``error``) instead of running.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self, bus_name: str, abandoned: int, limit: int) -> None:
+        super().__init__(
+            f"sync handler not run on event bus {bus_name!r}: {abandoned} sync handlers "
+            f"given up at their timeouts are still running in abandoned threads, the most "
+            f"the bus allows (EventBus(max_abandoned_threads={limit})); find the handlers "
+            "that hang (logged as timed out) and give them a way to return"
+        )
+        self.bus_name = bus_name
+        self.abandoned = abandoned
         self.limit = limit
 
 
