@@ -9,6 +9,7 @@ The hierarchy::
     ├── StartAborted          a critical ``environment.starting`` handler failed
     ├── RunTimeoutError       a run outlived its time limit (also a ``TimeoutError``)
     ├── RunTerminated         SIGTERM or SIGINT ended a run under the blocking runner
+    │                         (also a ``SystemExit``: 128 + n if uncaught)
     └── ConfigError           a configuration file is wrong (file, key and value)
 
 Programmer mistakes (subscribing something that is not callable, a handler whose
@@ -112,11 +113,19 @@ class RunTimeoutError(LifecycleError, TimeoutError):
         self.timeout = timeout
 
 
-class RunTerminated(LifecycleError):
+class RunTerminated(LifecycleError, SystemExit):
     """Raised by the blocking runner after SIGTERM or SIGINT ended the run.
 
     ``environment.exited`` was emitted with outcome ``terminated``. ``exit_status`` is the
     shell's convention for a process ended by that signal (128 + the signal number).
+
+    It is also a ``SystemExit`` whose ``code`` is ``exit_status``: left uncaught, it ends
+    the program quietly with status 143 (SIGTERM) or 130 (SIGINT), as a supervisor
+    expects of an orderly stop, instead of a traceback and status 1. ``except
+    RunTerminated`` (or ``except LifecycleError``) still catches it.
+
+    .. versionchanged:: 0.2
+       Also a ``SystemExit`` with ``code`` set to ``exit_status``.
     """
 
     def __init__(self, environment: str, signum: int) -> None:
@@ -126,6 +135,7 @@ class RunTerminated(LifecycleError):
         self.signum = signum
         self.signal_name = name
         self.exit_status = 128 + signum
+        self.code = self.exit_status  # what the interpreter exits with, if uncaught
 
 
 class ConfigError(LifecycleError):
