@@ -14,6 +14,13 @@ container entrypoints unchanged. The statuses it can exit with:
 127      the command was not found
 128 + n  the command died of signal n (137 for SIGKILL, 143 for SIGTERM)
 =======  ============================================================================
+
+SIGTERM, SIGINT and SIGHUP sent to the wrapper go to the command, and the run's outcome is
+``terminated`` whatever the command then does: it was asked to stop. The status stays the
+command's own, so a supervisor sees what the command said: 128 + n if it died of the
+signal, or its chosen status if it caught it (0 for a clean shutdown). A signal during the
+``starting`` handlers cancels them; the command never starts and the status is 128 + n.
+On Linux, a wrapper killed outright (SIGKILL) takes the command with it.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ so a wrapper can exit with the status the command would have given::
     exited 0                   succeeded    0
     exited n                   failed       n
     died of signal n           killed       128 + n
-    TERM/INT/HUP forwarded     terminated   the child's status (128 + n if it died of it)
+    TERM/INT/HUP forwarded     terminated   the child's status (128 + n if it died of it,
+                                            0 if it caught it and exited cleanly)
+    TERM/INT/HUP in starting   terminated   128 + n (starting cancelled, never started)
     past its time limit        timeout      124 (as GNU ``timeout``)
     command not found          failed       127
     found but not executable   failed       126
