@@ -270,9 +270,7 @@ def attach(
     )
     # Weakly: the registry may outlive the bus; a bus that is gone has no hung handlers.
     bus_ref = weakref.ref(bus)
-    adapter.abandoned_threads.set_function(
-        lambda: getattr(bus_ref(), "abandoned_threads", 0)
-    )
+    adapter.abandoned_threads.set_function(lambda: getattr(bus_ref(), "abandoned_threads", 0))
     try:
         adapter.add(
             bus.subscribe(
