@@ -7,6 +7,7 @@ Real processes and real signals: ``lifecycle run`` wrappers, and a Python progra
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -16,7 +17,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
+
+from lifecycle import SubprocessEnvironment, _deathsig
 
 from .test_cli import CONFIG, WIDE, Job, job, py, wait_until_ready
 
@@ -188,3 +192,41 @@ def test_the_command_dies_when_its_wrapper_is_killed(job: Job) -> None:
         finally:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_shim_kills_itself_if_its_wrapper_died_before_it_could_ask_for_the_signal(
+    tmp_path: Path,
+) -> None:
+    """The death signal only comes for a parent alive at ``prctl``: the shim checks."""
+    marker = tmp_path / "ran"
+    read_end, write_end = os.pipe()
+    try:
+        # Its parent is this test process, not the pid it is told is its wrapper's.
+        shim = [sys.executable, "-I", "-S", "-c", _deathsig._SHIM, "1", str(write_end), "9"]
+        done = subprocess.run(
+            [*shim, "touch", str(marker)],
+            pass_fds=(write_end,),
+            timeout=WIDE,
+            check=False,
+        )
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert done.returncode == -signal.SIGKILL
+    assert not marker.exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the backend that uses the shim
+async def test_the_shim_leaves_the_command_no_ignored_signals(anyio_backend: str) -> None:
+    """Python ignores SIGPIPE; a command started through it must not inherit that."""
+    env = SubprocessEnvironment(
+        ["grep", "SigIgn", "/proc/self/status"], forward_signals=False, stdout=io.BytesIO()
+    )
+    with anyio.fail_after(WIDE):
+        result = await env.execute()
+    assert result.exit_status == 0, result.output_tail
+    ignored = int(result.output_tail.split()[-1], 16)
+    assert ignored & (1 << (signal.SIGPIPE - 1)) == 0
