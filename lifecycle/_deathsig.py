@@ -12,8 +12,9 @@ in its own place: same pid, same file descriptors, same environment.
 What the shim costs and how it behaves:
 
 - One extra interpreter start (``-I -S``: no site, no user environment) per run, about
-  10 ms on an idle machine, before the command's own start. The shim calls ``prctl``
-  through ``_ctypes``, as importing ``ctypes`` would take longer than the rest together.
+  what ``python -I -S -c pass`` costs (about 10 ms), before the command's own start.
+  The shim imports only C modules (``_ctypes``, ``_signal``): ``ctypes`` and ``signal``
+  would each cost more than the rest together.
 - If the wrapper died before the shim's ``prctl`` ran, the death signal would never come,
   so the shim compares ``getppid()`` with the wrapper's pid and kills itself if they differ.
 - If the command cannot be executed, the shim writes the ``errno`` to a pipe that exec
@@ -47,12 +48,14 @@ if TYPE_CHECKING:
 DEATH_SIGNAL = signal.SIGKILL
 """What the command gets when its wrapper dies: nothing is left to escalate, so SIGKILL."""
 
+# Only modules that cost nothing to import: ``signal`` (enum, functools) would take longer
+# than the rest of the shim together, ``ctypes`` ten times more than ``_ctypes``.
 _SHIM = """\
-import os, signal, sys
+import os, sys, _signal
 parent, report = int(sys.argv[1]), int(sys.argv[2])
 os.set_inheritable(report, False)
 try:
-    import _ctypes  # not ctypes: its import costs ten times more than the call needs
+    import _ctypes
     class _Libc:
         _handle = _ctypes.dlopen(None, os.RTLD_NOW)
     class _Function(_ctypes.CFuncPtr):
@@ -61,10 +64,10 @@ try:
 except Exception:
     pass  # no death signal, but the command still runs
 if os.getppid() != parent:
-    os.kill(os.getpid(), signal.SIGKILL)  # the wrapper died before prctl: go with it
+    os.kill(os.getpid(), _signal.SIGKILL)  # the wrapper died before prctl: go with it
 for name in ("SIGPIPE", "SIGXFSZ", "SIGINT"):
-    if hasattr(signal, name):
-        signal.signal(getattr(signal, name), signal.SIG_DFL)
+    if hasattr(_signal, name):
+        _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
 try:
     os.execvp(sys.argv[4], sys.argv[4:])
 except OSError as exc:
