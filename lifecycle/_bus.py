@@ -195,7 +195,8 @@ class EventBus:
         max_abandoned_threads: how many abandoned threads (plain handlers given up but
             still running) the bus tolerates; while that many are alive, new plain
             handlers are not run but fail with :exc:`~lifecycle.AbandonedThreadsError`.
-            A bus thus holds at most ``max_threads + max_abandoned_threads`` threads.
+            Hung handlers thus hold fewer than ``max_abandoned_threads + max_threads``
+            threads.
         close_grace: seconds ``aclose`` waits for background handlers by default.
 
     .. versionadded:: 0.1

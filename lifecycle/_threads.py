@@ -8,10 +8,12 @@ A thread cannot be stopped from outside, so a handler given up at its timeout (o
 emitter is cancelled) runs on in its thread. That thread is *abandoned*: it no longer
 counts against ``max_threads``, and a new worker takes its place, so hung handlers cannot
 starve the handlers after them. Abandoned threads are counted; once
-``max_abandoned_threads`` of them are still running, new sync handlers are not started
-at all but fail at once with :exc:`~lifecycle.AbandonedThreadsError`, which bounds the
-threads (and memory) that hung handlers can hold. The count goes down as abandoned
-handlers return.
+``max_abandoned_threads`` of them are still running, sync handlers are not started at all
+(those already queued included) but fail at once with
+:exc:`~lifecycle.AbandonedThreadsError`. That bounds the threads, and the memory, that hung
+handlers can hold: fewer than ``max_abandoned_threads + max_threads`` abandoned ones (the
+handlers running when the limit is reached may hang too). The count goes down as
+abandoned handlers return.
 """
 
 from __future__ import annotations
@@ -221,15 +223,21 @@ class WorkerPool:
                     if future.state == _QUEUED:
                         break
                     future = None  # given up while queued: never run it
-                future.state = _RUNNING
+                # Queued before the limit was reached, it is refused all the same.
+                refused = self.abandoned >= self.max_abandoned
+                future.state = _DROPPED if refused else _RUNNING
                 if self._jobs and not self._waking:
                     self._wake_one()
-            try:
-                result = run(fn, arg)  # type: ignore[call-arg]
-            except BaseException as exc:  # delivered to the emitter, which decides what it is
-                outcome: Outcome = (future, None, exc)
+            outcome: Outcome
+            if refused:
+                outcome = (future, None, self._refused())
             else:
-                outcome = (future, result, None)
+                try:
+                    result = run(fn, arg)  # type: ignore[call-arg]
+                except BaseException as exc:  # delivered to the emitter, which decides
+                    outcome = (future, None, exc)
+                else:
+                    outcome = (future, result, None)
             loop = future.get_loop()
             with self._finished_lock:
                 batch = self._finished.get(loop)
@@ -284,6 +292,8 @@ class WorkerPool:
                         job.state = _DONE
 
         async with self._limiter:
+            if self.abandoned >= self.max_abandoned:
+                raise self._refused()  # reached while this job waited for a thread
             try:
                 return await anyio.to_thread.run_sync(
                     call, abandon_on_cancel=True, limiter=self._unbounded

@@ -11,7 +11,14 @@ import anyio.to_thread
 import pytest
 from structlog.testing import capture_logs
 
-from lifecycle import STARTING, AbandonedThreadsError, Event, EventBus, Status
+from lifecycle import (
+    STARTING,
+    AbandonedThreadsError,
+    EmitReport,
+    Event,
+    EventBus,
+    Status,
+)
 
 from .helpers import starting
 
@@ -115,6 +122,42 @@ async def test_past_max_abandoned_threads_sync_handlers_fail_at_once_without_run
     assert "max_abandoned_threads=1" in str(refused.exception)
     assert ok.status is Status.OK
     assert ran == ["async"]
+
+
+async def test_a_sync_handler_queued_before_the_limit_is_refused_once_it_is_reached(
+    release: threading.Event,
+) -> None:
+    """The limit holds for handlers already waiting for a thread, not just new ones."""
+    bus = EventBus(max_threads=1, max_abandoned_threads=1)
+    ran, entered = threading.Event(), threading.Event()
+
+    def hang() -> None:
+        entered.set()
+        release.wait()
+
+    bus.subscribe(HANG, hang, timeout=None)
+    bus.subscribe("test.queued", ran.set, timeout=None)
+    hang_scope = anyio.CancelScope()
+    reports: list[EmitReport] = []
+
+    async def emit_hang() -> None:
+        with hang_scope:
+            await bus.emit(hang_event())
+
+    async def emit_queued() -> None:
+        reports.append(await bus.emit(hang_event("test.queued")))
+
+    with anyio.fail_after(FOREVER / 4):
+        async with anyio.create_task_group() as group:
+            group.start_soon(emit_hang)
+            await anyio.to_thread.run_sync(entered.wait, abandon_on_cancel=True)
+            group.start_soon(emit_queued)  # waits: the only worker thread hangs
+            await anyio.wait_all_tasks_blocked()
+            hang_scope.cancel()  # abandoned: the limit is reached
+    ((result,),) = [report.results for report in reports]
+    assert result.status is Status.ERROR
+    assert isinstance(result.exception, AbandonedThreadsError)
+    assert not ran.is_set()
 
 
 async def test_sync_handlers_run_again_once_abandoned_threads_return(
