@@ -405,6 +405,27 @@ def test_the_example_jobs_end_as_documented(
     assert f"environment={job}" in done.stderr
 
 
+def test_the_quickstart_prints_whole_lines_without_empty_fields() -> None:
+    # Unbuffered, into one pipe: a callback's line and a log line written at the same time
+    # must still come out as two lines.
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "quickstart.py")],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=WIDE,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout
+    lines = done.stdout.splitlines()
+    assert "on_start: warming the cache" in lines
+    assert "on_exit: run ended succeeded" in lines
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+    assert all(len(stamp.findall(line)) <= 1 for line in lines), done.stdout
+    assert "=None" not in done.stdout
+
+
 def test_the_example_configuration_attaches_the_three_adapters(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
