@@ -10,6 +10,11 @@ Bytecode is compiled first: the children run without ``PYTHONDONTWRITEBYTECODE``
 command runs twice before timing, so every module it imports has its ``.pyc`` (a user's
 installed package has them too).
 
+Wall time is what a user waits; on a machine shared with other work it swings with the
+load. The CPU time of the process (user + system, from ``RUSAGE_CHILDREN``) swings much
+less, and for a start-up, which is imports, it is most of the wall time on an idle machine:
+the comparison is made on it.
+
 ``--baseline DIR`` also times the ``lifecycle`` commands of another checkout (its
 ``lifecycle`` package and ``adapters/*`` put first on ``PYTHONPATH``), in the same rounds:
 the figures before and after a change, under the same load.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -47,8 +53,11 @@ class Case:
     cwd: Path
     env: dict[str, str]
     times: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
 
-    def run(self) -> float:
+    def run(self) -> tuple[float, float]:
+        """Run once; the wall time and the CPU time of the process, in seconds."""
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         done = subprocess.run(
             self.argv,
@@ -60,15 +69,21 @@ class Case:
             check=False,
         )
         elapsed = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         if done.returncode != 0:
             raise SystemExit(
                 f"{self.label}: exited {done.returncode}\n{done.stderr.decode(errors='replace')}"
             )
-        return elapsed
+        return elapsed, cpu
 
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu)
 
 
 def _lifecycle() -> list[str]:
@@ -142,27 +157,30 @@ def measure(rounds: int, baseline: Path | None) -> list[Case]:
         for round_ in range(rounds):
             shift = round_ % len(cases)
             for case in cases[shift:] + cases[:shift]:
-                case.times.append(case.run())
+                wall, cpu = case.run()
+                case.times.append(wall)
+                case.cpu.append(cpu)
     return cases
 
 
 def report(cases: list[Case], rounds: int) -> str:
-    floor = cases[0].median
+    bare = cases[0]
     width = max(len(case.label) for case in cases)
+    load = os.getloadavg()[0]
     lines = [
-        f"CLI start-up: median and fastest of {rounds} runs, each a fresh process",
+        f"CLI start-up: {rounds} runs of each command, each a fresh process (median; fastest)",
         (
             f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
-            f"{os.cpu_count()} CPUs; bytecode compiled"
+            f"{os.cpu_count()} CPUs, load {load:.1f} at the end; bytecode compiled"
         ),
         "",
-        f"{'command':<{width}}  {'median':>9}  {'fastest':>9}  {'over bare':>9}",
+        f"{'command':<{width}}  {'CPU':>8}  {'CPU over bare':>13}  {'wall':>8}  {'fastest':>8}",
     ]
     for case in cases:
-        over = "" if case is cases[0] else f"{(case.median - floor) * 1000:+8.1f} ms"
+        over = "" if case is bare else f"{(case.cpu_median - bare.cpu_median) * 1000:+.1f} ms"
         lines.append(
-            f"{case.label:<{width}}  {case.median * 1000:6.1f} ms  "
-            f"{min(case.times) * 1000:6.1f} ms  {over:>9}"
+            f"{case.label:<{width}}  {case.cpu_median * 1000:5.1f} ms  {over:>13}  "
+            f"{case.median * 1000:5.1f} ms  {min(case.times) * 1000:5.1f} ms"
         )
     return "\n".join(lines)
 
