@@ -236,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:
             # Left over by the subcommand: its mistake, told with its usage and status
             # (argparse would report it with the top-level usage and status 2).
-            subcommands[args.subcommand].error(f"unrecognized arguments: {' '.join(extra)}")
+            where = subcommands.get(args.subcommand, parser)
+            where.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     handler: Callable[[argparse.Namespace], int] = args.handler
