@@ -131,6 +131,7 @@ _MODULES = {
 
 
 def __getattr__(name: str) -> object:
+    """Import a public name from its module at its first use (PEP 562)."""
     module = _MODULES.get(name)
     if module is None:
         raise AttributeError(f"module 'lifecycle' has no attribute {name!r}")
@@ -142,4 +143,5 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
+    """The public names, imported or not yet, and the module's own."""
     return sorted({*globals(), *__all__} - {"_typing"})
