@@ -618,13 +618,15 @@ def _mask(key: str, value: Any) -> Any:
         return {k: _mask(k, v) for k, v in value.items()}
     if isinstance(value, list):
         return [_mask(key, item) for item in value]
-    if not isinstance(value, str) or _VARIABLE.fullmatch(value):
+    if not isinstance(value, str):
         return value
+    reference = _VARIABLE.fullmatch(value)
+    if reference is not None and not reference.group(2):
+        return value  # a bare ${NAME}: it names the secret, it does not hold it
     if any(word in key.lower() for word in _SECRET_WORDS):
         return "***"
-    if "://" in value:
-        return redact_url(value)
-    return value
+    # Anywhere in the text, a ${NAME:-default} fallback included.
+    return redact_urls(value)
 
 
 def redact_url(url: str) -> str:
@@ -649,6 +651,7 @@ def redact_url(url: str) -> str:
     return shown + ("/***" if hidden else "")
 
 
+_OPENING = {")": "(", "]": "[", "}": "{"}
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
@@ -657,7 +660,12 @@ def redact_urls(text: str) -> str:
 
     def redact(match: re.Match[str]) -> str:
         url = match.group()
-        kept = url.rstrip(".,:;!?)]}")  # the sentence's punctuation, not the URL's
+        kept = url  # less the sentence's punctuation, or the brace of ${NAME:-url}
+        while kept and kept[-1] in ".,:;!?)]}":
+            opening = _OPENING.get(kept[-1])
+            if opening is not None and kept.count(opening) >= kept.count(kept[-1]):
+                break  # its own bracket: ${TOKEN} in the path, say
+            kept = kept[:-1]
         return redact_url(kept) + url[len(kept) :]
 
     return _URL.sub(redact, text)

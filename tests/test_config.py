@@ -463,6 +463,30 @@ def test_a_bad_value_in_an_error_is_masked_like_describe(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("${HOOK_URL}", "${HOOK_URL}"),
+        (
+            "${HOOK_URL:-https://hooks.example/services/SECRET}",
+            "${HOOK_URL:-https://hooks.example/***}",
+        ),
+        ("https://hooks.example/services/${TOKEN}", "https://hooks.example/***"),
+        (
+            "see https://hooks.example/x?token=SECRET, then retry",
+            "see https://hooks.example/***, then retry",
+        ),
+    ],
+)
+def test_describe_cuts_every_url_in_an_option_short(value: str, shown: str) -> None:
+    assert config_module._mask("url", value) == shown
+
+
+def test_a_secret_option_with_a_fallback_is_masked() -> None:
+    assert config_module._mask("token", "${TOKEN:-s3cret}") == "***"
+    assert config_module._mask("token", "${TOKEN}") == "${TOKEN}"
+
+
+@pytest.mark.parametrize(
     ("url", "shown"),
     [
         ("https://hooks.example/services/T000/SECRETPATH", "https://hooks.example/***"),
