@@ -190,7 +190,13 @@ class EventBus:
             otherwise; ``None`` for no limit.
         max_background: background handlers in flight at once; past it, ``emit`` waits.
         max_depth: how deep handlers may emit from handlers before ``EmitDepthError``.
-        max_threads: worker threads for plain (sync) handlers.
+        max_threads: worker threads for plain (sync) handlers. A plain handler given up
+            at its timeout runs on in an abandoned thread that no longer counts here.
+        max_abandoned_threads: how many abandoned threads (plain handlers given up but
+            still running) the bus tolerates; while that many are alive, new plain
+            handlers are not run but fail with :exc:`~lifecycle.AbandonedThreadsError`.
+            Hung handlers thus hold fewer than ``max_abandoned_threads + max_threads``
+            threads.
         close_grace: seconds ``aclose`` waits for background handlers by default.
 
     .. versionadded:: 0.1
@@ -204,6 +210,7 @@ class EventBus:
         max_background: int = 1000,
         max_depth: int = 8,
         max_threads: int = 32,
+        max_abandoned_threads: int = 32,
         close_grace: float | None = 30.0,
     ) -> None:
         self.name = name or f"bus-{id(self):x}"
@@ -220,8 +227,7 @@ class EventBus:
         self._results = blinker.Signal("Announces every handler result: receiver(bus, result=...)")
         # Result hooks connected with logs_failures=True; while any is, the bus stays quiet.
         self._failure_loggers = 0
-        self._pool = WorkerPool(max_threads)
-        self._limiter = anyio.CapacityLimiter(max_threads)
+        self._pool = WorkerPool(max_threads, max_abandoned_threads, self.name)
         # Background handlers in flight: future (asyncio) or cancel scope (trio) -> entry.
         self._background: dict[Any, tuple[Subscription, Event, float, _Deadline | None]] = {}
         self._room: anyio.Event | None = None
@@ -459,7 +465,7 @@ class EventBus:
                 elif loop is not None:
                     await run_group_asyncio(loop, self._pool, group, event, results)
                 else:
-                    await run_group_generic(self._limiter, group, event, results)
+                    await run_group_generic(self._pool, group, event, results)
         finally:
             _depth.reset(token)
         report = EmitReport(
@@ -487,6 +493,16 @@ class EventBus:
                 logger.exception("result hook failed", bus=self.name, handler=result.handler)
 
     # -- background handlers ---------------------------------------------------------
+
+    @property
+    def abandoned_threads(self) -> int:
+        """How many plain handlers given up at their timeouts are still running.
+
+        Each holds a thread the bus has abandoned (see ``max_abandoned_threads``).
+
+        .. versionadded:: 0.2
+        """
+        return self._pool.abandoned
 
     @property
     def background_in_flight(self) -> int:
@@ -582,7 +598,7 @@ class EventBus:
     ) -> None:
         slot: list[HandlerResult] = []
         with scope:
-            await run_group_generic(self._limiter, (sub,), event, slot)
+            await run_group_generic(self._pool, (sub,), event, slot)
         if self._background.pop(scope, None) is not None and slot:
             self._background_finished(slot[0])
 

@@ -266,7 +266,7 @@ async def run_group_asyncio(
 
 
 async def _run_one_generic(
-    sub: Subscription, event: Event, limiter: anyio.CapacityLimiter, slot: list[Any]
+    sub: Subscription, event: Event, pool: WorkerPool, slot: list[Any]
 ) -> None:
     started = perf_counter()
     exc: BaseException | None = None
@@ -275,9 +275,7 @@ async def _run_one_generic(
             if sub.is_async:
                 await sub.call(event)
             else:
-                await anyio.to_thread.run_sync(
-                    sub.call, event, abandon_on_cancel=True, limiter=limiter
-                )
+                await pool.run_sync(sub.call, event)
         except Exception as error:
             exc = error
     if scope.cancelled_caught:
@@ -299,7 +297,7 @@ async def _run_one_generic(
 
 
 async def run_group_generic(
-    limiter: anyio.CapacityLimiter,
+    pool: WorkerPool,
     subs: Sequence[Subscription],
     event: Event,
     results: list[HandlerResult],
@@ -311,5 +309,5 @@ async def run_group_generic(
             if sub.inline:
                 slot.append(run_inline(sub, event))
             else:
-                tg.start_soon(_run_one_generic, sub, event, limiter, slot)
+                tg.start_soon(_run_one_generic, sub, event, pool, slot)
     results.extend(slot[0] for slot in slots)

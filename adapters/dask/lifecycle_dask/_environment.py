@@ -366,15 +366,17 @@ class DaskEnvironment(Environment):
         return DaskSession(client, cluster, owns, address)
 
     @asynccontextmanager
-    async def running(
+    async def _running(
         self,
         run_id: str | None = None,
         *,
         attributes: Mapping[str, Any] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - a run's time limit, as in the core
         heartbeat: float | None = None,
+        heartbeat_interval: float | None = None,
+        stop_starting: anyio.CancelScope | None = None,
     ) -> AsyncIterator[Run]:
-        """Run the body as one run on the cluster (see the class docstring for the events).
+        """The core's run (``running()``, ``run()`` and ``run_sync()`` all come here), on Dask.
 
         Args and raises as :meth:`lifecycle.Environment.running`; ``attributes["dask"]``
         is the environment's own.
@@ -395,11 +397,13 @@ class DaskEnvironment(Environment):
             token = _SESSION.set(session)
             _ACTIVE.append(session)
             try:
-                async with super().running(
+                async with super()._running(
                     run_id,
                     attributes={**(attributes or {}), "dask": info},
                     timeout=timeout,
                     heartbeat=heartbeat,
+                    heartbeat_interval=heartbeat_interval,
+                    stop_starting=stop_starting,
                 ) as run:
                     try:
                         yield run
