@@ -148,7 +148,13 @@ class EventBus:
             otherwise; ``None`` for no limit.
         max_background: background handlers in flight at once; past it, ``emit`` waits.
         max_depth: how deep handlers may emit from handlers before ``EmitDepthError``.
-        max_threads: worker threads for plain (sync) handlers.
+        max_threads: worker threads for plain (sync) handlers. A plain handler given up
+            at its timeout runs on in an abandoned thread that no longer counts here.
+        max_abandoned_threads: how many abandoned threads (plain handlers given up but
+            still running) the bus tolerates; while that many are alive, new plain
+            handlers are not run but fail with :exc:`~lifecycle.AbandonedThreadsError`.
+            Hung handlers thus hold fewer than ``max_abandoned_threads + max_threads``
+            threads.
         close_grace: seconds ``aclose`` waits for background handlers by default.
 
     .. versionadded:: 0.1
@@ -162,6 +168,7 @@ class EventBus:
         max_background: int = 1000,
         max_depth: int = 8,
         max_threads: int = 32,
+        max_abandoned_threads: int = 32,
         close_grace: float | None = 30.0,
     ) -> None:
         self.name = name or f"bus-{id(self):x}"
@@ -178,10 +185,9 @@ class EventBus:
         self._results = blinker.Signal("Announces every handler result: receiver(bus, result=...)")
         # Result hooks connected with logs_failures=True; while any is, the bus stays quiet.
         self._failure_loggers = 0
-        self._pool = WorkerPool(max_threads)
+        self._pool = WorkerPool(max_threads, max_abandoned_threads, self.name)
         # The deadlines of blocking handlers still running, one timer for all (asyncio).
         self._deadlines: Deadlines | None = None
-        self._limiter = anyio.CapacityLimiter(max_threads)
         # Background handlers in flight: future (asyncio) or cancel scope (trio) -> entry.
         self._background: dict[Any, tuple[Subscription, Event, float, _Deadline | None]] = {}
         self._room: anyio.Event | None = None
@@ -449,7 +455,7 @@ class EventBus:
                     if waited and not skip:
                         selection.skip_yields[index] = _SKIP_YIELDS
                 else:
-                    await run_group_trio(self._limiter, subs, event, parts)
+                    await run_group_trio(self._pool, subs, event, parts)
         finally:
             _depth.reset(token)
         return self._reported(event, parts, selection, started)
@@ -490,6 +496,16 @@ class EventBus:
                 logger.exception("result hook failed", bus=self.name, handler=result.handler)
 
     # -- background handlers ---------------------------------------------------------
+
+    @property
+    def abandoned_threads(self) -> int:
+        """How many plain handlers given up at their timeouts are still running.
+
+        Each holds a thread the bus has abandoned (see ``max_abandoned_threads``).
+
+        .. versionadded:: 0.2
+        """
+        return self._pool.abandoned
 
     @property
     def background_in_flight(self) -> int:
@@ -585,7 +601,7 @@ class EventBus:
     ) -> None:
         slot: list[ResultPart] = []
         with scope:
-            await run_group_trio(self._limiter, (sub,), event, slot)
+            await run_group_trio(self._pool, (sub,), event, slot)
         if self._background.pop(scope, None) is not None and slot:
             (result,) = slot
             assert isinstance(result, HandlerResult)  # background handlers are never inline

@@ -15,8 +15,6 @@ import sys
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from ._results import HandlerResult, InlineRun, Status
 
 if TYPE_CHECKING:
@@ -389,7 +387,7 @@ async def run_group_asyncio(
 async def _run_one_trio(
     sub: Subscription,
     event: Event,
-    limiter: anyio.CapacityLimiter,
+    pool: WorkerPool,
     slots: list[HandlerResult | None],
     index: int,
     started: float,
@@ -402,7 +400,7 @@ async def _run_one_trio(
         if sub.is_async:
             await sub.call(event)
         else:
-            await anyio.to_thread.run_sync(sub.call, event, abandon_on_cancel=True, limiter=limiter)
+            await pool.run_sync(sub.call, event)
     except Exception as error:
         exc = error
     slots[index] = HandlerResult(
@@ -423,7 +421,7 @@ async def _run_until(
     subs: Sequence[Subscription],
     indexes: list[int],
     event: Event,
-    limiter: anyio.CapacityLimiter,
+    pool: WorkerPool,
     slots: list[HandlerResult | None],
     started: float,
 ) -> None:
@@ -432,7 +430,7 @@ async def _run_until(
         async with trio.open_nursery() as nursery:
             start_soon = nursery.start_soon
             for index in indexes:
-                start_soon(_run_one_trio, subs[index], event, limiter, slots, index, started)
+                start_soon(_run_one_trio, subs[index], event, pool, slots, index, started)
     # Here only if the handlers finished or the deadline passed: the emitter's own
     # cancellation propagates out of the nursery. A handler without a result was still
     # running at the deadline.
@@ -453,7 +451,7 @@ async def _run_until(
 
 
 async def run_group_trio(
-    limiter: anyio.CapacityLimiter,
+    pool: WorkerPool,
     subs: Sequence[Subscription],
     event: Event,
     results: list[ResultPart],
@@ -488,11 +486,11 @@ async def run_group_trio(
         ]
         if len(runs) == 1:
             deadline, indexes = runs[0]
-            await _run_until(trio, deadline, subs, indexes, event, limiter, slots, started)
+            await _run_until(trio, deadline, subs, indexes, event, pool, slots, started)
         else:
             async with trio.open_nursery() as nursery:
                 for deadline, indexes in runs:
                     nursery.start_soon(
-                        _run_until, trio, deadline, subs, indexes, event, limiter, slots, started
+                        _run_until, trio, deadline, subs, indexes, event, pool, slots, started
                     )
     results.extend(slots)  # type: ignore[arg-type]  # every slot is filled by now
