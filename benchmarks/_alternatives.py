@@ -79,6 +79,26 @@ def suspending_handlers(
     return [make(i) for i in range(n)]
 
 
+# How many times a "slow path" handler suspends: more than the bus's first yields (at most
+# three; two that finish nothing end them), so it is still running when the bus starts
+# waiting for it with done callbacks, timers and a waiter.
+SLOW_STEPS = 4
+
+
+def slow_handlers(n: int, checkpoint: Callable[[], Awaitable[None]] | None = None) -> list[Any]:
+    """Async handlers still running after the bus's first yields (``SLOW_STEPS`` suspensions)."""
+    pause = checkpoint or (lambda: asyncio.sleep(0))
+
+    def make(i: int) -> Any:
+        async def handler(*args: Any, **kwargs: Any) -> None:
+            for _ in range(SLOW_STEPS):
+                await pause()
+
+        return _named(handler, i, "slow")
+
+    return [make(i) for i in range(n)]
+
+
 def sync_handlers(n: int) -> list[Any]:
     """Plain functions that return at once."""
 
@@ -158,6 +178,29 @@ def naive_anyio(
 
     name = "naive anyio TG + move_on_after" + (" + to_thread" if threads else "")
     return Case(name, ISOLATED, emit)
+
+
+# -- native trio: a nursery and one move_on_after per handler -------------------------------
+
+
+async def _trio_one(handler: Any, event: Any, limit: float) -> None:
+    import trio
+
+    with trio.move_on_after(limit):
+        with contextlib.suppress(Exception):
+            await handler(event)
+
+
+def native_trio(handlers: list[Any], event: Any, limit: float = 10.0) -> Case:
+    """What the bus does on trio, written directly against trio (the floor for trio)."""
+    import trio
+
+    async def emit() -> None:
+        async with trio.open_nursery() as nursery:
+            for handler in handlers:
+                nursery.start_soon(_trio_one, handler, event, limit)
+
+    return Case("native trio nursery + move_on_after", ISOLATED, emit)
 
 
 # -- lifecycle-bus ------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ class Case:
     secondary: list[float] = field(default_factory=list)
     round_medians: list[float] = field(default_factory=list)
     gc_runs: int = 0
+    gc_full_runs: int = 0
     emits: int = 0
     batch: int = 1
 
@@ -89,6 +90,11 @@ class Case:
             "rounds": len(self.round_medians),
             "batch": self.batch,
             "gc_runs_per_1000_emits": 1000 * self.gc_runs / self.emits if self.emits else None,
+            # Full (generation 2) collections: they walk the whole unfrozen heap, which is
+            # where gc.freeze (see compare) makes them cheaper than in a real program.
+            "gc_full_runs_per_1000_emits": (
+                1000 * self.gc_full_runs / self.emits if self.emits else None
+            ),
         }
         out.update(_stats(self.samples, self.round_medians))
         if self.secondary:
@@ -134,20 +140,26 @@ async def _batch(case: Case, count: int) -> list[float]:
 TOO_SLOW = 0.2
 
 
-async def compare(cases: list[Case], rounds: int, budget: float, max_batch: int = 5000) -> None:
+async def compare(
+    cases: list[Case], rounds: int, budget: float, max_batch: int = 5000, freeze: bool = True
+) -> None:
     """Run ``rounds`` rounds of every case; each batch takes about ``budget`` seconds.
 
     The heap is collected and frozen first (``gc.freeze``): objects left by earlier
     comparisons (bubus keeps its event history, Django and matplotlib their modules) then
     stay out of full collections, which walk only what the measured code allocates. A
-    full collection during one comparison so costs the same whatever ran before it.
+    full collection during one comparison so costs the same whatever ran before it. That
+    also hides what a full collection costs in a program with a big heap: ``freeze=False``
+    measures with the heap as it is (scenario 12).
     """
     gc.collect()
-    gc.freeze()
+    if freeze:
+        gc.freeze()
     try:
         await _compare(cases, rounds, budget, max_batch)
     finally:
-        gc.unfreeze()
+        if freeze:
+            gc.unfreeze()
 
 
 async def _compare(cases: list[Case], rounds: int, budget: float, max_batch: int) -> None:
@@ -156,9 +168,11 @@ async def _compare(cases: list[Case], rounds: int, budget: float, max_batch: int
     for case in cases:
         started = perf_counter()
         warm = 0
+        warm_times: list[float] = []
         while warm < 3 or (perf_counter() - started < budget / 2 and warm < max_batch):
             began = perf_counter()
             taken = await _batch(case, 1)
+            warm_times.append(perf_counter() - began)
             warm += 1
             if perf_counter() - began > TOO_SLOW:
                 slow.append(case)
@@ -171,16 +185,19 @@ async def _compare(cases: list[Case], rounds: int, budget: float, max_batch: int
                 break
         if case in slow:
             continue
-        per_emit = (perf_counter() - started) / warm
+        # The median warm-up emit, not the mean: a first emit that builds caches (a bus's
+        # dispatch plan over 10,000 subscribers) would make the batches a few emits long.
+        per_emit = statistics.median(warm_times)
         case.batch = max(1, min(max_batch, int(budget / per_emit) if per_emit > 0 else max_batch))
         case.secondary.clear()
     cases = [case for case in cases if case not in slow]
     for round_index in range(rounds):
         shift = round_index % len(cases)
         for case in cases[shift:] + cases[:shift]:
-            before = GC.runs
+            before, full_before = GC.runs, GC.by_generation[2]
             taken = await _batch(case, case.batch)
             case.gc_runs += GC.runs - before
+            case.gc_full_runs += GC.by_generation[2] - full_before
             case.emits += len(taken)
             case.samples.extend(taken)
             case.round_medians.append(statistics.median(taken))

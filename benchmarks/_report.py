@@ -8,6 +8,8 @@ BUS = "lifecycle-bus"
 GATHER = "asyncio.gather"
 DJANGO = "django asend_robust"
 FLOOR = "plain loop (floor)"
+NATIVE_TRIO = "native trio nursery + move_on_after"
+MATCHING = "lifecycle-bus, the matching subscriber alone"
 IDLE_SUFFIX = " [no slow handlers, after 50 ms idle]"
 
 TITLES = {
@@ -17,6 +19,10 @@ TITLES = {
     "s4_background": "4. background handlers: emit returned [all done]",
     "s5_isolation": "5. isolation (N-2 fast + 1 raising + 1 hanging, 50 ms timeout): emit returned [fast done]",
     "s6_environment": "6. Environment run, empty body (starting + exited): time per run",
+    "s9_slow": "9. async handlers still running after the first yields (4 suspensions): time per emit",
+    "s10_labels": "10. label filters: 1 matching subscriber among N for other labels: time per emit",
+    "s11_big": "11. 10,000 async handlers, no suspension: time per emit",
+    "s12_unfrozen": "12. scenario 1 at the largest N with the heap not frozen: time per emit",
 }
 
 
@@ -62,7 +68,7 @@ def latency_table(key: str, results: dict[Any, dict[str, Any]], title: str | Non
     header = f"{'alternative':<{width}}{'i/c/t':<7}" + "".join(
         f"{'N=' + str(n):>{cell}}" for n in sizes
     )
-    header += "   gc runs/1k emits by N"
+    header += "   gc runs/1k emits by N (of which full)"
     lines += [header, "-" * len(header)]
     for name in names:
         marks = ""
@@ -89,7 +95,10 @@ def latency_table(key: str, results: dict[Any, dict[str, Any]], title: str | Non
                 text += f" {spread:.0%})" if spread is not None else ")"
             row += f"{text:>{cell}}"
             per_k = summary["gc_runs_per_1000_emits"]
-            gcs.append("-" if per_k is None else f"{per_k:.0f}")
+            full = summary.get("gc_full_runs_per_1000_emits")
+            gcs.append(
+                "-" if per_k is None else f"{per_k:.0f}" + (f"({full:.0f} full)" if full else "")
+            )
         lines.append(f"{name:<{width}}{marks:<7}{row}   {' '.join(gcs)}")
     return "\n".join(lines)
 
@@ -131,7 +140,7 @@ def memory_table(results: dict[str, Any]) -> str:
 
 
 def check_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """The targets of issue 5, checked against this run's figures."""
+    """The targets of issues 5 and 8, checked against this run's figures."""
     checks: list[dict[str, Any]] = []
 
     def add(target: str, ok: bool, detail: str) -> None:
@@ -176,6 +185,36 @@ def check_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                 inline <= 3 * floor,
                 f"{inline / floor:.2f}x",
             )
+    for n, by_case in (data.get("s9_slow") or {}).items():
+        mine = by_case.get(BUS, {}).get("median_s")
+        ga = by_case.get(GATHER, {}).get("median_s")
+        if mine and ga:
+            add(
+                f"s9_slow N={n}: bus <= 1.1x gather (issue 8)",
+                mine <= 1.1 * ga,
+                f"{fmt(mine)} vs {fmt(ga)} ({mine / ga:.2f}x)",
+            )
+    for n, by_case in (data.get("s10_labels") or {}).items():
+        alone = by_case.get(MATCHING, {}).get("median_s")
+        crowded = by_case.get(f"lifecycle-bus, 1 matching among {n}", {}).get("median_s")
+        if alone and crowded:
+            add(
+                f"s10_labels N={n}: 1 matching among N within 1.2x of it alone (issue 8)",
+                crowded <= 1.2 * alone,
+                f"{fmt(crowded)} vs {fmt(alone)} ({crowded / alone:.2f}x)",
+            )
+    for key, results in (data.get("trio") or {}).items():
+        if key not in ("async", "suspend", "slow"):
+            continue
+        for n, by_case in results.items():
+            mine = by_case.get(BUS, {}).get("median_s")
+            native = by_case.get(NATIVE_TRIO, {}).get("median_s")
+            if mine and native:
+                add(
+                    f"trio {key} N={n}: bus <= 1.3x native trio (issue 8)",
+                    mine <= 1.3 * native,
+                    f"{fmt(mine)} vs {fmt(native)} ({mine / native:.2f}x)",
+                )
     for n, by_case in (data.get("s4_background") or {}).items():
         mine = by_case.get(BUS, {}).get("median_s")
         base = by_case.get("create_task + set (baseline)", {}).get("median_s")

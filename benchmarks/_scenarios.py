@@ -34,16 +34,22 @@ class Config:
     sustain_seconds: float
     memory_size: int
     trio: bool
+    label_sizes: tuple[int, ...] = (10, 1000, 10000)
+    big_size: int = 10000
 
 
 Results = dict[int, dict[str, Any]]
 
 
 async def _run(
-    cases: list[Case], teardowns: list[Any], cfg: Config, rounds: int | None = None
+    cases: list[Case],
+    teardowns: list[Any],
+    cfg: Config,
+    rounds: int | None = None,
+    freeze: bool = True,
 ) -> dict[str, Any]:
     try:
-        await compare(cases, rounds or cfg.rounds, cfg.budget)
+        await compare(cases, rounds or cfg.rounds, cfg.budget, freeze=freeze)
     finally:
         for teardown in teardowns:
             await teardown()
@@ -114,6 +120,90 @@ async def sync_handlers(cfg: Config) -> Results:
             teardowns.append(bubus[1])
         out[n] = await _run(cases, teardowns, cfg)
     return out
+
+
+async def slow_path(cfg: Config) -> Results:
+    """Scenario 9: async handlers still running after the bus's first yields.
+
+    Each handler suspends ``SLOW_STEPS`` times, so the bus gives up yielding and waits for
+    it with done callbacks, a timer and a waiter: the path of handlers that do real I/O.
+    """
+    event = alt.make_event()
+    out: Results = {}
+    for n in cfg.sizes:
+        handlers = alt.slow_handlers(n)
+        cases = [
+            alt.floor_async(handlers, event),
+            alt.gather_async(handlers, event),
+            alt.bus_case(handlers, event)[0],
+            alt.naive_anyio(handlers, event),
+        ]
+        out[n] = await _run(cases, [], cfg)
+    return out
+
+
+MATCHING = "lifecycle-bus, the matching subscriber alone"
+
+
+def _label_cases(others: int) -> list[Case]:
+    from lifecycle import EnvironmentInfo, Event
+
+    event = Event(
+        name=alt.BENCH_SIGNAL,
+        run_id="bench",
+        environment=EnvironmentInfo.current("bench", labels=["web"]),
+    )
+    (handler,) = alt.async_handlers(1)
+    alone, _ = alt.bus_case([handler], event, label=MATCHING, labels=["web"])
+    crowded, bus = alt.bus_case(
+        [handler], event, label=f"lifecycle-bus, 1 matching among {others}", labels=["web"]
+    )
+    for index, other in enumerate(alt.async_handlers(others)):
+        bus.subscribe(alt.BENCH_SIGNAL, other, labels=[f"other-{index}"])
+    return [alt.floor_async([handler], event), alone, crowded]
+
+
+async def label_scaling(cfg: Config) -> Results:
+    """Scenario 10: one subscriber whose labels match, among K whose labels do not.
+
+    An emit should cost what its matching handlers cost, however many subscribers wait
+    for other labels: the ratio of the crowded bus to the lone subscriber tells.
+    """
+    out: Results = {}
+    for others in cfg.label_sizes:
+        out[others] = await _run(_label_cases(others), [], cfg)
+    return out
+
+
+async def big(cfg: Config) -> Results:
+    """Scenario 11: ``big_size`` non-suspending async handlers (set against trio's figure)."""
+    if not cfg.big_size:
+        return {}
+    handlers = alt.async_handlers(cfg.big_size)
+    event = alt.make_event()
+    cases = [
+        alt.floor_async(handlers, event),
+        alt.gather_async(handlers, event),
+        alt.bus_case(handlers, event)[0],
+    ]
+    return {cfg.big_size: await _run(cases, [], cfg, rounds=max(3, cfg.rounds // 3))}
+
+
+async def unfrozen(cfg: Config) -> Results:
+    """Scenario 12: scenario 1's bus and gather at the largest N, the heap not frozen.
+
+    Every other comparison freezes the heap first, so full collections walk only what
+    the measured code allocated. Here they walk everything this process holds (Django,
+    matplotlib, bubus's history...), as in a real program with a big heap: the figures
+    show what a full collection triggered by the emits' allocations costs.
+    """
+    n = max(cfg.sizes)
+    handlers = alt.async_handlers(n)
+    event = alt.make_event()
+    cases = [alt.gather_async(handlers, event), alt.bus_case(handlers, event)[0]]
+    for case in cases:
+        case.name += " (heap not frozen)"
+    return {n: await _run(cases, [], cfg, freeze=False)}
 
 
 class _Finish:
@@ -528,15 +618,23 @@ async def trio_suite(cfg: Config) -> dict[str, Results]:
     import trio
 
     event = alt.make_event()
-    out: dict[str, Results] = {"async": {}, "suspend": {}, "sync": {}, "isolation": {}}
+    out: dict[str, Results] = {
+        "async": {},
+        "suspend": {},
+        "slow": {},
+        "sync": {},
+        "isolation": {},
+    }
     for n in cfg.sizes:
         for key, handlers in (
             ("async", alt.async_handlers(n)),
             ("suspend", alt.suspending_handlers(n, trio.lowlevel.checkpoint)),
+            ("slow", alt.slow_handlers(n, trio.lowlevel.checkpoint)),
         ):
             cases = [
                 alt.floor_async(handlers, event),
                 alt.bus_case(handlers, event)[0],
+                alt.native_trio(handlers, event),
                 alt.naive_anyio(handlers, event),
             ]
             out[key][n] = await _run(cases, [], cfg)
@@ -547,6 +645,14 @@ async def trio_suite(cfg: Config) -> dict[str, Results]:
             alt.bus_case(sync, event, label="lifecycle-bus (threads)")[0],
         ]
         out["sync"][n] = await _run(cases, [], cfg)
+    if cfg.big_size:
+        handlers = alt.async_handlers(cfg.big_size)
+        cases = [
+            alt.floor_async(handlers, event),
+            alt.bus_case(handlers, event)[0],
+            alt.native_trio(handlers, event),
+        ]
+        out["async"][cfg.big_size] = await _run(cases, [], cfg, rounds=max(3, cfg.rounds // 3))
     for n in cfg.isolation_sizes:
         finish = _Finish()
         fast = [finish.fast_handler(i, trio.lowlevel.checkpoint) for i in range(n - 2)]

@@ -16,8 +16,9 @@ process and one asyncio loop, the alternatives alternating round by round:
 - consume throughput (events/s): ``lifecycle_nats.source`` emitting each stored event on a
   bus with one inline handler, acking each; against a raw pull subscriber that fetches
   256 at a time, parses each into an ``Event`` and acks it.
-- end-to-end latency, one event at a time: ``bus.emit`` on one bus to the handler on the
-  bus of ``lifecycle_nats.source``; against raw ``js.publish`` to a raw pull subscriber's
+- end-to-end latency, one event at a time, alternating between the two paths (both set
+  up side by side): ``bus.emit`` on one bus to the handler on the bus of
+  ``lifecycle_nats.source``; against raw ``js.publish`` to a raw pull subscriber's
   ``fetch`` (acking each message).
 - ``--scale``: 10,000 simulated runs, each a heartbeat a second, published through the
   adapter by child processes (4, each with its share of the runs), consumed by one
@@ -114,10 +115,10 @@ async def ours_publish(url: str, batch: list[Event], spool: Path) -> float:
     started = time.perf_counter()
     for event in batch:
         await bus.emit(event)
-    # Each event's background handler returns at its acknowledgement: closing the bus
-    # waits for all of them.
-    await bus.aclose()
+    # Heartbeats are queued inline, in order: wait for the last acknowledgement.
+    await adapter.publisher.flush()
     elapsed = time.perf_counter() - started
+    await bus.aclose()
     assert adapter.publisher.published == len(batch) + 1
     await adapter.aclose()
     return len(batch) / elapsed
@@ -219,53 +220,39 @@ async def raw_consume(url: str, count: int, env: str) -> float:
 # -- end-to-end latency ---------------------------------------------------------------
 
 
-async def ours_latency(url: str, count: int, spool: Path, state: Path) -> list[float]:
+async def latency(
+    url: str, count: int, spool: Path, state: Path
+) -> tuple[list[float], list[float]]:
+    """Both paths set up side by side; events alternate between them, one at a time."""
     import lifecycle_nats
 
-    latencies: list[float] = []
+    ours: list[float] = []
+    raw: list[float] = []
     arrived = asyncio.Event()
     sent_at = 0.0
 
     def handler(event: Event) -> None:
-        latencies.append(time.perf_counter() - sent_at)
+        ours.append(time.perf_counter() - sent_at)
         arrived.set()
 
     listen_bus = EventBus(name="listener")
     listen_bus.subscribe(HEARTBEAT, handler, inline=True)
     source = lifecycle_nats.source(
-        listen_bus, servers=url, stream="BENCH", durable=f"lat{os.getpid()}{time.time_ns()}",
-        deliver="new", state_dir=state,
+        listen_bus, servers=url, stream="BENCH", durable=f"lat{time.time_ns()}",
+        environments=["latency"], deliver="new", state_dir=state,
     )  # fmt: skip
     bus = EventBus(name="emitter")
     adapter = lifecycle_nats.attach(bus, servers=url, spool_dir=spool, stream="BENCH")
     await adapter.publisher.publish(events(1, "warm")[0])
-    task = asyncio.ensure_future(source.run())
-    await asyncio.sleep(0.5)  # the consumer exists and its first fetch is waiting
-    for event in events(count, "latency"):
-        arrived.clear()
-        sent_at = time.perf_counter()
-        await bus.emit(event)
-        await asyncio.wait_for(arrived.wait(), 10)
-    source.stop()
-    await task
-    await bus.aclose()
-    await adapter.aclose()
-    await listen_bus.aclose()
-    return latencies
 
-
-async def raw_latency(url: str, count: int) -> list[float]:
     client = await nats.connect(url)
     js = client.jetstream()
     sub = await js.pull_subscribe(
         "lifecycle.heartbeat.rawlat",
-        durable=f"raw{os.getpid()}{time.time_ns()}",
+        durable=f"raw{time.time_ns()}",
         stream="BENCH",
         config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
     )
-    latencies: list[float] = []
-    arrived = asyncio.Event()
-    sent_at = 0.0
     stop = False
 
     async def consume() -> None:
@@ -276,24 +263,35 @@ async def raw_latency(url: str, count: int) -> list[float]:
                 continue
             for message in messages:
                 Event.from_json(message.data)  # the same parsing the listener does
-                latencies.append(time.perf_counter() - sent_at)
+                raw.append(time.perf_counter() - sent_at)
                 await message.ack()
                 arrived.set()
 
-    task = asyncio.ensure_future(consume())
-    await asyncio.sleep(0.5)
-    for event in events(count, "rawlat"):
-        arrived.clear()
-        sent_at = time.perf_counter()
-        await js.publish(
-            "lifecycle.heartbeat.rawlat", event.to_json().encode(),
-            headers={"Nats-Msg-Id": event.event_id},
-        )  # fmt: skip
-        await asyncio.wait_for(arrived.wait(), 10)
-    stop = True
-    await task
+    async with anyio.create_task_group() as group:
+        await group.start(source.run)
+        group.start_soon(consume)
+        await asyncio.sleep(0.5)  # the raw consumer's first fetch is waiting
+        ours_events, raw_events = events(count, "latency"), events(count, "rawlat")
+        for index in range(count):
+            for which in ("ours", "raw") if index % 2 else ("raw", "ours"):
+                arrived.clear()
+                sent_at = time.perf_counter()
+                if which == "ours":
+                    await bus.emit(ours_events[index])
+                else:
+                    event = raw_events[index]
+                    await js.publish(
+                        "lifecycle.heartbeat.rawlat", event.to_json().encode(),
+                        headers={"Nats-Msg-Id": event.event_id},
+                    )  # fmt: skip
+                await asyncio.wait_for(arrived.wait(), 10)
+        stop = True
+        source.stop()
     await client.close()
-    return latencies
+    await bus.aclose()
+    await adapter.aclose()
+    await listen_bus.aclose()
+    return ours, raw
 
 
 # -- scale -----------------------------------------------------------------------------
@@ -480,11 +478,7 @@ async def run(args: argparse.Namespace, url: str, server_pid: int, work: Path) -
         "ratio": round(statistics.median(consume_ours) / statistics.median(consume_raw), 2),
     }
     say("latency")
-    ours_lat = await ours_latency(url, latency_count, work / "spool-lat", work / "state")
-    raw_lat = await raw_latency(url, latency_count)
-    ours_lat2 = await ours_latency(url, latency_count, work / "spool-lat2", work / "state")
-    raw_lat2 = await raw_latency(url, latency_count)
-    ours_all, raw_all = ours_lat + ours_lat2, raw_lat + raw_lat2
+    ours_all, raw_all = await latency(url, latency_count, work / "spool-lat", work / "state")
     results["latency"] = {
         "events": len(ours_all),
         "ours_median_ms": round(1000 * statistics.median(ours_all), 3),
@@ -511,7 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run (1000 events, 1 round)")
     parser.add_argument("--events", type=int, default=5000, help="events per throughput round")
     parser.add_argument("--rounds", type=int, default=5, help="throughput rounds")
-    parser.add_argument("--latency-events", type=int, default=500, help="events per latency series")
+    parser.add_argument(
+        "--latency-events", type=int, default=1000, help="events per path in the latency run"
+    )
     parser.add_argument("--scale", action="store_true", help="also the scale run")
     parser.add_argument("--scale-runs", type=int, default=10_000)
     parser.add_argument("--scale-seconds", type=float, default=30.0)

@@ -54,6 +54,8 @@ QUICK = Config(
     sustain_seconds=0.2,
     memory_size=100,
     trio=True,
+    label_sizes=(10, 1000),
+    big_size=0,
 )
 
 
@@ -97,6 +99,10 @@ async def _asyncio_suite(cfg: Config, only: set[str] | None, say: Any) -> dict[s
         ("s5_isolation", _scenarios.isolation),
         ("s6_environment", _scenarios.environment_run),
         ("s8_sustained", _scenarios.sustained),
+        ("s9_slow", _scenarios.slow_path),
+        ("s10_labels", _scenarios.label_scaling),
+        ("s11_big", _scenarios.big),
+        ("s12_unfrozen", _scenarios.unfrozen),
         ("s7_memory", _scenarios.memory),
     ]
     data: dict[str, Any] = {}
@@ -117,9 +123,9 @@ def render(data: dict[str, Any]) -> str:
     ]
     out.append("versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v))
     for key in _report.TITLES:
-        if key in data:
+        if data.get(key):
             out += ["", _report.latency_table(key, data[key])]
-            if key in ("s1_async", "s2_suspend"):
+            if key in ("s1_async", "s2_suspend", "s9_slow", "s11_big"):
                 out.append(
                     _report.ratio_table(
                         data[key], _report.BUS, [_report.GATHER, _report.DJANGO, _report.FLOOR]
@@ -131,7 +137,9 @@ def render(data: dict[str, Any]) -> str:
         out += ["", _report.sustained_table(data["s8_sustained"])]
     for key, results in (data.get("trio") or {}).items():
         out += ["", _report.latency_table(f"trio_{key}", results, title=f"trio backend: {key}")]
-    out += ["", "## targets (issue 5)"]
+        if key in ("async", "suspend", "slow"):
+            out.append(_report.ratio_table(results, _report.BUS, [_report.NATIVE_TRIO]))
+    out += ["", "## targets (issues 5 and 8)"]
     for check in data["targets"]:
         out.append(
             f"  [{'met' if check['met'] else 'MISSED'}] {check['target']}: {check['detail']}"
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         action="append",
         metavar="SCENARIO",
-        help="run only these (s1_async, ..., s8_sustained)",
+        help="run only these (s1_async, ..., s12_unfrozen, trio)",
     )
     parser.add_argument("--sizes", help="comma-separated handler counts, instead of the defaults")
     parser.add_argument(

@@ -5,6 +5,8 @@ Run it with ``uv run python examples/quickstart.py``.
 
 from __future__ import annotations
 
+import sys
+
 import anyio
 import structlog
 
@@ -14,14 +16,23 @@ from lifecycle import EXITED, STARTING, Environment, Event, EventBus
 log = structlog.get_logger("quickstart")
 
 
+def show(line: str) -> None:
+    """Print ``line`` and its newline in one write.
+
+    Plain callbacks run in worker threads while the log is written; ``print`` writes the
+    newline apart, so another line could land between the two.
+    """
+    sys.stdout.write(line + "\n")
+
+
 async def main() -> None:
     async with EventBus(name="quickstart", default_timeout=2.0) as bus:
         # The design note's callbacks: plain functions, with or without the event.
         env = Environment(
             "nightly-etl",
             labels=["etl", "nightly"],
-            on_start=lambda: print("on_start: warming the cache"),
-            on_exit=lambda event: print(f"on_exit: run ended {event.outcome}"),
+            on_start=lambda: show("on_start: warming the cache"),
+            on_exit=lambda event: show(f"on_exit: run ended {event.outcome}"),
             bus=bus,
         )
 
@@ -29,8 +40,10 @@ async def main() -> None:
         @bus.on(STARTING, inline=True)
         @bus.on(EXITED, inline=True)
         def log_event(event: Event) -> None:
-            log.info(event.name, environment=event.environment.name, run_id=event.run_id,
-                     outcome=event.outcome and event.outcome.value)  # fmt: skip
+            fields = {"environment": event.environment.name, "run_id": event.run_id}
+            if event.outcome is not None:  # exited only: a starting line has no outcome
+                fields["outcome"] = event.outcome.value
+            log.info(event.name, **fields)
 
         # One handler too slow for its timeout, and one that fails: both are isolated.
         @bus.on(STARTING, timeout=0.3)
@@ -51,5 +64,14 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    print(f"lifecycle-bus {lifecycle.__version__}")
+    # Log lines on stderr, each in one write, with the timestamps `lifecycle run` shows.
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
+    )
+    show(f"lifecycle-bus {lifecycle.__version__}")
     anyio.run(main)

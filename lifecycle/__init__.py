@@ -1,40 +1,50 @@
 """lifecycle-bus: reliable environment lifecycle callbacks on an async event bus."""
 
-from ._bus import DEFAULT, BusState, EventBus, ResultHook
-from ._config import (
-    AdapterSpec,
-    Attachment,
-    Config,
-    HandlerSpec,
-    InstalledAdapter,
-    find_config,
-    installed_adapters,
-    load_config,
-)
-from ._environment import Environment, Run
-from ._event import (
-    EXITED,
-    HEARTBEAT,
-    SCHEMA_VERSION,
-    STARTING,
-    EnvironmentInfo,
-    ErrorInfo,
-    Event,
-    Outcome,
-)
-from ._exceptions import (
-    BusClosedError,
-    ConfigError,
-    EmitDepthError,
-    LifecycleError,
-    RunTerminated,
-    RunTimeoutError,
-    StartAborted,
-)
-from ._heartbeat import heartbeats
-from ._results import CloseReport, EmitReport, HandlerResult, Status
-from ._subprocess import CommandResult, SubprocessEnvironment
-from ._subscription import Subscription
+# The public names are imported from their modules when first used (PEP 562): a script that
+# needs one part (``lifecycle --version``, ``lifecycle run`` with no configuration) does not
+# pay for the import of every other (importlib.metadata, tomllib, structlog...). A new public
+# name goes in the TYPE_CHECKING block (for type checkers), in ``_MODULES`` (for the import)
+# and in ``__all__``; tests/test_exports.py checks that the three agree.
+
+import typing as _typing
+
+if _typing.TYPE_CHECKING:
+    from ._bus import DEFAULT, BusState, EventBus, ResultHook
+    from ._config import (
+        AdapterSpec,
+        Attachment,
+        Config,
+        HandlerSpec,
+        InstalledAdapter,
+        find_config,
+        installed_adapters,
+        load_config,
+    )
+    from ._environment import Environment, Run
+    from ._event import (
+        EXITED,
+        HEARTBEAT,
+        SCHEMA_VERSION,
+        STARTING,
+        EnvironmentInfo,
+        ErrorInfo,
+        Event,
+        Outcome,
+    )
+    from ._exceptions import (
+        AbandonedThreadsError,
+        BusClosedError,
+        ConfigError,
+        EmitDepthError,
+        LifecycleError,
+        RunTerminated,
+        RunTimeoutError,
+        StartAborted,
+    )
+    from ._heartbeat import heartbeats
+    from ._results import CloseReport, EmitReport, HandlerResult, Status
+    from ._subprocess import CommandResult, SubprocessEnvironment
+    from ._subscription import Subscription
 
 __version__ = "0.1.0"
 
@@ -44,6 +54,7 @@ __all__ = [
     "HEARTBEAT",
     "SCHEMA_VERSION",
     "STARTING",
+    "AbandonedThreadsError",
     "AdapterSpec",
     "Attachment",
     "BusClosedError",
@@ -77,3 +88,63 @@ __all__ = [
     "installed_adapters",
     "load_config",
 ]
+
+
+_MODULES = {
+    "AbandonedThreadsError": "_exceptions",
+    "AdapterSpec": "_config",
+    "Attachment": "_config",
+    "BusClosedError": "_exceptions",
+    "BusState": "_bus",
+    "CloseReport": "_results",
+    "CommandResult": "_subprocess",
+    "Config": "_config",
+    "ConfigError": "_exceptions",
+    "DEFAULT": "_bus",
+    "EXITED": "_event",
+    "EmitDepthError": "_exceptions",
+    "EmitReport": "_results",
+    "Environment": "_environment",
+    "EnvironmentInfo": "_event",
+    "ErrorInfo": "_event",
+    "Event": "_event",
+    "EventBus": "_bus",
+    "HEARTBEAT": "_event",
+    "HandlerResult": "_results",
+    "HandlerSpec": "_config",
+    "InstalledAdapter": "_config",
+    "LifecycleError": "_exceptions",
+    "Outcome": "_event",
+    "ResultHook": "_bus",
+    "Run": "_environment",
+    "RunTerminated": "_exceptions",
+    "RunTimeoutError": "_exceptions",
+    "SCHEMA_VERSION": "_event",
+    "STARTING": "_event",
+    "StartAborted": "_exceptions",
+    "Status": "_results",
+    "SubprocessEnvironment": "_subprocess",
+    "Subscription": "_subscription",
+    "find_config": "_config",
+    "heartbeats": "_heartbeat",
+    "installed_adapters": "_config",
+    "load_config": "_config",
+}
+"""The private module of each public name."""
+
+
+def __getattr__(name: str) -> object:
+    """Import a public name from its module at its first use (PEP 562)."""
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lifecycle' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names, imported or not yet, and the module's own."""
+    return sorted({*globals(), *__all__} - {"_typing"})

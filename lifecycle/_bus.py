@@ -14,17 +14,20 @@ import blinker
 from blinker import ANY
 
 from ._dispatch import (
+    YIELDS,
+    Deadlines,
     result_of,
     retrieve_quietly,
     run_group_asyncio,
-    run_group_generic,
+    run_group_trio,
     run_inline_group,
     start_task,
 )
 from ._exceptions import BusClosedError, EmitDepthError
 from ._handle import Handle
 from ._logging import log_failure, logger
-from ._results import CloseReport, EmitReport, HandlerResult, Status
+from ._plan import NO_PLAN, Plan, PlanCache, Selection
+from ._results import CloseReport, EmitReport, HandlerResult, InlineRun, Status
 from ._subscription import Handler, Subscription, check_timeout, handler_name, is_async_callable
 from ._threads import WorkerPool
 
@@ -35,10 +38,14 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from ._event import Event
+    from ._results import ResultPart
 
 __all__ = ["DEFAULT", "EventBus", "ResultHook"]
 
 H = TypeVar("H", bound=Handler)
+
+# After a group's handlers outlived the yields to the loop, how many emits skip them.
+_SKIP_YIELDS = 16
 
 _depth: contextvars.ContextVar[int] = contextvars.ContextVar("lifecycle_emit_depth", default=0)
 
@@ -111,55 +118,6 @@ class _Deadline:
             self.futures = []
 
 
-def _names(subs: tuple[Subscription, ...]) -> tuple[str, ...]:
-    return tuple(sub.name for sub in subs)
-
-
-class _Plan:
-    """Who receives one signal from one sender, grouped for dispatch; rebuilt on change."""
-
-    __slots__ = ("background", "background_names", "filtered", "groups", "inline", "receivers")
-
-    def __init__(self, subs: list[Subscription], receivers: int) -> None:
-        subs.sort(key=lambda sub: (sub.order, sub.sequence))
-        groups: list[list[Subscription]] = []
-        for sub in subs:
-            if sub.background:
-                continue
-            if groups and groups[-1][0].order == sub.order:
-                groups[-1].append(sub)
-            else:
-                groups.append([sub])
-        self.groups = tuple(tuple(group) for group in groups)
-        self.inline = _inline_groups(self.groups)
-        self.background = tuple(sub for sub in subs if sub.background)
-        self.background_names = _names(self.background)
-        self.filtered = any(sub.labels for sub in subs)
-        self.receivers = receivers
-
-    def for_labels(
-        self, labels: frozenset[str]
-    ) -> tuple[tuple[tuple[Subscription, ...], ...], frozenset[int], tuple[Subscription, ...]]:
-        kept_groups = []
-        for group in self.groups:
-            kept = tuple(sub for sub in group if sub.labels <= labels)
-            if kept:
-                kept_groups.append(kept)
-        groups = tuple(kept_groups)
-        background = tuple(sub for sub in self.background if sub.labels <= labels)
-        return groups, _inline_groups(groups), background
-
-
-def _inline_groups(groups: tuple[tuple[Subscription, ...], ...]) -> frozenset[int]:
-    """The indexes of the groups made only of inline handlers (no task, no thread)."""
-    return frozenset(
-        index for index, group in enumerate(groups) if all(sub.inline for sub in group)
-    )
-
-
-_NO_PLAN = _Plan([], 0)
-
-
 def _blinker_receiver(receiver: Callable[..., Any], sender: Any) -> Handler:
     """Adapt a plain blinker receiver, ``receiver(sender, **kwargs)``, to a handler."""
     sent_by = None if sender is ANY else sender
@@ -190,7 +148,13 @@ class EventBus:
             otherwise; ``None`` for no limit.
         max_background: background handlers in flight at once; past it, ``emit`` waits.
         max_depth: how deep handlers may emit from handlers before ``EmitDepthError``.
-        max_threads: worker threads for plain (sync) handlers.
+        max_threads: worker threads for plain (sync) handlers. A plain handler given up
+            at its timeout runs on in an abandoned thread that no longer counts here.
+        max_abandoned_threads: how many abandoned threads (plain handlers given up but
+            still running) the bus tolerates; while that many are alive, new plain
+            handlers are not run but fail with :exc:`~lifecycle.AbandonedThreadsError`.
+            Hung handlers thus hold fewer than ``max_abandoned_threads + max_threads``
+            threads.
         close_grace: seconds ``aclose`` waits for background handlers by default.
 
     .. versionadded:: 0.1
@@ -204,6 +168,7 @@ class EventBus:
         max_background: int = 1000,
         max_depth: int = 8,
         max_threads: int = 32,
+        max_abandoned_threads: int = 32,
         close_grace: float | None = 30.0,
     ) -> None:
         self.name = name or f"bus-{id(self):x}"
@@ -216,12 +181,13 @@ class EventBus:
         self.max_depth = max_depth
         self._state = BusState.OPEN
         self._signals = blinker.Namespace()
-        self._plans: dict[tuple[str, int], _Plan] = {}
+        self._plans = PlanCache()
         self._results = blinker.Signal("Announces every handler result: receiver(bus, result=...)")
         # Result hooks connected with logs_failures=True; while any is, the bus stays quiet.
         self._failure_loggers = 0
-        self._pool = WorkerPool(max_threads)
-        self._limiter = anyio.CapacityLimiter(max_threads)
+        self._pool = WorkerPool(max_threads, max_abandoned_threads, self.name)
+        # The deadlines of blocking handlers still running, one timer for all (asyncio).
+        self._deadlines: Deadlines | None = None
         # Background handlers in flight: future (asyncio) or cancel scope (trio) -> entry.
         self._background: dict[Any, tuple[Subscription, Event, float, _Deadline | None]] = {}
         self._room: anyio.Event | None = None
@@ -385,20 +351,24 @@ class EventBus:
 
     # -- emitting --------------------------------------------------------------------
 
-    def _plan(self, name: str, sender: Any) -> _Plan:
+    def _plan(self, name: str, sender: Any) -> Plan:
         signal = self._signals.get(name)
         if signal is None or not signal.receivers:
-            return _NO_PLAN
-        key = (name, id(sender))
-        plan = self._plans.get(key)
-        # Weakly held blinker receivers vanish without a disconnect signal: the count tells.
-        if plan is not None and plan.receivers == len(signal.receivers):
-            return plan
+            return NO_PLAN
+        plan = self._plans.lookup(name, signal, sender)
+        if plan is None:
+            plan = self._build_plan(signal, name, sender)
+            self._plans.store(name, signal, sender, plan)
+        return plan
+
+    def _build_plan(self, signal: blinker.Signal, name: str, sender: Any) -> Plan:
         subs: list[Subscription] = []
+        takes_sender = False
         for receiver in signal.receivers_for(sender):
             if isinstance(receiver, Subscription):
                 subs.append(receiver)
             else:
+                takes_sender = True
                 subs.append(
                     Subscription(
                         None,
@@ -409,8 +379,7 @@ class EventBus:
                         takes_event=True,
                     )
                 )
-        plan = self._plans[key] = _Plan(subs, len(signal.receivers))
-        return plan
+        return Plan(subs, len(signal.receivers), takes_sender)
 
     async def emit(self, event: Event, *, sender: Any = ANY) -> EmitReport:
         """Deliver ``event`` to the receivers of ``event.name``; return one result per handler.
@@ -429,16 +398,30 @@ class EventBus:
         depth = _depth.get()
         if depth >= self.max_depth:
             raise EmitDepthError(event.name, depth + 1, self.max_depth)
-        plan = self._plan(event.name, sender)
-        if plan is _NO_PLAN:
+        name = event.name
+        signal = self._signals.get(name)
+        if signal is None or not signal.receivers:
             return EmitReport(event, ())
-        if plan.filtered:
-            groups, inline, background = plan.for_labels(event.environment.labels)
-        else:
-            groups, inline, background = plan.groups, plan.inline, plan.background
+        plan = self._plans.lookup(name, signal, sender)
+        if plan is None:
+            plan = self._build_plan(signal, name, sender)
+            self._plans.store(name, signal, sender, plan)
+        selection = plan.everyone
+        if selection is None:
+            selection = plan.select(event.environment.labels)
+        background = selection.background
+        if not selection.steps and not background:
+            return EmitReport(event, ())
         started = perf_counter()
-        results: list[HandlerResult] = []
+        parts: list[ResultPart] = []
         token = _depth.set(depth + 1)
+        if selection.inline_only:
+            try:
+                for group, group_calls in selection.inline_only:
+                    run_inline_group(group, group_calls, event, parts)
+            finally:
+                _depth.reset(token)
+            return self._reported(event, parts, selection, started)
         try:
             try:
                 loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -453,29 +436,55 @@ class EventBus:
                     self._start_background_asyncio(loop, background, event)
                 else:
                     await self._start_background(loop, background, event)
-            for index, group in enumerate(groups):
-                if index in inline:
-                    run_inline_group(group, event, results)
+            for index, (subs, calls) in enumerate(selection.steps):
+                if calls is not None:
+                    run_inline_group(subs, calls, event, parts)
                 elif loop is not None:
-                    await run_group_asyncio(loop, self._pool, group, event, results)
+                    deadlines = self._deadlines
+                    if deadlines is None or deadlines.loop is not loop:
+                        # A bus used from another loop (another thread, a new asyncio.run)
+                        # gets a watcher for that loop; the old one's timer stays with its
+                        # own loop and groups.
+                        deadlines = self._deadlines = Deadlines(loop)
+                    skip = selection.skip_yields[index]
+                    if skip:
+                        selection.skip_yields[index] = skip - 1
+                    waited = await run_group_asyncio(
+                        loop, self._pool, deadlines, subs, event, parts, 0 if skip else YIELDS
+                    )
+                    if waited and not skip:
+                        selection.skip_yields[index] = _SKIP_YIELDS
                 else:
-                    await run_group_generic(self._limiter, group, event, results)
+                    await run_group_trio(self._pool, subs, event, parts)
         finally:
             _depth.reset(token)
-        report = EmitReport(
-            event,
-            tuple(results),
-            plan.background_names if background is plan.background else _names(background),
-            perf_counter() - started,
+        return self._reported(event, parts, selection, started)
+
+    def _reported(
+        self, event: Event, parts: list[ResultPart], selection: Selection, started: float
+    ) -> EmitReport:
+        """The report of an emit; its results announced to hooks, its failures logged."""
+        report = EmitReport._lazy(
+            event, parts, selection.background_names, perf_counter() - started
         )
         if self._results.receivers:
-            for result in results:
+            for result in report.results:
                 self._announce(result)
         elif not self._failure_loggers:
-            for result in results:
-                if result.status is not Status.OK:
-                    log_failure(result, bus=self.name)
+            for part in parts:
+                if isinstance(part, InlineRun):
+                    failed = bool(part.failures)
+                else:
+                    failed = part.status is not Status.OK
+                if failed:
+                    self._log_failures(report)
+                    break
         return report
+
+    def _log_failures(self, report: EmitReport) -> None:
+        for result in report.results:
+            if result.status is not Status.OK:
+                log_failure(result, bus=self.name)
 
     def _announce(self, result: HandlerResult) -> None:
         if result.status is not Status.OK and not self._failure_loggers:
@@ -487,6 +496,16 @@ class EventBus:
                 logger.exception("result hook failed", bus=self.name, handler=result.handler)
 
     # -- background handlers ---------------------------------------------------------
+
+    @property
+    def abandoned_threads(self) -> int:
+        """How many plain handlers given up at their timeouts are still running.
+
+        Each holds a thread the bus has abandoned (see ``max_abandoned_threads``).
+
+        .. versionadded:: 0.2
+        """
+        return self._pool.abandoned
 
     @property
     def background_in_flight(self) -> int:
@@ -580,11 +599,13 @@ class EventBus:
     async def _run_background_generic(
         self, sub: Subscription, event: Event, scope: anyio.CancelScope
     ) -> None:
-        slot: list[HandlerResult] = []
+        slot: list[ResultPart] = []
         with scope:
-            await run_group_generic(self._limiter, (sub,), event, slot)
+            await run_group_trio(self._pool, (sub,), event, slot)
         if self._background.pop(scope, None) is not None and slot:
-            self._background_finished(slot[0])
+            (result,) = slot
+            assert isinstance(result, HandlerResult)  # background handlers are never inline
+            self._background_finished(result)
 
     async def drain(self, grace: float | None = None) -> CloseReport:
         """Wait up to ``grace`` seconds for background handlers; cancel and report the rest.

@@ -14,6 +14,13 @@ container entrypoints unchanged. The statuses it can exit with:
 127      the command was not found
 128 + n  the command died of signal n (137 for SIGKILL, 143 for SIGTERM)
 =======  ============================================================================
+
+SIGTERM, SIGINT and SIGHUP sent to the wrapper go to the command, and the run's outcome is
+``terminated`` whatever the command then does: it was asked to stop. The status stays the
+command's own, so a supervisor sees what the command said: 128 + n if it died of the
+signal, or its chosen status if it caught it (0 for a clean shutdown). A signal during the
+``starting`` handlers cancels them; the command never starts and the status is 128 + n.
+On Linux, a wrapper killed outright (SIGKILL) takes the command with it.
 """
 
 from __future__ import annotations
@@ -22,21 +29,21 @@ import argparse
 import math
 import os
 import sys
-from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import anyio
-import structlog
+from ._console import escape, render, write_line
+from ._exceptions import ConfigError
 
-from ._bus import EventBus
-from ._event import EXITED, STARTING
-from ._exceptions import ConfigError, StartAborted
-from ._subprocess import SubprocessEnvironment
+# Everything else is imported where it is used: a cron wrapper's start-up is mostly imports,
+# and ``lifecycle run -- CMD`` with no configuration needs neither importlib.metadata (an
+# entry-point scan), tomllib nor structlog. tests/test_cli.py guards this.
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from importlib.metadata import EntryPoint
 
+    from ._bus import EventBus
     from ._config import Config
     from ._event import Event
 
@@ -79,7 +86,7 @@ later.
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors exit with a chosen status."""
+    """An argument parser whose usage errors exit with a chosen status, escaped."""
 
     def __init__(self, *args: Any, error_status: int = 2, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -87,7 +94,8 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(self.error_status, f"{self.prog}: error: {message}\n")
+        # The message quotes the user's arguments, control characters and all.
+        self.exit(self.error_status, f"{self.prog}: error: {escape(message)}\n")
 
 
 def _seconds(text: str) -> float:
@@ -100,12 +108,25 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> _Parser:
+def _limit(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        # 0 meaning "no limit" would turn a typo into a job that may run forever.
+        raise argparse.ArgumentTypeError(
+            "must be > 0 seconds (leave --timeout out for no limit), got '0'"
+        )
+    return value
+
+
+def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, dict[str, _Parser]]:
+    """The top-level parser, and the subcommands' parsers by name."""
     from . import __version__
 
     parser = _Parser(
         prog="lifecycle",
         description="Reliable lifecycle events for jobs: wrap a command, check a configuration.",
+        # A mistyped ``lifecycle rnu -- job`` in a cron line must not look like the job's 2.
+        error_status=STATUS_WRAPPER_FAILED,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=_Parser)
@@ -142,8 +163,8 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> _Parser:
     run.add_argument(
         "--timeout",
         metavar="SECONDS",
-        type=_seconds,
-        help="stop the command after this long; exit status 124 (default: no limit)",
+        type=_limit,
+        help="stop the command after this long (> 0); exit status 124 (default: no limit)",
     )
     run.add_argument(
         "--grace",
@@ -178,10 +199,12 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> _Parser:
     adapters.set_defaults(handler=_adapters)
     for name, point in (plugins or {}).items():
         commands.add_parser(name, help=f"from {_distribution(point)}", add_help=False)
-    return parser
+    return parser, {"run": run, "check": check, "adapters": adapters}
 
 
 def _plugin_commands() -> dict[str, EntryPoint]:
+    from importlib.metadata import entry_points
+
     found: dict[str, EntryPoint] = {}
     for point in entry_points(group=COMMAND_GROUP):
         if point.name not in _BUILTIN_COMMANDS:
@@ -201,9 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     plugins: dict[str, EntryPoint] = {}
-    # Built-in commands never pay for an entry-point scan: it is most of a cron wrapper's
-    # start-up cost when nothing else is installed.
-    if not argv or argv[0] not in _BUILTIN_COMMANDS:
+    # Built-in commands (and --version) never pay for an entry-point scan: it is most of a
+    # cron wrapper's start-up cost when nothing else is installed. --help lists the others.
+    first = argv[0] if argv else "--help"
+    if first in ("-h", "--help") or not (first in _BUILTIN_COMMANDS or first.startswith("-")):
         plugins = _plugin_commands()
         if argv and argv[0] in plugins:
             return _run_plugin(argv[0], plugins[argv[0]], argv[1:])
@@ -213,9 +237,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"package, which is not installed (pip install {_COMMAND_PACKAGES[argv[0]]})"
             )
             return STATUS_WRAPPER_FAILED
-    parser = _parser(plugins)
+    parser, subcommands = _parser(plugins)
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            # Left over by the subcommand: its mistake, told with its usage and status
+            # (argparse would report it with the top-level usage and status 2).
+            where = subcommands.get(args.subcommand, parser)
+            where.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     handler: Callable[[argparse.Namespace], int] = args.handler
@@ -232,7 +261,8 @@ def _run_plugin(name: str, point: EntryPoint, argv: list[str]) -> int:
 
 
 def _say(message: str) -> None:
-    print(f"lifecycle: {message}", file=sys.stderr, flush=True)
+    # Messages quote commands, names and configuration values: escape them.
+    write_line(f"lifecycle: {escape(message)}")
 
 
 # -- lifecycle run -----------------------------------------------------------------
@@ -251,11 +281,17 @@ def _run(args: argparse.Namespace) -> int:
         _say(f"error: {exc}")
         return STATUS_WRAPPER_FAILED
     _log_to_stderr()
+    import anyio
+
     status: int = anyio.run(_run_async, args, command, config)
     return status
 
 
 async def _run_async(args: argparse.Namespace, command: list[str], config: Config | None) -> int:
+    from ._bus import EventBus
+    from ._exceptions import StartAborted
+    from ._subprocess import SubprocessEnvironment
+
     bus = EventBus(name="lifecycle")
     try:
         attachment = config.attach(bus) if config is not None else _attach_default(bus)
@@ -270,7 +306,7 @@ async def _run_async(args: argparse.Namespace, command: list[str], config: Confi
             labels=args.label,
             bus=bus,
             heartbeat=args.heartbeat,
-            timeout=args.timeout or None,
+            timeout=args.timeout,
             kill_grace=args.grace,
             output="inherit" if args.inherit_output else "forward",
         )
@@ -297,6 +333,8 @@ def _import_from_cwd() -> None:
 
 def _load_config(path: Path | None) -> Config | None:
     """The given configuration, or the one found in the working directory, or ``None``."""
+    if path is None and not _may_have_config(Path.cwd()):
+        return None  # without importing the configuration module at all
     from ._config import find_config, load_config
 
     _import_from_cwd()
@@ -307,55 +345,115 @@ def _load_config(path: Path | None) -> Config | None:
     return load_config(path)
 
 
+def _may_have_config(directory: Path) -> bool:
+    """False when :func:`~lifecycle.find_config` would surely find nothing in ``directory``."""
+    if (directory / "lifecycle.toml").is_file():
+        return True
+    try:
+        return "lifecycle" in (directory / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _log_to_stderr() -> None:
-    # The command's stdout is the wrapper's stdout: keep our own log lines off it.
-    # (Unconfigured structlog prints to stdout.) A configuration imported by a handler
-    # module wins.
-    if not structlog.is_configured():
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    """Send the library's own structlog lines to stderr, in the console lines' format.
+
+    The command's stdout is the wrapper's stdout: our log lines stay off it (unconfigured
+    structlog prints to stdout). A configuration of the user's own (made by a handler module
+    or an adapter) wins. structlog is configured when it is first needed: most runs log
+    nothing of the library's own, and importing structlog is a good part of the start-up.
+    """
+    from . import _logging
+
+    if "structlog" in sys.modules:
+        _configure_structlog()  # a handler module or an adapter may log already
+    else:
+        _logging.before_first_use(_configure_structlog)
 
 
-class _Detach:
-    def __init__(self, undo: Callable[[], Any]) -> None:
-        self.detach = undo
+def _configure_structlog() -> None:
+    from io import StringIO
 
+    import structlog
 
-def _attach_default(bus: EventBus) -> Any:
-    """With no configuration: the structlog adapter's console lines, or our own minimal ones."""
-    for point in entry_points(group=ENTRY_POINT_GROUP, name="structlog"):
-        try:
-            attach = point.load()
-        except ImportError:
-            break
-        return attach(bus, render="console")
-    logger = structlog.wrap_logger(
-        structlog.PrintLogger(sys.stderr),
+    from ._console import escape_fields
+
+    if structlog.is_configured():
+        return
+
+    def plain_traceback(sio: Any, exc_info: Any) -> None:
+        # An exception's message is text from anywhere: escaped, line breaks kept.
+        buffer = StringIO()
+        structlog.dev.plain_traceback(buffer, exc_info)
+        sio.write(escape(buffer.getvalue(), keep_newlines=True))
+
+    structlog.configure(
         processors=[
+            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            structlog.processors.StackInfoRenderer(),
+            structlog.dev.set_exc_info,
+            # One timestamp format for the whole run: the event lines' (ISO 8601, UTC).
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.dev.ConsoleRenderer(colors=False),
+            escape_fields,
+            structlog.dev.ConsoleRenderer(colors=False, exception_formatter=plain_traceback),
         ],
+        # One write per line: a line is never split by the command's own output.
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
     )
 
-    def log(event: Event) -> None:
-        fields: dict[str, Any] = {"environment": event.environment.name, "run_id": event.run_id}
-        if event.outcome is None:
-            logger.info(event.name, **fields)
-            return
-        fields.update(outcome=event.outcome.value, exit_code=event.exit_code)
-        fields["duration"] = round(event.duration or 0.0, 3)
+
+_LEVELS = {"succeeded": "info", "cancelled": "warning", "terminated": "warning"}
+"""The level of an exited line by outcome (others: error), as the structlog adapter's."""
+
+
+class _ConsoleLog:
+    """With no configuration: one console line per ``starting`` and ``exited`` on stderr.
+
+    Built in rather than the structlog adapter: it costs no import of structlog or
+    entry-point scan, which would be most of a short job's start-up.
+    """
+
+    def __init__(self, bus: EventBus) -> None:
+        from ._event import EXITED, STARTING
+
+        self.subscriptions = [
+            bus.subscribe(signal, self.log, inline=True, name=f"lifecycle:console:{signal}")
+            for signal in (STARTING, EXITED)
+        ]
+
+    def log(self, event: Event) -> None:
+        info = event.environment
+        fields: dict[str, Any] = {
+            "environment": info.name,
+            "run_id": event.run_id,
+            "host": info.host,
+            "pid": info.pid,
+        }
+        if info.labels:
+            fields["labels"] = sorted(info.labels)
+        if event.attributes:
+            fields["attributes"] = event.to_dict()["attributes"]
+        level = "info"
+        if event.outcome is not None:
+            level = _LEVELS.get(event.outcome.value, "error")
+            fields["outcome"] = event.outcome.value
+        if event.duration is not None:
+            fields["duration"] = round(event.duration, 6)
+        if event.exit_code is not None:
+            fields["exit_code"] = event.exit_code
         if event.error is not None:
             fields["error"] = f"{event.error.type}: {event.error.message}"
-        level = "info" if event.outcome.is_success else "error"
-        getattr(logger, level)(event.name, **fields)
+        write_line(render(level, event.name, fields))
 
-    subscriptions = [bus.subscribe(name, log, inline=True) for name in (STARTING, EXITED)]
-
-    def detach() -> None:
-        for subscription in subscriptions:
+    def detach(self) -> None:
+        for subscription in self.subscriptions:
             subscription.unsubscribe()
 
-    return _Detach(detach)
+
+def _attach_default(bus: EventBus) -> _ConsoleLog:
+    """With no configuration: the built-in console lines."""
+    return _ConsoleLog(bus)
 
 
 # -- lifecycle check, lifecycle adapters -----------------------------------------------
@@ -369,27 +467,37 @@ def _check(args: argparse.Namespace) -> int:
     if path is None:
         path = find_config()
         if path is None:
-            _say(
-                f"error: no configuration found in {Path.cwd()}: expected lifecycle.toml, "
-                "or a [tool.lifecycle] table in pyproject.toml (or give --config FILE)"
+            # Not a mistake: ``lifecycle run`` works here too, with its default logging.
+            _print(
+                f"no configuration in {Path.cwd()} (looked for lifecycle.toml, and a "
+                "[tool.lifecycle] table in pyproject.toml); lifecycle run would attach the "
+                "default console logger (one line per starting and exited event, on stderr)"
             )
-            return 1
+            return 0
     try:
         config = load_config(path)
         # Attach for real, to a bus that never emits: an adapter refusing its options
         # shows here, not at the first run.
+        import anyio
+
         anyio.run(_attach_and_detach, config)
     except ConfigError as exc:
         _say(f"error: {exc}")
         return 1
     lines = config.describe()
-    print(f"{path}: ok, {len(lines)} to attach" + (":" if lines else ""))
+    _print(f"{path}: ok, {len(lines)} to attach" + (":" if lines else ""))
     for line in lines:
-        print(f"  {line}")
+        _print(f"  {line}")
     return 0
 
 
+def _print(line: str) -> None:
+    print(escape(line))
+
+
 async def _attach_and_detach(config: Config) -> None:
+    from ._bus import EventBus
+
     async with EventBus(name="lifecycle-check") as bus:
         config.attach(bus).detach()
 
@@ -404,5 +512,5 @@ def _adapters(args: argparse.Namespace) -> int:
     width = max(len(name) for name in found)
     for name, adapter in found.items():
         origin = f"{adapter.distribution or '?'} {adapter.version or '?'}"
-        print(f"{name:<{width}}  {origin}  ({adapter.value})")
+        _print(f"{name:<{width}}  {origin}  ({adapter.value})")
     return 0

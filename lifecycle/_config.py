@@ -13,6 +13,10 @@ A ``lifecycle.toml`` (or the ``[tool.lifecycle]`` table of a ``pyproject.toml``)
     background = true
     labels = ["nightly"]
 
+A top-level table named after an installed ``lifecycle`` command (``[listen]`` for
+``lifecycle listen`` from lifecycle-nats) is kept, expanded, in :attr:`Config.tables` for
+that command to validate.
+
 ``${NAME}`` in any string is replaced by the environment variable ``NAME`` (``${NAME:-x}``
 falls back to ``x``; ``$$`` is a literal ``$``). Loading checks everything it can without
 touching a bus: every problem is a :exc:`~lifecycle.ConfigError` naming the file, the key
@@ -28,22 +32,20 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
-from urllib.parse import urlsplit, urlunsplit
 
 from ._event import EXITED, HEARTBEAT, STARTING
 from ._exceptions import ConfigError
 from ._handle import Handle
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+# importlib.metadata and tomllib are imported where they are used: ``lifecycle run`` with no
+# configuration needs neither, and they are a good part of its start-up.
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from importlib.metadata import EntryPoint
+    from types import ModuleType
 
     from ._bus import EventBus
 
@@ -157,7 +159,25 @@ def installed_adapters() -> dict[str, InstalledAdapter]:
 
 
 def _entry_points() -> tuple[EntryPoint, ...]:
+    from importlib.metadata import entry_points
+
     return tuple(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _command_names() -> list[str]:
+    """The installed ``lifecycle`` subcommands (only looked up for an unknown top-level key)."""
+    from importlib.metadata import entry_points
+
+    return sorted({point.name for point in entry_points(group=COMMAND_GROUP)})
+
+
+def _toml() -> ModuleType:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python 3.10 only
+        import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+    module: ModuleType = tomllib
+    return module
 
 
 @dataclass(frozen=True)
@@ -225,9 +245,10 @@ class Config:
                 try:
                     handle = adapter.attach(bus, **adapter.options)
                 except (TypeError, ValueError, ImportError, OSError) as exc:
+                    option = _option_named(str(exc), adapter.options)
                     raise ConfigError(
                         str(self.path),
-                        adapter.key,
+                        adapter.key if option is None else f"{adapter.key}.options.{option}",
                         f"adapter {adapter.name!r} could not be attached: "
                         f"{self._scrub(f'{type(exc).__name__}: {exc}')}",
                     ) from None
@@ -291,7 +312,9 @@ class Config:
     def _scrub(self, text: str) -> str:
         for value in sorted(self.secrets, key=len, reverse=True):
             text = text.replace(value, self.secrets[value])
-        return text
+        # A URL written in the file itself is no ${NAME}: an adapter quoting it back would
+        # show its path, where a webhook keeps its token.
+        return redact_urls(text)
 
 
 def find_config(directory: Path | None = None) -> Path | None:
@@ -307,8 +330,15 @@ def find_config(directory: Path | None = None) -> Path | None:
     pyproject = directory / "pyproject.toml"
     if pyproject.is_file():
         try:
-            data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            text = pyproject.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+        if "lifecycle" not in text:
+            return None  # no [tool.lifecycle] table for sure: spare the TOML parser
+        tomllib = _toml()
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError:
             return None
         tool = data.get("tool")
         if isinstance(tool, dict) and "lifecycle" in tool:
@@ -336,6 +366,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(shown, None, f"cannot read the file: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(shown, None, f"the file is not UTF-8 text: {exc.reason}") from None
+    tomllib = _toml()
     try:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -359,7 +390,9 @@ class _Loader:
         self.secrets: dict[str, str] = {}
 
     def error(self, key: str, message: str, value: Any = None) -> ConfigError:
-        return ConfigError(str(self.file), self.prefix + key, message, value)
+        # The bad value is shown as describe() would show it: secrets masked, URLs cut short.
+        shown = None if value is None else _mask(key.rpartition(".")[2], value)
+        return ConfigError(str(self.file), self.prefix + key, message, shown)
 
     def load(self, data: dict[str, Any]) -> Config:
         tables: dict[str, Mapping[str, Any]] = {}
@@ -367,7 +400,7 @@ class _Loader:
             if key in _TOP_KEYS:
                 continue
             # A package that adds ``lifecycle <command>`` may read a table of that name.
-            commands = sorted({point.name for point in entry_points(group=COMMAND_GROUP)})
+            commands = _command_names()
             if key not in commands:
                 also = f", or the table of an installed command ({', '.join(commands)})"
                 raise self.error(
@@ -595,36 +628,76 @@ class _Loader:
         return handler
 
 
+def _option_named(message: str, options: Mapping[str, Any]) -> str | None:
+    """The option an adapter's error is about: the one it starts with, or the only one it names.
+
+    Adapters word their errors as the core does ("url must be an http:// or https:// URL"),
+    so the option can be named in the key (``adapters[0].options.url``).
+    """
+    words: list[str] = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", message)
+    if words and words[0] in options:
+        return words[0]
+    named = {word for word in words if word in options}
+    return named.pop() if len(named) == 1 else None
+
+
 def _mask(key: str, value: Any) -> Any:
     """What ``describe`` shows of one option as written: secrets masked, ``${NAME}`` kept."""
     if isinstance(value, dict):
         return {k: _mask(k, v) for k, v in value.items()}
     if isinstance(value, list):
         return [_mask(key, item) for item in value]
-    if not isinstance(value, str) or _VARIABLE.fullmatch(value):
+    if not isinstance(value, str):
         return value
+    reference = _VARIABLE.fullmatch(value)
+    if reference is not None and not reference.group(2):
+        return value  # a bare ${NAME}: it names the secret, it does not hold it
     if any(word in key.lower() for word in _SECRET_WORDS):
         return "***"
-    if "://" in value:
-        return redact_url(value)
-    return value
+    # Anywhere in the text, a ${NAME:-default} fallback included.
+    return redact_urls(value)
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its secrets: credentials and query values become ``***``."""
+    """``url`` as it may be shown: its scheme, host and port only.
+
+    Anything past them (credentials, path, query, fragment) becomes ``/***``: a Slack-style
+    webhook carries its secret in the path, others in the query or the userinfo.
+    """
+    from urllib.parse import urlsplit
+
     try:
         parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
     except ValueError:
         return "***"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = "&".join(
-        f"{item.partition('=')[0]}=***" if "=" in item else "***"
-        for item in parts.query.split("&")
-        if item
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    if not parts.scheme or not host:
+        return "***"
+    shown = f"{parts.scheme}://" + (f"[{host}]" if ":" in host else host)
+    if port is not None:
+        shown += f":{port}"
+    hidden = "@" in parts.netloc or parts.path not in ("", "/") or parts.query or parts.fragment
+    return shown + ("/***" if hidden else "")
+
+
+_OPENING = {")": "(", "]": "[", "}": "{"}
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with every URL in it reduced by :func:`redact_url`."""
+
+    def redact(match: re.Match[str]) -> str:
+        url = match.group()
+        kept = url  # less the sentence's punctuation, or the brace of ${NAME:-url}
+        while kept and kept[-1] in ".,:;!?)]}":
+            opening = _OPENING.get(kept[-1])
+            if opening is not None and kept.count(opening) >= kept.count(kept[-1]):
+                break  # its own bracket: ${TOKEN} in the path, say
+            kept = kept[:-1]
+        return redact_url(kept) + url[len(kept) :]
+
+    return _URL.sub(redact, text)
 
 
 def _show(value: Any) -> str:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -14,7 +15,7 @@ import anyio.to_thread
 
 from ._bus import EventBus
 from ._event import EXITED, STARTING, EnvironmentInfo, ErrorInfo, Event, Outcome
-from ._exceptions import LifecycleError, RunTimeoutError, StartAborted
+from ._exceptions import LifecycleError, RunTerminated, RunTimeoutError, StartAborted
 from ._heartbeat import check_interval, heartbeats
 from ._logging import logger
 from ._subscription import Handler, check_timeout, handler_name
@@ -148,15 +149,14 @@ class Environment:
         """Emit an event of this environment on its bus (with this environment as sender)."""
         return await self.bus.emit(event, sender=self)
 
-    @asynccontextmanager
-    async def running(
+    def running(
         self,
         run_id: str | None = None,
         *,
         attributes: Mapping[str, Any] | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - a run's time limit, reported as outcome timeout
+        timeout: float | None = None,
         heartbeat: float | None = None,
-    ) -> AsyncIterator[Run]:
+    ) -> AbstractAsyncContextManager[Run]:
         """Run the body as one run of this environment.
 
         Emits ``environment.starting`` and waits for its blocking handlers, runs the body,
@@ -170,23 +170,60 @@ class Environment:
             timeout: seconds the body may take; past it the body is cancelled, ``exited``
                 says ``timeout`` and :exc:`~lifecycle.RunTimeoutError` is raised.
             heartbeat: emit ``environment.heartbeat`` every this many seconds while the
-                body runs (see :func:`~lifecycle.heartbeats`); ``None`` sends none.
+                body runs (see :func:`~lifecycle.heartbeats`); ``None`` sends none. The
+                interval is also on the ``starting`` event, as the attribute
+                ``heartbeat_interval``, so a watchdog knows what to expect from the start.
 
         Raises:
             StartAborted: a critical ``starting`` handler failed; the body did not run.
             RunTimeoutError: the body outlived ``timeout``.
+
+        .. versionchanged:: 0.2
+           ``starting`` carries ``heartbeat_interval`` when heartbeats are on.
+        """
+        return self._running(run_id, attributes=attributes, timeout=timeout, heartbeat=heartbeat)
+
+    @asynccontextmanager
+    async def _running(
+        self,
+        run_id: str | None = None,
+        *,
+        attributes: Mapping[str, Any] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a run's time limit, reported as outcome timeout
+        heartbeat: float | None = None,
+        heartbeat_interval: float | None = None,
+        stop_starting: anyio.CancelScope | None = None,
+    ) -> AsyncIterator[Run]:
+        """:meth:`running`, plus what runners that handle signals need.
+
+        Args:
+            heartbeat_interval: announce this interval on ``starting`` although the beats
+                are sent by the caller (default: ``heartbeat``).
+            stop_starting: a scope around the ``starting`` emit that a stop request (a
+                signal) cancels. The run then goes on without ``start_report`` and without
+                checking critical handlers: the caller's body, told of the stop, must end
+                at once, and ``exited`` follows.
         """
         timeout = check_timeout(timeout)
         heartbeat = check_interval(heartbeat)
+        announced = check_interval(heartbeat_interval) or heartbeat
         run = Run(self, run_id or uuid.uuid4().hex, attributes or {})
+        starting = self.event(
+            STARTING,
+            run.run_id,
+            attributes=run.attributes
+            if announced is None
+            else {**run.attributes, "heartbeat_interval": announced},
+        )
         try:
-            run.start_report = await self.emit(
-                self.event(STARTING, run.run_id, attributes=run.attributes)
-            )
+            with stop_starting or contextlib.nullcontext():
+                run.start_report = await self.emit(starting)
         except anyio.get_cancelled_exc_class():
             await self._exited(run, Outcome.CANCELLED)
             raise
-        if run.start_report.critical_failures:
+        # No start report: a stop request cut the emit short (the caller logged it), and
+        # the body, told of the stop, ends at once.
+        if run.start_report is not None and run.start_report.critical_failures:
             aborted = StartAborted(self.name, run.start_report)
             await self._exited(run, Outcome.ABORTED, error=aborted)
             raise aborted
@@ -291,8 +328,15 @@ class Environment:
     ) -> Any:
         """Run ``fn(*args)`` as one run from a program that is not async.
 
-        SIGTERM and SIGINT end the run with outcome ``terminated`` and raise
-        :exc:`~lifecycle.RunTerminated`; background handlers are drained before returning.
+        SIGTERM and SIGINT (in the main thread) end the run with outcome ``terminated``
+        and raise :exc:`~lifecycle.RunTerminated`; background handlers are drained before
+        it is raised. During the ``starting`` emit, a signal cancels the emit and the body
+        never runs. ``RunTerminated`` is a ``SystemExit`` whose code is 128 + the signal
+        number: a program that does not catch it ends quietly with status 143 (SIGTERM)
+        or 130 (SIGINT), as a supervisor expects, and no traceback.
+
+        .. versionchanged:: 0.2
+           A signal cancels a ``starting`` emit in flight; ``RunTerminated`` exits 128 + n.
         """
         from ._runner import run_blocking
 
@@ -314,6 +358,8 @@ def _classify(exc: BaseException) -> tuple[Outcome, int | None]:
     """How an exception ending the body maps to an outcome and an exit code."""
     if isinstance(exc, Terminated):
         return Outcome.TERMINATED, 128 + exc.signum
+    if isinstance(exc, RunTerminated):  # a nested blocking run; before SystemExit, its base
+        return Outcome.TERMINATED, exc.exit_status
     if isinstance(exc, anyio.get_cancelled_exc_class()):
         return Outcome.CANCELLED, None
     if isinstance(exc, KeyboardInterrupt):

@@ -5,9 +5,11 @@ The hierarchy::
     LifecycleError
     ├── BusClosedError        emitting or subscribing on a closed bus
     ├── EmitDepthError        a handler's emit nested deeper than the bus allows
+    ├── AbandonedThreadsError too many hung sync handlers; a sync handler was not run
     ├── StartAborted          a critical ``environment.starting`` handler failed
     ├── RunTimeoutError       a run outlived its time limit (also a ``TimeoutError``)
     ├── RunTerminated         SIGTERM or SIGINT ended a run under the blocking runner
+    │                         (also a ``SystemExit``: 128 + n if uncaught)
     └── ConfigError           a configuration file is wrong (file, key and value)
 
 Programmer mistakes (subscribing something that is not callable, a handler whose
@@ -56,6 +58,29 @@ class EmitDepthError(LifecycleError):
         self.limit = limit
 
 
+class AbandonedThreadsError(LifecycleError):
+    """A plain (sync) handler was not run: too many abandoned handler threads still run.
+
+    A plain handler given up at its timeout keeps running in its thread, which the bus
+    abandons and replaces. Once ``max_abandoned_threads`` such threads are still running,
+    the bus refuses to start more plain handlers until some return: each one it refuses
+    gets this error as its result (status ``error``) instead of running.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self, bus_name: str, abandoned: int, limit: int) -> None:
+        super().__init__(
+            f"sync handler not run on event bus {bus_name!r}: {abandoned} sync handlers "
+            f"given up at their timeouts are still running in abandoned threads, the most "
+            f"the bus allows (EventBus(max_abandoned_threads={limit})); find the handlers "
+            "that hang (logged as timed out) and give them a way to return"
+        )
+        self.bus_name = bus_name
+        self.abandoned = abandoned
+        self.limit = limit
+
+
 class StartAborted(LifecycleError):
     """Raised by ``Environment.running`` when a critical ``starting`` handler failed.
 
@@ -88,11 +113,19 @@ class RunTimeoutError(LifecycleError, TimeoutError):
         self.timeout = timeout
 
 
-class RunTerminated(LifecycleError):
+class RunTerminated(LifecycleError, SystemExit):
     """Raised by the blocking runner after SIGTERM or SIGINT ended the run.
 
     ``environment.exited`` was emitted with outcome ``terminated``. ``exit_status`` is the
     shell's convention for a process ended by that signal (128 + the signal number).
+
+    It is also a ``SystemExit`` whose ``code`` is ``exit_status``: left uncaught, it ends
+    the program quietly with status 143 (SIGTERM) or 130 (SIGINT), as a supervisor
+    expects of an orderly stop, instead of a traceback and status 1. ``except
+    RunTerminated`` (or ``except LifecycleError``) still catches it.
+
+    .. versionchanged:: 0.2
+       Also a ``SystemExit`` with ``code`` set to ``exit_status``.
     """
 
     def __init__(self, environment: str, signum: int) -> None:
@@ -102,6 +135,7 @@ class RunTerminated(LifecycleError):
         self.signum = signum
         self.signal_name = name
         self.exit_status = 128 + signum
+        self.code = self.exit_status  # what the interpreter exits with, if uncaught
 
 
 class ConfigError(LifecycleError):

@@ -1,15 +1,55 @@
-"""The library's own log: structlog, never configured by us."""
+"""The library's own log: structlog, never configured by us, imported at the first line logged.
+
+Importing structlog is a good part of a short command's start-up (``lifecycle run -- true``
+logs nothing of its own), so ``logger`` is a stand-in that imports it when a line is
+first logged.
+"""
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._results import HandlerResult
 
-logger = structlog.get_logger("lifecycle")
+
+class _LazyLogger:
+    """``structlog.get_logger("lifecycle")``, created when it is first used."""
+
+    __slots__ = ("_logger",)
+
+    def __init__(self) -> None:
+        self._logger: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._logger is None:
+            with _lock:  # worker threads log too
+                if self._logger is None:
+                    import structlog
+
+                    for hook in _before_first_use:
+                        hook()
+                    _before_first_use.clear()
+                    self._logger = structlog.get_logger("lifecycle")
+        return getattr(self._logger, name)
+
+
+_before_first_use: list[Callable[[], None]] = []
+_lock = threading.Lock()
+
+logger: Any = _LazyLogger()
+
+
+def before_first_use(hook: Callable[[], None]) -> None:
+    """Call ``hook`` just before the first line is logged (at once if one was already)."""
+    with _lock:
+        if logger._logger is None:
+            _before_first_use.append(hook)
+            return
+    hook()
 
 
 def log_failure(result: HandlerResult, **context: Any) -> None:

@@ -8,7 +8,10 @@ from enum import Enum
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
     from ._event import Event
+    from ._subscription import Subscription
 
 __all__ = ["CloseReport", "EmitReport", "HandlerResult", "Status"]
 
@@ -61,19 +64,161 @@ class HandlerResult(NamedTuple):
         return f"{type(self.exception).__name__}: {self.exception}"
 
 
-@dataclass(frozen=True, slots=True)
+class InlineRun:
+    """What a group of inline handlers left behind, made into results only when asked.
+
+    Running cheap sync handlers inline costs little more than calling them; building a
+    result per handler would cost more than the calls. So the group keeps one clock
+    reading per handler (each one's end is the next one's start) and the exceptions of
+    those that raised, and :attr:`EmitReport.results` builds the results on first access.
+    """
+
+    __slots__ = ("event", "failures", "stamps", "started", "subs")
+
+    def __init__(
+        self,
+        subs: tuple[Subscription, ...],
+        event: Event,
+        started: float,
+        stamps: list[float],
+        failures: dict[int, Exception] | None,
+    ) -> None:
+        self.subs = subs
+        self.event = event
+        self.started = started
+        self.stamps = stamps
+        self.failures = failures
+
+    def results(self) -> list[HandlerResult]:
+        new = tuple.__new__
+        name, run_id = self.event.name, self.event.run_id
+        failures = self.failures or {}
+        out: list[HandlerResult] = []
+        last = self.started
+        for index, (sub, now) in enumerate(zip(self.subs, self.stamps, strict=True)):
+            exc = failures.get(index)
+            status = Status.OK if exc is None else Status.ERROR
+            out.append(
+                new(
+                    HandlerResult,
+                    (sub.name, name, status, now - last, exc, sub.critical, False, run_id),
+                )
+            )
+            last = now
+        return out
+
+
+# One part of an emit's results: a result, or a group of inline handlers' raw figures.
+ResultPart = HandlerResult | InlineRun
+
+
+def _build(parts: Sequence[ResultPart]) -> tuple[HandlerResult, ...]:
+    results: list[HandlerResult] = []
+    for part in parts:
+        if isinstance(part, InlineRun):
+            results.extend(part.results())
+        else:
+            results.append(part)
+    return tuple(results)
+
+
 class EmitReport:
-    """What ``EventBus.emit`` returns: one result per blocking handler.
+    """What ``EventBus.emit`` returns: one result per blocking handler (immutable).
 
     Background handlers are only named here (``background``): their results arrive
     later on the bus's result hook and in the log, and at ``aclose`` if they had to be
     cancelled.
+
+    .. versionchanged:: 0.2
+       A plain immutable class rather than a frozen dataclass; the results of inline
+       handlers are built on first access of :attr:`results`.
     """
 
-    event: Event
-    results: tuple[HandlerResult, ...]
-    background: tuple[str, ...] = ()
-    duration: float = 0.0
+    # Private slots behind read-only properties: setting one is an AttributeError, and
+    # the bus fills them with plain stores (a frozen dataclass's object.__setattr__ per
+    # field cost more than the rest of an emit of one inline handler).
+    __slots__ = ("_background", "_duration", "_event", "_parts", "_results")
+    __match_args__ = ("event", "results", "background", "duration")
+
+    _event: Event
+    _background: tuple[str, ...]
+    _duration: float
+    _results: tuple[HandlerResult, ...] | None
+    _parts: Sequence[ResultPart] | None
+
+    def __init__(
+        self,
+        event: Event,
+        results: Iterable[HandlerResult] = (),
+        background: tuple[str, ...] = (),
+        duration: float = 0.0,
+    ) -> None:
+        self._event = event
+        self._results = tuple(results)
+        self._parts = None
+        self._background = background
+        self._duration = duration
+
+    @classmethod
+    def _lazy(
+        cls,
+        event: Event,
+        parts: list[ResultPart],
+        background: tuple[str, ...],
+        duration: float,
+    ) -> EmitReport:
+        """A report whose results are built from ``parts`` when first read."""
+        report = _new(cls)
+        report._event = event
+        report._results = None
+        report._parts = parts
+        report._background = background
+        report._duration = duration
+        return report
+
+    @property
+    def event(self) -> Event:
+        """The event that was emitted."""
+        return self._event
+
+    @property
+    def background(self) -> tuple[str, ...]:
+        """The names of the background handlers started."""
+        return self._background
+
+    @property
+    def duration(self) -> float:
+        """Seconds the emit took."""
+        return self._duration
+
+    @property
+    def results(self) -> tuple[HandlerResult, ...]:
+        """One result per blocking handler, in order."""
+        results = self._results
+        if results is None:
+            results = self._results = _build(self._parts or ())
+            self._parts = None
+        return results
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, EmitReport)
+        return (self.event, self.results, self.background, self.duration) == (
+            other.event,
+            other.results,
+            other.background,
+            other.duration,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.event, self.results, self.background, self.duration))
+
+    def __repr__(self) -> str:
+        return (
+            f"EmitReport(event={self.event!r}, results={self.results!r}, "
+            f"background={self.background!r}, duration={self.duration!r})"
+        )
 
     @property
     def ok(self) -> bool:
@@ -116,6 +261,9 @@ class EmitReport:
                 f"  (+ {len(self.background)} in background: {', '.join(self.background)})"
             )
         return "\n".join(lines)
+
+
+_new = object.__new__
 
 
 @dataclass(frozen=True, slots=True)

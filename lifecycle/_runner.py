@@ -3,8 +3,11 @@
 The event loop runs in a portal thread; the body runs in the main thread, where Python
 delivers signals. SIGTERM and SIGINT raise :class:`Terminated` into the body (like
 ``KeyboardInterrupt``), so it unwinds through ``Environment.running`` and ``exited`` fires
-with outcome ``terminated``. Later signals during that exit are noted, not raised, so they
-cannot cut the ``exited`` emit short.
+with outcome ``terminated``. A signal during the ``starting`` emit cancels that emit (a hung
+starting handler cannot hold up the stop) and is raised as soon as the body would start, so
+the body never runs. Later signals during the exit are noted, not raised, so they cannot cut
+the ``exited`` emit short. :exc:`~lifecycle.RunTerminated` is a ``SystemExit``: uncaught,
+the program ends with status 128 + n and no traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import threading
 from concurrent.futures import CancelledError as FutureCancelled
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from anyio import CancelScope
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._environment import Terminated
@@ -36,24 +40,36 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class _Signals:
     """Turns the first SIGTERM or SIGINT into :class:`Terminated` while the body runs.
 
-    A signal that arrives before the body starts (during the ``starting`` emit) is held
-    and raised as soon as the body starts, so the run still unwinds through ``exited``.
+    A signal that arrives before the body starts (during the ``starting`` emit) cancels
+    that emit through the portal, and is held and raised as soon as the body would start,
+    so the run still unwinds through ``exited``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, portal: BlockingPortal | None, starting: CancelScope | None) -> None:
         self.received: list[int] = []
         self.armed = False
+        self.portal = portal
+        self.starting = starting  # the scope of the ``starting`` emit, until the body starts
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         self.received.append(signum)
         if self.armed and len(self.received) == 1:
             raise Terminated(signum)
+        if self.starting is not None and self.portal is not None and len(self.received) == 1:
+            # The loop runs in the portal's thread, not here: ask it to cancel the emit.
+            self.portal.start_task_soon(_cancel, self.starting)
+            logger.warning(
+                "signal received while the run starts; cancelling the starting handlers",
+                signal=signal.Signals(signum).name,
+            )
+            return
         logger.warning(
             "signal noted while the run starts or exits", signal=signal.Signals(signum).name
         )
 
     def arm(self) -> None:
         self.armed = True
+        self.starting = None
         if self.received:
             raise Terminated(self.received[0])
 
@@ -62,9 +78,11 @@ class _Signals:
 
 
 @contextlib.contextmanager
-def termination_signals() -> Iterator[_Signals]:
+def termination_signals(
+    portal: BlockingPortal | None = None, starting: CancelScope | None = None
+) -> Iterator[_Signals]:
     """Install the SIGTERM and SIGINT handlers of the blocking runner (main thread only)."""
-    signals = _Signals()
+    signals = _Signals(portal, starting)
     if threading.current_thread() is not threading.main_thread():
         # Only the main thread may install signal handlers; elsewhere, do without.
         yield signals
@@ -86,10 +104,13 @@ def run_blocking(
     backend: str,
 ) -> T:
     with start_blocking_portal(backend) as portal:
+        starting = portal.call(CancelScope)  # made in the loop, which owns it
         try:
             with (
-                termination_signals() as signals,
-                portal.wrap_async_context_manager(environment.running(run_id)),
+                termination_signals(portal, starting) as signals,
+                portal.wrap_async_context_manager(
+                    environment._running(run_id, stop_starting=starting)
+                ),
             ):
                 try:
                     signals.arm()
@@ -120,6 +141,10 @@ def _body(
         with contextlib.suppress(FutureCancelled, Exception):
             future.result(timeout=grace)
         raise
+
+
+async def _cancel(scope: CancelScope) -> None:
+    scope.cancel()
 
 
 async def _await(awaitable: Awaitable[T]) -> T:

@@ -8,7 +8,9 @@ so a wrapper can exit with the status the command would have given::
     exited 0                   succeeded    0
     exited n                   failed       n
     died of signal n           killed       128 + n
-    TERM/INT/HUP forwarded     terminated   the child's status (128 + n if it died of it)
+    TERM/INT/HUP forwarded     terminated   the child's status (128 + n if it died of it,
+                                            0 if it caught it and exited cleanly)
+    TERM/INT/HUP in starting   terminated   128 + n (starting cancelled, never started)
     past its time limit        timeout      124 (as GNU ``timeout``)
     command not found          failed       127
     found but not executable   failed       126
@@ -34,6 +36,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from . import _deathsig
 from ._environment import Environment, Run
 from ._event import Event, Outcome
 from ._heartbeat import check_interval, send_heartbeats, sidecar
@@ -190,6 +193,9 @@ class _Supervision:
         self.process: anyio.abc.Process | None = None
         self.received: list[int] = []
         self.stop_requested = anyio.Event()
+        # Around the ``starting`` emit: a signal before the child exists cancels it, so a
+        # slow or hung starting handler cannot hold up the stop.
+        self.starting = anyio.CancelScope()
         self.exited = anyio.Event()
         self.start_error: OSError | None = None
         self.timed_out = False
@@ -227,6 +233,7 @@ class SubprocessEnvironment(Environment):
             SIGKILL after ``kill_grace``) and the outcome is ``timeout``.
         kill_grace: seconds between asking the child to stop and killing it.
         heartbeat: seconds between ``environment.heartbeat`` events; ``None`` or ``0``: none.
+            When on, ``starting`` carries it as the attribute ``heartbeat_interval``.
         output: ``"forward"`` reads the child's stdout and stderr through pipes, writes
             them through to ``stdout``/``stderr`` as they come and keeps their tail;
             ``"inherit"`` lets the child write to the wrapper's own streams (a terminal
@@ -238,6 +245,11 @@ class SubprocessEnvironment(Environment):
         tail_lines, tail_bytes: how much of the output's end ``exited`` carries.
         forward_signals: forward SIGTERM, SIGINT and SIGHUP to the child.
         new_session: start the child in a new session (its own process group).
+        die_with_parent: on Linux (asyncio backend), the child gets SIGKILL if this
+            process dies without stopping it (killed with SIGKILL, say), so the command
+            never runs on unsupervised. It costs one short-lived Python start per run
+            (a shim that sets ``PR_SET_PDEATHSIG`` and execs the command in its place).
+            Elsewhere it does nothing: supervise the wrapper itself.
         cwd, env: the child's working directory and environment variables.
 
     Raises:
@@ -266,6 +278,7 @@ class SubprocessEnvironment(Environment):
         tail_bytes: int = 4096,
         forward_signals: bool = True,
         new_session: bool = True,
+        die_with_parent: bool = True,
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
@@ -295,6 +308,7 @@ class SubprocessEnvironment(Environment):
         self.tail_bytes = _check_positive(tail_bytes, "tail_bytes")
         self.forward_signals = forward_signals
         self.new_session = new_session
+        self.die_with_parent = die_with_parent
         self.cwd = cwd
         self.env = env
 
@@ -318,7 +332,12 @@ class SubprocessEnvironment(Environment):
         started = perf_counter()
         async with (
             self._signals_forwarded(supervision),
-            self.running(run_id, attributes=attrs) as run,
+            self._running(
+                run_id,
+                attributes=attrs,
+                heartbeat_interval=self.heartbeat,
+                stop_starting=supervision.starting,
+            ) as run,
         ):
             await self._supervise(run, supervision)
         return self._result(run, supervision, perf_counter() - started)
@@ -357,6 +376,7 @@ class SubprocessEnvironment(Environment):
                 environment=self.name,
                 signal=signal_name(signum),
             )
+            supervision.starting.cancel()
         else:
             logger.info(
                 "forwarding signal to the command",
@@ -389,7 +409,12 @@ class SubprocessEnvironment(Environment):
             return
         forward = self.output == "forward"
         try:
-            process = await anyio.open_process(
+            spawn = (
+                _deathsig.open_process
+                if self.die_with_parent and _deathsig.available()
+                else anyio.open_process
+            )
+            process = await spawn(
                 self.command,
                 stdin=None,
                 stdout=subprocess.PIPE if forward else None,

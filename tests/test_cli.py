@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -259,6 +260,8 @@ def test_a_bad_configuration_stops_the_run_with_125(
         (["run", "--"], "no command to run"),
         (["run", "--heartbeat", "soon", "--", "true"], "expected a number of seconds"),
         (["run", "--timeout", "-1", "--", "true"], "seconds >= 0"),
+        (["run", "--timeout", "0", "--", "true"], "argument --timeout: must be > 0 seconds"),
+        (["run", "--no-such-option", "--", "true"], "unrecognized arguments: --no-such-option"),
     ],
 )
 def test_run_usage_mistakes_exit_125_without_a_traceback(
@@ -270,9 +273,33 @@ def test_run_usage_mistakes_exit_125_without_a_traceback(
     assert "Traceback" not in err
 
 
-def test_an_unknown_command_is_a_usage_error(capfd: pytest.CaptureFixture[str]) -> None:
-    assert main(["launch"]) == 2
+def test_an_unknown_command_is_a_usage_error_with_125(capfd: pytest.CaptureFixture[str]) -> None:
+    # A mistyped ``lifecycle rnu -- job`` in a cron line must not pass for the job's status.
+    assert main(["launch"]) == 125
     assert "invalid choice: 'launch'" in capfd.readouterr().err
+
+
+def test_an_unknown_run_option_exits_125_with_the_run_usage(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    done = subprocess.run(
+        [sys.executable, "-m", "lifecycle", "run", "--bogus", "--", "touch", str(marker)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=WIDE,
+        check=False,
+    )
+    assert done.returncode == 125
+    assert done.stderr.startswith("usage: lifecycle run [options] -- CMD [ARGS ...]\n")
+    assert "lifecycle run: error: unrecognized arguments: --bogus" in done.stderr
+    assert not marker.exists()
+
+
+def test_a_check_usage_mistake_keeps_the_conventional_2(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["check", "--bogus"]) == 2
+    assert "usage: lifecycle check" in capfd.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -318,14 +345,16 @@ def test_check_reports_a_mistake_with_status_1(
     assert "Traceback" not in err
 
 
-def test_check_without_a_configuration_says_where_it_looked(
+def test_check_without_a_configuration_says_what_run_would_do(
     tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # As ``lifecycle run`` works without one, no configuration is not a mistake.
     monkeypatch.chdir(tmp_path)
-    assert main(["check"]) == 1
-    err = capfd.readouterr().err
-    assert "no configuration found" in err
-    assert "lifecycle.toml" in err
+    assert main(["check"]) == 0
+    out = capfd.readouterr().out
+    assert f"no configuration in {tmp_path}" in out
+    assert "lifecycle.toml" in out
+    assert "lifecycle run would attach the default console logger" in out
 
 
 def test_adapters_lists_the_installed_adapters(capfd: pytest.CaptureFixture[str]) -> None:
@@ -376,6 +405,27 @@ def test_the_example_jobs_end_as_documented(
     assert f"environment={job}" in done.stderr
 
 
+def test_the_quickstart_prints_whole_lines_without_empty_fields() -> None:
+    # Unbuffered, into one pipe: a callback's line and a log line written at the same time
+    # must still come out as two lines.
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "quickstart.py")],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=WIDE,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout
+    lines = done.stdout.splitlines()
+    assert "on_start: warming the cache" in lines
+    assert "on_exit: run ended succeeded" in lines
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+    assert all(len(stamp.findall(line)) <= 1 for line in lines), done.stdout
+    assert "=None" not in done.stdout
+
+
 def test_the_example_configuration_attaches_the_three_adapters(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
@@ -389,10 +439,9 @@ def test_the_example_configuration_attaches_the_three_adapters(
 
 
 @pytest.mark.anyio
-async def test_without_the_structlog_adapter_a_minimal_log_line_per_event_remains(
-    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+async def test_without_configuration_one_console_line_per_event_is_written(
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(lifecycle._cli, "entry_points", lambda **_: ())
     async with lifecycle.EventBus() as bus:
         attachment = lifecycle._cli._attach_default(bus)
         env = lifecycle.Environment("nightly", bus=bus)
@@ -433,3 +482,113 @@ def test_a_subcommand_of_a_missing_package_names_the_package(
     monkeypatch.setattr(lifecycle._cli, "_plugin_commands", dict)
     assert main(["watch"]) == 125
     assert "lifecycle-watchdog" in capsys.readouterr().err
+
+
+# -- what reaches the terminal -------------------------------------------------------------
+
+HIJACK = "x\x1b]0;HIJACKED\x07y"
+"""A job name that would retitle the terminal (an OSC sequence), were it written raw."""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        # the console lines of starting and exited, and the library's own warning line
+        ["run", "--name", HIJACK, "--label", "\x1b[31mred", "--timeout", "0.1", "--", "sleep", "5"],
+        ["run", "--", f"lifecycle-no-such-{HIJACK}"],  # lifecycle's own message
+        ["run", f"--{HIJACK}", "--", "true"],  # a usage error quoting the argument
+    ],
+    ids=["event-lines", "message", "usage-error"],
+)
+def test_no_control_character_reaches_the_terminal(tmp_path: Path, argv: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lifecycle", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=WIDE,
+        check=False,
+    )
+    assert done.returncode in (124, 125, 127), done.stderr
+    assert b"HIJACKED" in done.stderr  # it was shown...
+    assert b"\x1b" not in done.stderr  # ...escaped
+    assert b"\x07" not in done.stderr
+    assert b"x\\x1b]0;HIJACKED\\x07y" in done.stderr
+
+
+def test_one_run_shows_one_timestamp_format(tmp_path: Path) -> None:
+    # The event lines and the library's own warning ("command outlived its time limit").
+    done = subprocess.run(
+        [sys.executable, "-m", "lifecycle", "run", "--timeout", "0.1", "--", "sleep", "5"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=WIDE,
+        check=False,
+    )
+    assert done.returncode == 124
+    lines = done.stderr.splitlines()
+    assert "environment.starting" in lines[0]
+    assert any("outlived its time limit" in line for line in lines), done.stderr
+    assert "environment.exited" in lines[-1]
+    for line in lines:
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z \[", line), line
+
+
+def test_check_shows_a_webhook_url_as_scheme_host_and_port(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    if "webhook" not in lifecycle.installed_adapters():
+        pytest.skip("lifecycle-webhook is not installed")
+    config = tmp_path / "lifecycle.toml"
+    config.write_text(
+        "[[adapters]]\nname = 'webhook'\n"
+        "options = { url = 'https://hooks.example/services/T000/SECRETPATH?token=abc' }\n"
+    )
+    assert main(["check", "--config", str(config)]) == 0
+    out = capfd.readouterr().out
+    assert "url='https://hooks.example/***'" in out
+    assert "SECRETPATH" not in out
+    assert "T000" not in out
+
+
+# -- start-up cost ---------------------------------------------------------------------------
+
+IMPORTS_OF = """
+import sys
+before = set(sys.modules)
+from lifecycle._cli import main
+status = main(sys.argv[1:])
+print(" ".join(sorted(set(sys.modules) - before)), file=sys.stderr)
+sys.exit(status)
+"""
+
+
+def imports_of(directory: Path, *argv: str) -> set[str]:
+    """The modules one ``lifecycle`` command imports, in a fresh interpreter."""
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS_OF, *argv],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=WIDE,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return set(done.stderr.splitlines()[-1].split())
+
+
+def test_a_run_without_configuration_imports_no_metadata_toml_or_structlog(
+    tmp_path: Path,
+) -> None:
+    # A pyproject.toml without [tool.lifecycle] is no reason to parse TOML either.
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'job'\n")
+    imported = imports_of(tmp_path, "run", "--", "true")
+    assert "lifecycle._subprocess" in imported  # it did run
+    for module in ("importlib.metadata", "tomllib", "structlog", "lifecycle._config"):
+        assert module not in imported
+
+
+def test_version_imports_no_event_loop(tmp_path: Path) -> None:
+    imported = imports_of(tmp_path, "--version")
+    for module in ("asyncio", "anyio", "importlib.metadata", "structlog", "lifecycle._bus"):
+        assert module not in imported

@@ -335,8 +335,9 @@ def test_a_missing_environment_variable_names_the_key(
     )
     error = error_of(path)
     assert error.key == "adapters[0].options.secret_header"
-    assert error.value == "Bearer ${LIFECYCLE_TEST_UNSET}"
     assert "environment variable LIFECYCLE_TEST_UNSET is not set" in str(error)
+    # The text around the reference may be a secret itself: masked, as describe() does.
+    assert error.value == "***"
 
 
 # -- adapters --------------------------------------------------------------------------
@@ -423,9 +424,81 @@ def test_a_refused_adapter_shows_the_variable_not_the_secret(
     config = load_config(path)
     with pytest.raises(ConfigError) as caught:
         config.attach(EventBus())
-    assert caught.value.key == "adapters[0]"
+    assert caught.value.key == "adapters[0].options.target"
     assert "the target ${LIFECYCLE_TEST_TARGET} is refused" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+def test_a_refused_option_is_named_in_the_key(site: Path, tmp_path: Path) -> None:
+    path = write(tmp_path, "[[adapters]]\nname = 'recorder'\noptions = { target = 'refuse' }\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path).attach(EventBus())
+    assert caught.value.key == "adapters[0].options.target"
+    assert str(caught.value).startswith(f"{path}: adapters[0].options.target: ")
+
+
+def test_a_url_in_a_refusal_shows_only_scheme_host_and_port(site: Path, tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[[adapters]]\nname = 'recorder'\n"
+        "options = { target = 'refuse:https://hooks.example:8443/services/T0/SECRETPATH?a=b' }\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path).attach(EventBus())
+    assert "https://hooks.example:8443/***" in str(caught.value)
+    assert "SECRETPATH" not in str(caught.value)
+
+
+def test_a_bad_value_in_an_error_is_masked_like_describe(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[[adapters]]\nname = 'webhook'\n"
+        "options = { url = 'https://hooks.example/services/SECRETPATH/${LIFECYCLE_TEST_UNSET}' }\n",
+    )
+    error = error_of(path)
+    assert error.key == "adapters[0].options.url"
+    assert "LIFECYCLE_TEST_UNSET is not set (got 'https://hooks.example/***')" in str(error)
+    assert "SECRETPATH" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("${HOOK_URL}", "${HOOK_URL}"),
+        (
+            "${HOOK_URL:-https://hooks.example/services/SECRET}",
+            "${HOOK_URL:-https://hooks.example/***}",
+        ),
+        ("https://hooks.example/services/${TOKEN}", "https://hooks.example/***"),
+        (
+            "see https://hooks.example/x?token=SECRET, then retry",
+            "see https://hooks.example/***, then retry",
+        ),
+    ],
+)
+def test_describe_cuts_every_url_in_an_option_short(value: str, shown: str) -> None:
+    assert config_module._mask("url", value) == shown
+
+
+def test_a_secret_option_with_a_fallback_is_masked() -> None:
+    assert config_module._mask("token", "${TOKEN:-s3cret}") == "***"
+    assert config_module._mask("token", "${TOKEN}") == "${TOKEN}"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.example/services/T000/SECRETPATH", "https://hooks.example/***"),
+        ("https://hooks.example/x?token=SECRET", "https://hooks.example/***"),
+        ("https://user:SECRET@hooks.example:8443", "https://hooks.example:8443/***"),
+        ("http://[::1]:9091/metrics/job#SECRET", "http://[::1]:9091/***"),
+        ("http://pushgateway:9091", "http://pushgateway:9091"),
+        ("http://pushgateway:9091/", "http://pushgateway:9091"),
+        ("not a url", "***"),
+    ],
+)
+def test_a_url_is_shown_as_scheme_host_and_port(url: str, shown: str) -> None:
+    assert config_module.redact_url(url) == shown
 
 
 def test_a_failed_attach_detaches_what_was_attached(site: Path, tmp_path: Path) -> None:
@@ -479,10 +552,7 @@ def test_describe_shows_one_line_each_without_secrets(
             "adapter recorder (fake-lifecycle-adapters 1.2.3): "
             "target='${LIFECYCLE_TEST_TARGET}', secret_header='***', retries=2"
         ),
-        (
-            "adapter recorder (fake-lifecycle-adapters 1.2.3): "
-            "target='https://***@hooks.example/x?token=***&v=***'"
-        ),
+        ("adapter recorder (fake-lifecycle-adapters 1.2.3): target='https://hooks.example/***'"),
         (
             "handler fake_lifecycle_handlers:record on environment.exited "
             "(timeout 5 s; background; labels nightly, etl)"

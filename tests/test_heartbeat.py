@@ -6,7 +6,16 @@ import anyio
 import pytest
 from trio.testing import MockClock
 
-from lifecycle import EXITED, HEARTBEAT, Environment, Event, Outcome, heartbeats
+from lifecycle import (
+    EXITED,
+    HEARTBEAT,
+    STARTING,
+    Environment,
+    Event,
+    Outcome,
+    SubprocessEnvironment,
+    heartbeats,
+)
 
 WIDE = 10.0
 
@@ -131,3 +140,33 @@ def test_a_bad_interval_is_refused(interval: object, error: type[Exception]) -> 
 
     with pytest.raises(error, match="heartbeat interval"):
         anyio.run(main)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("heartbeat", "announced"), [(5, 5.0), (None, None), (0, None)])
+async def test_starting_announces_the_heartbeat_interval_when_beats_are_on(
+    heartbeat: float | None, announced: float | None
+) -> None:
+    """A watchdog knows from ``starting`` alone how often to expect a beat."""
+    env = Environment()
+    started: list[Event] = []
+    env.bus.subscribe(STARTING, started.append, inline=True)
+    async with env.running(attributes={"job": "x"}, heartbeat=heartbeat):
+        pass
+    (event,) = started
+    assert event.attributes.get("heartbeat_interval") == announced
+    assert event.attributes["job"] == "x"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("heartbeat", "announced"), [(30, 30.0), (None, None)])
+async def test_a_commands_starting_announces_its_heartbeat_interval(
+    heartbeat: float | None, announced: float | None
+) -> None:
+    env = SubprocessEnvironment(["true"], heartbeat=heartbeat, forward_signals=False)
+    started: list[Event] = []
+    env.bus.subscribe(STARTING, started.append, inline=True)
+    with anyio.fail_after(WIDE):
+        await env.execute()
+    (event,) = started
+    assert event.attributes.get("heartbeat_interval") == announced

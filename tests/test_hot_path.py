@@ -56,3 +56,73 @@ async def test_a_failing_handler_is_still_reported_when_the_others_finish_eagerl
     bus.subscribe(STARTING, _boom)
     report = await bus.emit(starting())
     assert [r.status for r in report.results] == [Status.OK, Status.ERROR]
+
+
+async def _slow(event: Event) -> None:
+    # Still running after the bus's first yields: the bus waits with callbacks and deadlines.
+    for _ in range(5):
+        await anyio.lowlevel.checkpoint()
+
+
+@pytest.mark.asyncio
+async def test_deadlines_of_finished_groups_do_not_pile_up() -> None:
+    bus = EventBus(default_timeout=60.0)
+    bus.subscribe(STARTING, _slow)
+    bus.subscribe(STARTING, _slow, timeout=30.0)
+    event = starting()
+    for _ in range(500):
+        report = await bus.emit(event)
+        assert report.ok
+    deadlines = bus._deadlines
+    assert deadlines is not None
+    assert deadlines.live == 0
+    assert len(deadlines.entries) <= 2 * 64
+
+
+@pytest.mark.asyncio
+async def test_a_short_timeout_fires_while_a_longer_deadline_holds_the_timer() -> None:
+    bus = EventBus()
+    long_started = anyio.Event()
+
+    async def hangs_long(event: Event) -> None:
+        long_started.set()
+        await anyio.sleep(3600)
+
+    async def hangs(event: Event) -> None:
+        await anyio.sleep(3600)
+
+    bus.subscribe(STARTING, hangs_long, timeout=3000.0)
+    bus.subscribe("other", hangs, timeout=0.1)
+    with anyio.fail_after(15):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(bus.emit, starting())
+            await long_started.wait()
+            await anyio.wait_all_tasks_blocked()
+            other = starting().evolve(name="other")
+            report = await bus.emit(other)
+            tg.cancel_scope.cancel()
+    assert [r.status for r in report.results] == [Status.TIMEOUT]
+
+
+@pytest.mark.asyncio
+async def test_a_group_skipping_its_yields_reports_like_one_that_yields() -> None:
+    bus = EventBus()
+    slow = True
+
+    async def sometimes_slow(event: Event) -> None:
+        for _ in range(5 if slow else 1):
+            await anyio.lowlevel.checkpoint()
+
+    async def fails_slowly(event: Event) -> None:
+        await _slow(event)
+        raise RuntimeError("late")
+
+    bus.subscribe(STARTING, sometimes_slow)
+    bus.subscribe(STARTING, fails_slowly)
+    bus.subscribe(STARTING, lambda e: None, inline=True)
+    event = starting()
+    for round_ in range(40):
+        slow = round_ % 7 < 4
+        report = await bus.emit(event)
+        assert [r.status for r in report.results] == [Status.OK, Status.ERROR, Status.OK]
+        assert isinstance(report.results[1].exception, RuntimeError)

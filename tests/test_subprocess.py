@@ -250,6 +250,40 @@ async def test_a_signal_during_starting_means_the_run_ends_terminated(bus: Event
     assert events.only_exit.outcome is Outcome.TERMINATED
 
 
+async def test_a_signal_cancels_a_starting_handler_that_would_never_return(
+    bus: EventBus, tmp_path: Path
+) -> None:
+    """No waiting for the handler's timeout: the run is terminated and the command never runs."""
+    events = Recorder(bus)
+    entered = anyio.Event()
+    cancelled: list[bool] = []
+
+    @bus.on(STARTING, timeout=None)
+    async def hang() -> None:
+        entered.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.append(True)
+
+    marker = tmp_path / "ran"
+    env = SubprocessEnvironment(["touch", str(marker)], bus=bus)
+    results: list[CommandResult] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(lambda: _collect(env, results))
+        await entered.wait()
+        os.kill(os.getpid(), signal.SIGTERM)
+    (result,) = results
+    assert (result.outcome, result.exit_status, result.returncode) == (
+        Outcome.TERMINATED,
+        143,
+        None,
+    )
+    assert cancelled == [True]
+    assert events.only_exit.attributes["received_signal"] == "SIGTERM"
+    assert not marker.exists()
+
+
 async def test_heartbeats_carry_the_run_id_and_cancelling_stops_the_child(
     bus: EventBus,
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -42,27 +42,51 @@ class NatsAdapter(Attachment):
         delivery_timeout: seconds a handler waits for its event's acknowledgement.
     """
 
-    def __init__(self, publisher: Publisher, delivery_timeout: float) -> None:
+    def __init__(
+        self, publisher: Publisher, delivery_timeout: float, wait_for: frozenset[str]
+    ) -> None:
         super().__init__()
         self.publisher = publisher
         self.delivery_timeout = delivery_timeout
+        self.wait_for = wait_for
         self._prefix = publisher.options.subject_prefix
+        # Events of wait_for signals queued by one of their two handlers, for the other.
+        self._queued: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"<NatsAdapter {self.publisher!r}>"
 
-    async def deliver(self, event: Event) -> None:
-        """Queue ``event`` and wait for its acknowledgement.
+    def enqueue(self, event: Event) -> None:
+        """Queue ``event`` now, while it is emitted, so the outbox keeps the emit order.
 
-        The bus runs this in the background, so a run never waits for it; ``bus.aclose()``
-        does, which is what lets a short-lived process hand its last events over. The
-        subscription's timeout is ``delivery_timeout``: an event not acknowledged by then
-        is a ``timeout`` result on the bus, and stays queued (and is spooled at detach).
+        An inline handler: no task, no waiting.
         """
         publisher = self.publisher
         if publisher.state is PublisherState.CLOSED:
             return
-        entry = publisher.submit(message_for(event, self._prefix))
+        if event.name in self.wait_for:
+            if self._queued.pop(event.event_id, None) is not None:
+                return  # deliver() started first (an eagerly started task) and queued it
+            self._queued[event.event_id] = publisher.submit(message_for(event, self._prefix))
+            return
+        publisher.submit(message_for(event, self._prefix))
+
+    async def deliver(self, event: Event) -> None:
+        """Wait for the acknowledgement of a ``wait_for`` event (an ``exited``).
+
+        The bus runs this in the background, so a run never waits for it; ``bus.aclose()``
+        does, which is what lets a short-lived process hand its last events over, and as
+        the outbox is sent in order, every earlier event of the run too. The subscription's
+        timeout is ``delivery_timeout``: an event not acknowledged by then is a ``timeout``
+        result on the bus and stays queued (and is spooled at detach).
+        """
+        publisher = self.publisher
+        entry = self._queued.pop(event.event_id, None)
+        if entry is None:
+            if publisher.state is PublisherState.CLOSED:
+                return
+            entry = publisher.submit(message_for(event, self._prefix))
+            self._queued[event.event_id] = entry  # tells enqueue() it is queued
         # Awaited bare: a cancellation at the timeout cancels only this waiter, never
         # the entry, which stays in the outbox.
         await publisher.waiter(entry)
@@ -103,6 +127,7 @@ def attach(
     connect_timeout: float = 2.0,
     ack_timeout: float = 5.0,
     delivery_timeout: float = 5.0,
+    wait_for: Iterable[str] = (EXITED,),
     max_pending: int = 10_000,
     max_in_flight: int = 256,
     reconnect_wait: float = 2.0,
@@ -126,9 +151,12 @@ def attach(
             ack_timeout: see :class:`NatsOptions`.
         signals: the signals to publish.
         labels: only environments that carry all these labels.
-        delivery_timeout: seconds each event's background handler waits for the ack
-            (its bus timeout: an event not acknowledged by then is a ``timeout`` result
-            and stays queued); this bounds how long ``bus.aclose()`` waits for NATS.
+        wait_for: the signals whose acknowledgement a background handler awaits, so that
+            ``bus.aclose()`` waits for it (and, the outbox being in order, for every event
+            before it). Every event is queued inline, in emit order, with no task.
+        delivery_timeout: seconds such a handler waits (its bus timeout: an event not
+            acknowledged by then is a ``timeout`` result and stays queued); this bounds
+            how long ``bus.aclose()`` waits for NATS.
         max_pending, max_in_flight, reconnect_wait, spool_dir: see :class:`Publisher`.
 
     Raises:
@@ -188,18 +216,26 @@ def attach(
         spool_dir=spool_dir,
         reconnect_wait=reconnect_wait,
     )
-    adapter = NatsAdapter(publisher, float(delivery_timeout))
+    if isinstance(wait_for, str):
+        raise TypeError(f"wait_for must be a list of signal names, not the string {wait_for!r}")
+    waiting = frozenset(wait_for) & frozenset(wanted)
+    adapter = NatsAdapter(publisher, float(delivery_timeout), waiting)
+    name = f"lifecycle_nats:{options.stream}"
     try:
         for signal in wanted:
-            adapter.add(
-                bus.subscribe(
-                    signal,
-                    adapter.deliver,
-                    background=True,
-                    timeout=delivery_timeout,
-                    labels=labels,
-                    name=f"lifecycle_nats:{options.stream}",
+            if signal in waiting:
+                adapter.add(
+                    bus.subscribe(
+                        signal,
+                        adapter.deliver,
+                        background=True,
+                        timeout=delivery_timeout,
+                        labels=labels,
+                        name=f"{name}:ack",
+                    )
                 )
+            adapter.add(
+                bus.subscribe(signal, adapter.enqueue, inline=True, labels=labels, name=name)
             )
         # What an earlier process spooled goes first, even if this one emits nothing.
         publisher.load_spool()

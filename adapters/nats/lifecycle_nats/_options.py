@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
@@ -251,7 +252,7 @@ class NatsOptions:
                 await client.close()
             if isinstance(exc, nats.errors.NoServersError):
                 raise self._failure(errors) from None
-            if isinstance(exc, (OSError, nats.errors.Error, TimeoutError)):
+            if isinstance(exc, (OSError, nats.errors.Error, asyncio.TimeoutError)):
                 errors.append(exc)
                 raise self._failure(errors) from None
             raise

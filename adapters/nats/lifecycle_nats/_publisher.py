@@ -26,6 +26,7 @@ import contextlib
 import enum
 import functools
 from collections import deque
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -41,7 +42,6 @@ from ._stream import ensure_stream
 from ._subject import subject_for
 
 if TYPE_CHECKING:
-    from pathlib import Path
     from types import TracebackType
 
     from nats.aio.client import Client
@@ -184,8 +184,6 @@ class Publisher:
             and not hasattr(spool_dir, "__fspath__")
         ):
             raise TypeError(f"spool_dir must be a path, not {spool_dir!r}")
-        from pathlib import Path
-
         self.options = options
         self.max_pending = max_pending
         self.max_in_flight = max_in_flight
@@ -361,7 +359,7 @@ class Publisher:
         if self._pump_task is None:
             self.start()
         assert self._idle is not None
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
         return not self._outbox
 
@@ -408,7 +406,7 @@ class Publisher:
             js = client.jetstream(timeout=self.options.ack_timeout)
             try:
                 await ensure_stream(js, self.options)
-            except (nats.errors.Error, OSError, TimeoutError) as exc:
+            except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
                 # Not ready yet (JetStream starting up after a restart, say): try again.
                 raise NatsError(
                     f"JetStream is not answering: {type(exc).__name__}: {exc}"
@@ -606,7 +604,7 @@ def _retryable(error: BaseException) -> bool:
         (
             nats.js.errors.ServiceUnavailableError,
             nats.js.errors.NoStreamResponseError,
-            TimeoutError,
+            asyncio.TimeoutError,
         ),
     ):
         return True

@@ -7,9 +7,10 @@ gets the message again after ``ack_wait``. So that a redelivered event is not ha
 twice, the listener remembers the ids of the last ``idempotency_window`` events it handled,
 in memory and in an append-only file in its state directory (``<stream>-<durable>.ids``):
 an id is written there after the emit and before the ack, so even a SIGKILL between the
-two does not make the restarted listener handle that event again. Listeners on one host
-that share a durable consumer share that file; listeners on different hosts each keep
-their own, so a redelivery that lands on another host is handled again there.
+two does not make the restarted listener handle that event again. Each listener process
+needs a file of its own (``state_dir``): several listeners sharing a durable consumer each
+remember what they handled, so a redelivery that lands on another listener is handled
+again there (at-least-once across listeners).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import pytest
 from lifecycle_nats import Publisher
 
 from lifecycle import HEARTBEAT, EnvironmentInfo, Event
@@ -108,35 +109,47 @@ def test_broker_restarted_mid_run(own_nats: NatsServer, tmp_path: Path) -> None:
     print(f"broker restarted mid-run: {len(ran)} events, each once, in order")
 
 
-def test_broker_killed_during_the_wrappers_exit(own_nats: NatsServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("resend", ["lifecycle flush", "the next run"])
+def test_broker_killed_during_the_wrappers_exit(
+    own_nats: NatsServer, tmp_path: Path, resend: str
+) -> None:
     own_nats.start()
     (tmp_path / "listen").mkdir()
     listener = Listener(tmp_path / "listen", own_nats)
     listener.start()
     (tmp_path / "run").mkdir()
     assert own_nats.process is not None
+    spool = f', spool_dir = "{tmp_path / "spool"}"'
     # The command itself kills the broker as it ends: exited is emitted while it is down.
     kill = f"import os, time; time.sleep(0.5); os.kill({own_nats.process.pid}, 9)"
     status, ran = lifecycle_run(
-        tmp_path / "run", own_nats.url, sys.executable, "-c", kill,
-        extra=f', spool_dir = "{tmp_path / "spool"}"', heartbeat=0.1,
-    )  # fmt: skip
+        tmp_path / "run", own_nats.url, sys.executable, "-c", kill, extra=spool, heartbeat=0.1
+    )
     assert status == 0
     own_nats.process.wait(timeout=20)
     own_nats.process = None
     spooled = [name for name in os.listdir(tmp_path / "spool") if name.endswith(".json")]
     assert spooled  # at least the exited event
     own_nats.start()
-    flush = subprocess.run(
-        [sys.executable, "-m", "lifecycle", "flush", "--config", str(tmp_path / "run" / "cfg.toml")],
-        cwd=tmp_path / "run", capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert flush.returncode == 0, flush.stderr
-    assert f"sent {len(spooled)} spooled event(s)" in flush.stdout
+    if resend == "lifecycle flush":
+        flush = subprocess.run(
+            [sys.executable, "-m", "lifecycle", "flush", "--config", str(tmp_path / "run" / "cfg.toml")],
+            cwd=tmp_path / "run", capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert flush.returncode == 0, flush.stderr
+        assert f"sent {len(spooled)} spooled event(s)" in flush.stdout
+    else:
+        (tmp_path / "next").mkdir()
+        status, after = lifecycle_run(
+            tmp_path / "next", own_nats.url, sys.executable, "-c", "pass", extra=spool
+        )
+        assert status == 0
+        ran = ran + after  # the spooled events first, then the new run's
     wait_for(lambda: len(listener.events()) >= len(ran), "the spooled events", listener)
     assert listener.stop() == 0
     assert ids(listener.events()) == ids(ran)
-    print(f"broker killed during exit: {len(ran)} events, {len(spooled)} spooled, each once")
+    assert [n for n in os.listdir(tmp_path / "spool") if n.endswith(".json")] == []
+    print(f"broker killed during exit, {resend}: {len(ran)} events, {len(spooled)} spooled, once")
 
 
 def test_listener_killed_mid_stream_and_restarted(shared_nats: NatsServer, tmp_path: Path) -> None:

@@ -269,3 +269,26 @@ def test_flush_with_no_server_keeps_the_spool(
     assert cli("flush", "--config", str(config)) == 1
     assert "check the option servers" in capsys.readouterr().err
     assert len(os.listdir(tmp_path / "spool")) == 1
+
+
+def test_a_listen_table_reaches_the_command_with_variables_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lifecycle import load_config
+
+    monkeypatch.setenv("NATS_URL", "nats://nats.internal:4222")
+    config = tmp_path / "notify.toml"
+    config.write_text('[listen]\nservers = "${NATS_URL}"\ndurable = "notify"\n')
+    assert load_config(config).tables["listen"] == {
+        "servers": "nats://nats.internal:4222",
+        "durable": "notify",
+    }
+
+
+def test_a_listen_key_that_is_not_a_table_is_a_config_error(tmp_path: Path) -> None:
+    from lifecycle import ConfigError, load_config
+
+    config = tmp_path / "notify.toml"
+    config.write_text('listen = "nats://x"\n')
+    with pytest.raises(ConfigError, match=r"listen: must be a table"):
+        load_config(config)

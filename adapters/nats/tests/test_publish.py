@@ -228,8 +228,8 @@ async def test_a_server_that_is_down_never_fails_the_run(tmp_path: Path, nowhere
         with anyio.fail_after(10):
             async with Environment("job", bus=bus).running():
                 pass
-    # Not acknowledged in time: a timeout result each, nothing raised in the run.
-    assert [r.status.value for r in results] == ["timeout", "timeout"]
+    # Queued (ok); exited not acknowledged in time: a timeout result, nothing raised.
+    assert sorted(r.status.value for r in results) == ["ok", "ok", "timeout"]
     adapter.detach()
     assert adapter.publisher.spooled == 2
 

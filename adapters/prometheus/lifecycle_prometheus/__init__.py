@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import weakref
 from socketserver import ThreadingMixIn
 from time import time
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,11 @@ class PrometheusAdapter(Attachment):
         registry: the registry holding the metrics.
         port: the port the HTTP endpoint is bound to, or ``None`` without one.
         url: the endpoint's metrics URL, or ``None``.
+
+    Metrics (with the namespace prefix): ``runs_started_total``, ``runs_finished_total``,
+    ``runs_in_progress``, ``run_duration_seconds``, ``run_last_success_timestamp_seconds``,
+    ``handler_duration_seconds``, ``handler_failures_total`` and ``abandoned_threads`` (plain
+    handlers given up but still running, read from the bus at each scrape).
     """
 
     def __init__(
@@ -132,6 +138,13 @@ class PrometheusAdapter(Attachment):
             "Handler (callback) duration, by signal and handler.",
             ["signal", "handler"],
             buckets=tuple(handler_buckets),
+            namespace=ns,
+            registry=registry,
+        )
+        # Read from the bus at each scrape (see attach); a gauge no run has to update.
+        self.abandoned_threads = Gauge(
+            "abandoned_threads",
+            "Plain handlers given up at their timeouts that still run in abandoned threads.",
             namespace=ns,
             registry=registry,
         )
@@ -255,6 +268,9 @@ def attach(
         run_buckets,
         handler_buckets,
     )
+    # Weakly: the registry may outlive the bus; a bus that is gone has no hung handlers.
+    bus_ref = weakref.ref(bus)
+    adapter.abandoned_threads.set_function(lambda: getattr(bus_ref(), "abandoned_threads", 0))
     try:
         adapter.add(
             bus.subscribe(

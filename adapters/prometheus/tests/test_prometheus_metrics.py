@@ -270,3 +270,28 @@ def test_all_lists_the_names_the_module_defines() -> None:
     }
     assert defined <= set(lifecycle_prometheus.__all__)
     assert all(hasattr(lifecycle_prometheus, name) for name in lifecycle_prometheus.__all__)
+
+
+@pytest.mark.anyio
+async def test_the_abandoned_threads_of_the_bus_are_a_gauge() -> None:
+    """Hung plain handlers, given up at their timeouts, show up at the next scrape."""
+    bus = EventBus()
+    release, entered = threading.Event(), threading.Event()
+
+    def hang() -> None:
+        entered.set()
+        release.wait()
+
+    bus.subscribe("test.hang", hang, timeout=None)
+    try:
+        with attach(bus, port=0, addr="127.0.0.1") as handle:
+            assert value(await scrape(handle), "lifecycle_abandoned_threads") == 0
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as group:
+                    event = Environment("x").event("test.hang", "r1")
+                    group.start_soon(bus.emit, event)
+                    await anyio.to_thread.run_sync(entered.wait, abandon_on_cancel=True)
+                    group.cancel_scope.cancel()
+            assert value(await scrape(handle), "lifecycle_abandoned_threads") == 1
+    finally:
+        release.set()

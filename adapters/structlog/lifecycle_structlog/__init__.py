@@ -21,11 +21,19 @@ import structlog
 from lifecycle import EXITED, STARTING, Attachment, Outcome, Status
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, MutableMapping
 
     from lifecycle import Event, EventBus, HandlerResult
 
-__all__ = ["DEFAULT_LEVELS", "StructlogAdapter", "attach", "console_logger", "json_logger"]
+__all__ = [
+    "DEFAULT_LEVELS",
+    "StructlogAdapter",
+    "attach",
+    "console_logger",
+    "escape",
+    "escape_fields",
+    "json_logger",
+]
 
 DEFAULT_LEVELS: Mapping[str, str] = {
     Outcome.SUCCEEDED.value: "info",
@@ -44,13 +52,51 @@ _LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
 _REMEMBERED_RUNS = 4096
 
 
-def _own_logger(file: TextIO | None, level: str, renderer: Any) -> Any:
+# Keeps line breaks (tracebacks) where the renderer expects several lines.
+_MULTILINE_KEYS = frozenset({"exception", "stack"})
+
+
+def escape(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with every unprintable character spelled as its Python escape (``\\x1b``).
+
+    A job's name, labels or error message may carry control characters; written raw to a
+    terminal they would retitle, recolour or rewrite it. ``keep_newlines`` keeps ``\\n``
+    and ``\\t``.
+
+    .. versionadded:: 0.2
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        ch
+        if ch.isprintable() or (keep_newlines and ch in "\n\t")
+        else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
+def escape_fields(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """A structlog processor that escapes every string field, for a console renderer.
+
+    Non-string values are rendered with ``repr``, which escapes already; JSON needs none.
+
+    .. versionadded:: 0.2
+    """
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = escape(value, keep_newlines=key in _MULTILINE_KEYS)
+    return event_dict
+
+
+def _own_logger(file: TextIO | None, level: str, renderers: list[Any]) -> Any:
     return structlog.wrap_logger(
-        structlog.PrintLogger(file if file is not None else sys.stderr),
+        # One write per line (PrintLogger writes the newline apart): no other output
+        # written at the same time, a callback's print say, can land inside a line.
+        structlog.WriteLogger(file if file is not None else sys.stderr),
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
     )
@@ -59,9 +105,10 @@ def _own_logger(file: TextIO | None, level: str, renderer: Any) -> Any:
 def console_logger(file: TextIO | None = None, *, level: str = "info", colors: bool = False) -> Any:
     """A structlog logger that renders readable console lines to ``file`` (default stderr).
 
-    It does not change structlog's global configuration.
+    Control characters in the values are escaped. It does not change structlog's global
+    configuration.
     """
-    return _own_logger(file, level, structlog.dev.ConsoleRenderer(colors=colors))
+    return _own_logger(file, level, [escape_fields, structlog.dev.ConsoleRenderer(colors=colors)])
 
 
 def json_logger(file: TextIO | None = None, *, level: str = "info") -> Any:
@@ -69,7 +116,7 @@ def json_logger(file: TextIO | None = None, *, level: str = "info") -> Any:
 
     It does not change structlog's global configuration.
     """
-    return _own_logger(file, level, structlog.processors.JSONRenderer(sort_keys=True))
+    return _own_logger(file, level, [structlog.processors.JSONRenderer(sort_keys=True)])
 
 
 class StructlogAdapter(Attachment):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import pytest
@@ -218,3 +218,57 @@ def test_all_lists_the_names_the_module_defines() -> None:
     }
     assert defined <= set(lifecycle_structlog.__all__)
     assert all(hasattr(lifecycle_structlog, name) for name in lifecycle_structlog.__all__)
+
+
+class Writes(io.StringIO):
+    """A stream that remembers each write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("render", ["console", "json"])
+async def test_each_line_is_one_write_with_its_newline(render: Literal["console", "json"]) -> None:
+    # Output written meanwhile (a callback's print in a worker thread) cannot split a line.
+    out = Writes()
+    async with EventBus() as bus:
+        attach(bus, render=render, file=out, tracebacks=False)
+        async with Environment("nightly", bus=bus).running():
+            pass
+    assert len(out.writes) == 2
+    assert all(w.endswith("\n") and w.count("\n") == 1 for w in out.writes)
+
+
+@pytest.mark.anyio
+async def test_console_rendering_escapes_control_characters() -> None:
+    out = io.StringIO()
+    async with EventBus() as bus:
+        attach(bus, render="console", file=out)
+        with pytest.raises(ValueError, match="bad"):
+            async with Environment("x\x1b]0;HIJACKED\x07y", ["\x1b[31m"], bus=bus).running():
+                raise ValueError("bad \x1b[2J news")
+    text = out.getvalue()
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    assert "environment=x\\x1b]0;HIJACKED\\x07y" in text
+    assert "bad \\x1b[2J news" in text
+    assert "Traceback (most recent call last)" in text  # line breaks kept
+
+
+@pytest.mark.anyio
+async def test_a_starting_line_has_no_empty_exit_fields() -> None:
+    out = io.StringIO()
+    async with EventBus() as bus:
+        attach(bus, render="console", file=out)
+        async with Environment("nightly", bus=bus).running():
+            pass
+    starting = out.getvalue().splitlines()[0]
+    assert "environment.starting" in starting
+    for field in ("outcome=", "duration=", "exit_code=", "error="):
+        assert field not in starting

@@ -491,3 +491,18 @@ async def test_a_template_failing_on_an_event_sends_the_summary(
     assert json.loads(webhook_server.requests[0].body)["text"].startswith("nightly failed on ")
     (warning,) = [e for e in logs if e["event"].startswith("webhook template failed")]
     assert warning["error"] == "KeyError: 'rows'"
+
+
+@pytest.mark.parametrize(
+    ("url", "target"),
+    [
+        ("https://hooks.example/services/T000/SECRETPATH", "https://hooks.example/***"),
+        ("https://hooks.example:8443/?token=SECRET", "https://hooks.example:8443/***"),
+        ("http://[::1]:9000/hook", "http://[::1]:9000/***"),
+        ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+    ],
+)
+def test_the_target_shows_scheme_host_and_port_only(url: str, target: str) -> None:
+    adapter = attach(EventBus(), url=url)
+    assert adapter.target == target
+    assert repr(adapter) == f"<WebhookAdapter {target} format='json'>"

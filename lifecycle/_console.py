@@ -1,0 +1,76 @@
+"""Console lines that are safe on a terminal: untrusted text escaped, one write per line.
+
+A job's name, its labels, an error message or a configuration value can carry control
+characters (``lifecycle run --name $'\\e]0;title\\a'``); written raw, they would retitle,
+recolour or rewrite the user's terminal. Every line ``lifecycle`` renders for a console goes
+through :func:`escape`, which spells such characters as Python escapes (``\\x1b``); JSON
+lines are escaped by the encoder already.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, MutableMapping
+
+LEVEL_WIDTH = 9
+"""Levels are padded as structlog's console renderer pads them (``[info     ]``)."""
+
+EVENT_WIDTH = 30
+"""The event name's column width, as structlog's console renderer pads it."""
+
+MULTILINE_KEYS = frozenset({"exception", "stack"})
+"""Fields that are tracebacks: their line breaks are kept, other control characters escaped."""
+
+
+def escape(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` with every unprintable character spelled as its Python escape.
+
+    Control characters (C0, DEL, C1), bidirectional overrides, line and paragraph separators
+    become ``\\x1b``, ``\\u202e``..., so text from a job, a file or the network cannot
+    drive the terminal. ``keep_newlines`` keeps ``\\n`` and ``\\t`` (for tracebacks).
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        ch
+        if ch.isprintable() or (keep_newlines and ch in "\n\t")
+        else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
+def timestamp() -> str:
+    """Now, as the console lines show it: ISO 8601 in UTC (``2026-11-29T11:12:57.216401Z``)."""
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _value(value: Any) -> str:
+    return escape(value if isinstance(value, str) else repr(value))
+
+
+def render(level: str, event: str, fields: Mapping[str, Any]) -> str:
+    """One console line in structlog's console layout, every part escaped."""
+    pairs = " ".join(f"{key}={_value(fields[key])}" for key in sorted(fields))
+    return f"{timestamp()} [{level:<{LEVEL_WIDTH}}] {escape(event):<{EVENT_WIDTH}} {pairs}".rstrip()
+
+
+def write_line(line: str, file: TextIO | None = None) -> None:
+    """Write ``line`` and its newline in one write, so that no other output splits it."""
+    stream = sys.stderr if file is None else file
+    stream.write(line + "\n")
+    stream.flush()
+
+
+def escape_fields(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """A structlog processor: escape every string field (tracebacks keep their line breaks).
+
+    Place it after the processors that add fields and before a console renderer.
+    """
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = escape(value, keep_newlines=key in MULTILINE_KEYS)
+    return event_dict

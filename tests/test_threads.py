@@ -1,0 +1,207 @@
+"""Plain handlers that hang: their threads are abandoned, replaced, counted and bounded."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.to_thread
+import pytest
+from structlog.testing import capture_logs
+
+from lifecycle import (
+    STARTING,
+    AbandonedThreadsError,
+    EmitReport,
+    Event,
+    EventBus,
+    Status,
+)
+
+from .helpers import starting
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytestmark = pytest.mark.anyio
+
+SHORT = 0.1
+FOREVER = 60.0
+HANG = "test.hang"
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """What hung handlers block on; set at the end of the test, so their threads end."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def hang_event(name: str = HANG) -> Event:
+    return dataclasses.replace(starting(), name=name)
+
+
+async def wait_for_count(bus: EventBus, count: int) -> None:
+    """Wait until ``bus.abandoned_threads`` is ``count`` (abandoned threads end on their own)."""
+    with anyio.fail_after(FOREVER / 4):
+        # The count drops in the abandoned thread itself, after its handler returns: there
+        # is no event to wait on, so look again until it is right (bounded above).
+        while bus.abandoned_threads != count:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+
+
+async def abandon_one(bus: EventBus, release: threading.Event) -> None:
+    """Start a plain handler that blocks on ``release``, then cancel its emitter."""
+    entered = threading.Event()
+
+    def hang() -> None:
+        entered.set()
+        release.wait()
+
+    with bus.subscribe(HANG, hang, timeout=None):
+        with anyio.fail_after(FOREVER / 4):
+            async with anyio.create_task_group() as group:
+                group.start_soon(bus.emit, hang_event())
+                await anyio.to_thread.run_sync(entered.wait, abandon_on_cancel=True)
+                group.cancel_scope.cancel()
+
+
+async def test_timed_out_sync_handlers_do_not_use_up_the_worker_threads(
+    release: threading.Event,
+) -> None:
+    """Issue 8's repro: two hung handlers on a two-thread bus; the next one still runs."""
+    bus = EventBus(max_threads=2)
+    bus.subscribe(HANG, lambda: release.wait(), timeout=SHORT)
+    bus.subscribe(STARTING, lambda: "ran", timeout=FOREVER / 4)
+    with anyio.fail_after(FOREVER / 2):
+        for _ in range(2):
+            hung = await bus.emit(hang_event())
+            assert [r.status for r in hung.results] == [Status.TIMEOUT]
+        report = await bus.emit(starting())
+    assert [r.status for r in report.results] == [Status.OK]
+
+
+async def test_an_abandoned_thread_is_counted_logged_and_forgotten_when_it_returns(
+    release: threading.Event,
+) -> None:
+    bus = EventBus(name="counted")
+    with capture_logs() as logs:
+        await abandon_one(bus, release)
+    assert bus.abandoned_threads == 1
+    (warning,) = [log for log in logs if log["log_level"] == "warning"]
+    assert "abandoned" in warning["event"]
+    assert (warning["bus"], warning["signal"], warning["abandoned_threads"]) == (
+        "counted",
+        HANG,
+        1,
+    )
+    release.set()
+    await wait_for_count(bus, 0)
+
+
+async def test_past_max_abandoned_threads_sync_handlers_fail_at_once_without_running(
+    release: threading.Event,
+) -> None:
+    bus = EventBus(name="capped", max_abandoned_threads=1)
+    await abandon_one(bus, release)
+    ran: list[str] = []
+
+    async def async_handler() -> None:
+        ran.append("async")
+
+    bus.subscribe(STARTING, lambda: ran.append("sync"), timeout=FOREVER / 4)
+    bus.subscribe(STARTING, async_handler)
+    with anyio.fail_after(FOREVER / 4):
+        report = await bus.emit(starting())
+    refused, ok = report.results
+    assert refused.status is Status.ERROR
+    assert isinstance(refused.exception, AbandonedThreadsError)
+    assert "max_abandoned_threads=1" in str(refused.exception)
+    assert ok.status is Status.OK
+    assert ran == ["async"]
+
+
+async def test_a_sync_handler_queued_before_the_limit_is_refused_once_it_is_reached(
+    release: threading.Event,
+) -> None:
+    """The limit holds for handlers already waiting for a thread, not just new ones."""
+    bus = EventBus(max_threads=1, max_abandoned_threads=1)
+    ran, entered = threading.Event(), threading.Event()
+
+    def hang() -> None:
+        entered.set()
+        release.wait()
+
+    bus.subscribe(HANG, hang, timeout=None)
+    bus.subscribe("test.queued", ran.set, timeout=None)
+    hang_scope = anyio.CancelScope()
+    reports: list[EmitReport] = []
+
+    async def emit_hang() -> None:
+        with hang_scope:
+            await bus.emit(hang_event())
+
+    async def emit_queued() -> None:
+        reports.append(await bus.emit(hang_event("test.queued")))
+
+    with anyio.fail_after(FOREVER / 4):
+        async with anyio.create_task_group() as group:
+            group.start_soon(emit_hang)
+            await anyio.to_thread.run_sync(entered.wait, abandon_on_cancel=True)
+            group.start_soon(emit_queued)  # waits: the only worker thread hangs
+            await anyio.wait_all_tasks_blocked()
+            hang_scope.cancel()  # abandoned: the limit is reached
+    ((result,),) = [report.results for report in reports]
+    assert result.status is Status.ERROR
+    assert isinstance(result.exception, AbandonedThreadsError)
+    assert not ran.is_set()
+
+
+async def test_sync_handlers_run_again_once_abandoned_threads_return(
+    release: threading.Event,
+) -> None:
+    bus = EventBus(max_abandoned_threads=1)
+    await abandon_one(bus, release)
+    release.set()
+    await wait_for_count(bus, 0)
+    bus.subscribe(STARTING, lambda: None, timeout=FOREVER / 4)
+    with anyio.fail_after(FOREVER / 4):
+        report = await bus.emit(starting())
+    assert [r.status for r in report.results] == [Status.OK]
+
+
+async def test_a_sync_handler_given_up_before_it_started_never_runs(
+    release: threading.Event,
+) -> None:
+    """One worker thread, hung: the handler queued behind it times out and is dropped."""
+    bus = EventBus(max_threads=1)
+    ran, entered = threading.Event(), threading.Event()
+
+    def hang() -> None:
+        entered.set()
+        release.wait()
+
+    bus.subscribe(HANG, hang, timeout=None)
+    bus.subscribe("test.queued", ran.set, timeout=SHORT)
+    with anyio.fail_after(FOREVER / 4):
+        async with anyio.create_task_group() as group:
+            group.start_soon(bus.emit, hang_event())
+            await anyio.to_thread.run_sync(entered.wait, abandon_on_cancel=True)
+            queued = await bus.emit(hang_event("test.queued"))
+            assert [r.status for r in queued.results] == [Status.TIMEOUT]
+            group.cancel_scope.cancel()
+    # The hung thread was replaced; a dropped job would run before this one, in order.
+    bus.subscribe(STARTING, lambda: None, timeout=FOREVER / 4)
+    with anyio.fail_after(FOREVER / 4):
+        report = await bus.emit(starting())
+    assert [r.status for r in report.results] == [Status.OK]
+    assert not ran.is_set()
+
+
+@pytest.mark.parametrize("option", ["max_threads", "max_abandoned_threads"])
+def test_thread_limits_must_be_positive(option: str) -> None:
+    with pytest.raises(ValueError, match=f"{option} must be an int >= 1, not 0"):
+        EventBus(**{option: 0})  # type: ignore[arg-type]
