@@ -106,8 +106,8 @@ def watch(argv: list[str]) -> int:
     parser = _parser(
         "watch",
         "Watch the lifecycle events on NATS JetStream: declare silent runs lost, report "
-        "missed and overdue runs, each exactly once; notify through the adapters of the "
-        "adapters and handlers of the same configuration.",
+        "missed and overdue runs, each exactly once; notify through the adapters and "
+        "handlers of the same configuration.",
     )
     args = parser.parse_args(argv)
     config = _load("watch", args)

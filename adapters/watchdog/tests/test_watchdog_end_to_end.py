@@ -96,6 +96,10 @@ class Wrapper:
     def signal(self, number: int) -> None:
         os.killpg(self.process.pid, number)  # the wrapper and its command
 
+    def kill_wrapper(self) -> None:
+        """SIGKILL the wrapper alone (its command dies with it: PR_SET_PDEATHSIG)."""
+        self.process.kill()
+
 
 @pytest.fixture
 def wrapper(nats_url: str, tmp_path: Path) -> Iterator[Callable[..., Wrapper]]:
@@ -237,7 +241,7 @@ async def test_a_killed_wrapper_is_lost_once_with_two_watchdogs_and_a_restarted_
         run = wrapper()
         await until(beating(one))
         await until(beating(two))
-        run.signal(signal.SIGKILL)
+        run.kill_wrapper()
         # misses x interval = 0.6 s after the last beat; the bound is generous on purpose.
         await until(lambda: bool(one.lost() or two.lost()), limit=15)
         await settled(nats_url, one, two)
