@@ -261,6 +261,13 @@ async def _watch(
         # so the stream's last sequence now is a sequence we will read.
         return (await js.stream_info(settings.stream)).state.last_seq
 
+    async def read_everything() -> bool:
+        # For a stream that also holds other subjects (whose last message we never
+        # read): the consumer has nothing more for us, and we have read what it sent.
+        info = await sub.consumer_info()
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        return not inbox and not info.num_pending and judge.consumed >= (delivered or 0)
+
     # A judgement waits until everything stored before it was read: at a time T, note the
     # stream's last sequence; once read up to it, judge *as of T*. A watchdog that lags
     # behind the stream thus never calls a live run lost, even under a steady flow where
@@ -310,6 +317,14 @@ async def _watch(
                     runs=len(judge.table),
                     verdicts=dict(dog.verdicts),
                 )
+            if (
+                pending is not None
+                and judge.consumed < pending[0]
+                and not inbox
+                and now - pending[1] > 1.0
+                and await read_everything()
+            ):
+                pending = (judge.consumed, pending[1])
             if pending is not None and judge.consumed >= pending[0]:
                 await dog.judge_now(now=pending[1])
                 pending = None

@@ -38,7 +38,16 @@ from lifecycle_watchdog import (
 from lifecycle_watchdog._jetstream import Settings, run_watchdog
 from lifecycle_watchdog._model import run_key
 
-from lifecycle import EXITED, HEARTBEAT, STARTING, Environment, Event, EventBus, Outcome
+from lifecycle import (
+    EXITED,
+    HEARTBEAT,
+    STARTING,
+    Environment,
+    EnvironmentInfo,
+    Event,
+    EventBus,
+    Outcome,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -432,3 +441,24 @@ async def test_two_stores_racing_on_one_key_give_the_verdict_to_one(nats_url: st
     finally:
         for nc in clients:
             await nc.close()
+
+
+async def test_a_stream_that_also_holds_other_subjects_is_still_judged(nats_url: str) -> None:
+    """The stream's last message may be one the watchdog never reads: it still judges."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="LIFECYCLE", subjects=["lifecycle.>", "other.>"])
+        async with watchdog(nats_url) as dog:
+            run = Event(
+                name=STARTING,
+                run_id="silent",
+                environment=EnvironmentInfo(name="etl", host="box", pid=1),
+                attributes={"heartbeat_interval": BEAT},
+            )
+            await js.publish(lifecycle_nats.subject_for(STARTING, "etl"), run.to_json().encode())
+            await js.publish("other.noise", b"not ours")  # the stream's last message
+            await until(lambda: bool(dog.lost()), limit=15)
+        assert [e.run_id for e in dog.lost()] == ["silent"]
+    finally:
+        await nc.close()
