@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._event import EXITED, HEARTBEAT, STARTING
+from ._event import EXITED, HEARTBEAT, MISSED, OVERDUE, RECOVERED, STARTING
 from ._exceptions import ConfigError
 from ._handle import Handle
 
@@ -79,7 +79,7 @@ _HANDLER_KEYS = frozenset(
 )
 # A typo in these would subscribe to a signal nobody emits: refuse it. Other names are
 # custom signals, which the bus allows.
-_ENVIRONMENT_SIGNALS = (STARTING, EXITED, HEARTBEAT)
+_ENVIRONMENT_SIGNALS = (STARTING, EXITED, HEARTBEAT, MISSED, OVERDUE, RECOVERED)
 _MIN_SECRET = 4
 _SECRET_WORDS = ("auth", "key", "password", "secret", "token", "header", "cookie")
 _VARIABLE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")

@@ -18,6 +18,9 @@ from typing import Any
 __all__ = [
     "EXITED",
     "HEARTBEAT",
+    "MISSED",
+    "OVERDUE",
+    "RECOVERED",
     "SCHEMA_VERSION",
     "STARTING",
     "EnvironmentInfo",
@@ -32,6 +35,12 @@ EXITED = "environment.exited"
 """Signal name emitted exactly once after a run ends, however it ends."""
 HEARTBEAT = "environment.heartbeat"
 """Signal name emitted periodically while a run is alive."""
+MISSED = "environment.missed"
+"""Signal name a watchdog emits for a scheduled start that did not come (one per missed slot)."""
+OVERDUE = "environment.overdue"
+"""Signal name a watchdog emits for a run still going past its declared ``max_duration``."""
+RECOVERED = "environment.recovered"
+"""Signal name a watchdog emits when a run it declared ``lost`` speaks again."""
 
 SCHEMA_VERSION = 1
 """Version of the JSON form of :class:`Event`; bumped on incompatible changes."""

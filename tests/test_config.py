@@ -182,6 +182,26 @@ def test_a_handler_without_timeout_gets_the_bus_default(site: Path, tmp_path: Pa
     assert subscription.timeout == 7.0
 
 
+@pytest.mark.parametrize(
+    "signal", ["environment.missed", "environment.overdue", "environment.recovered"]
+)
+def test_a_handler_may_follow_the_watchdogs_signals(
+    site: Path, tmp_path: Path, signal: str
+) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        [[handlers]]
+        target = "fake_lifecycle_handlers:arecord"
+        signal = "{signal}"
+        """,
+    )
+    bus = EventBus()
+    load_config(path).attach(bus)
+    (subscription,) = bus.subscriptions()
+    assert subscription.signal_name == signal
+
+
 @pytest.mark.anyio
 async def test_attached_handlers_run_on_a_real_run(site: Path, tmp_path: Path) -> None:
     path = write(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from lifecycle import EXITED, HEARTBEAT, STARTING, Attachment
+from lifecycle import EXITED, HEARTBEAT, MISSED, OVERDUE, RECOVERED, STARTING, Attachment
 
 from ._options import DEFAULT_SERVERS, NatsOptions
 from ._publisher import Publisher, PublisherState, message_for, require_asyncio
@@ -26,9 +26,9 @@ DEFAULT_SIGNALS: tuple[str, ...] = (
     STARTING,
     HEARTBEAT,
     EXITED,
-    "environment.missed",
-    "environment.overdue",
-    "environment.recovered",
+    MISSED,
+    OVERDUE,
+    RECOVERED,
 )
 """The signals the adapter publishes unless told otherwise: the run's and the watchdog's."""
 

@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
+from lifecycle import MISSED, OVERDUE, RECOVERED
+
 __all__ = [
     "MISSED",
     "OVERDUE",
@@ -26,12 +28,6 @@ __all__ = [
     "verdict_id",
 ]
 
-MISSED = "environment.missed"
-"""Signal of a scheduled start that did not happen within its grace (one per missed slot)."""
-OVERDUE = "environment.overdue"
-"""Signal of a run still going past the ``max_duration`` declared for its environment."""
-RECOVERED = "environment.recovered"
-"""Signal that a run declared ``lost`` turned out to be alive or to have ended on its own."""
 
 # Namespace of the deterministic event ids (uuid5): two watchdogs that reach the same
 # verdict build the same id, so a race, a retry or a replay still yields one event.
