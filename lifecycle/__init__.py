@@ -20,6 +20,7 @@ if _typing.TYPE_CHECKING:
         installed_adapters,
         load_config,
     )
+    from ._console import escape, escape_fields
     from ._environment import Environment, Run
     from ._event import (
         EXITED,
@@ -89,6 +90,8 @@ __all__ = [
     "Status",
     "SubprocessEnvironment",
     "Subscription",
+    "escape",
+    "escape_fields",
     "find_config",
     "heartbeats",
     "installed_adapters",
@@ -134,6 +137,8 @@ _MODULES = {
     "Status": "_results",
     "SubprocessEnvironment": "_subprocess",
     "Subscription": "_subscription",
+    "escape": "_console",
+    "escape_fields": "_console",
     "find_config": "_config",
     "heartbeats": "_heartbeat",
     "installed_adapters": "_config",

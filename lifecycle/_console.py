@@ -32,6 +32,11 @@ def escape(text: str, *, keep_newlines: bool = False) -> str:
     Control characters (C0, DEL, C1), bidirectional overrides, line and paragraph separators
     become ``\\x1b``, ``\\u202e``..., so text from a job, a file or the network cannot
     drive the terminal. ``keep_newlines`` keeps ``\\n`` and ``\\t`` (for tracebacks).
+
+    Adapters and commands that write console lines use it too (``lifecycle runs``,
+    ``lifecycle listen``, lifecycle-structlog's console rendering).
+
+    .. versionadded:: 0.2
     """
     if text.isprintable():
         return text
@@ -69,6 +74,9 @@ def escape_fields(_logger: Any, _method: str, event_dict: MutableMapping[str, An
     """A structlog processor: escape every string field (tracebacks keep their line breaks).
 
     Place it after the processors that add fields and before a console renderer.
+    Non-string values are rendered with ``repr``, which escapes already; JSON needs none.
+
+    .. versionadded:: 0.2
     """
     for key, value in event_dict.items():
         if isinstance(value, str):
