@@ -124,7 +124,9 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
 
     parser = _Parser(
         prog="lifecycle",
-        description="Reliable lifecycle events for jobs: wrap a command, check a configuration.",
+        description="Reliable lifecycle events for jobs: wrap a command, check a "
+        "configuration. Installed packages add commands (lifecycle-nats: listen, flush; "
+        "lifecycle-watchdog: watch, runs).",
         # A mistyped ``lifecycle rnu -- job`` in a cron line must not look like the job's 2.
         error_status=STATUS_WRAPPER_FAILED,
     )
@@ -187,6 +189,8 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
         help="validate a configuration and list what it attaches",
         description="Load a configuration file, report its mistakes, and list the adapters "
         "and handlers it would attach.",
+        epilog="exit status: 0 when the configuration is valid (or there is none); 1 when it "
+        "has a mistake (the message names the file, key and value); 2 on a usage mistake.",
     )
     check.add_argument("--config", metavar="FILE", type=Path, help="the configuration file")
     check.set_defaults(handler=_check)
@@ -195,10 +199,11 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
         "adapters",
         help="list the installed adapters",
         description=f"List the adapters installed in the entry-point group {ENTRY_POINT_GROUP}.",
+        epilog="exit status: 0; 2 on a usage mistake.",
     )
     adapters.set_defaults(handler=_adapters)
-    for name, point in (plugins or {}).items():
-        commands.add_parser(name, help=f"from {_distribution(point)}", add_help=False)
+    for name, point in sorted((plugins or {}).items()):
+        commands.add_parser(name, help=_command_help(point), add_help=False)
     return parser, {"run": run, "check": check, "adapters": adapters}
 
 
@@ -210,6 +215,16 @@ def _plugin_commands() -> dict[str, EntryPoint]:
         if point.name not in _BUILTIN_COMMANDS:
             found.setdefault(point.name, point)
     return found
+
+
+def _command_help(point: EntryPoint) -> str:
+    """A plugin command's line in ``lifecycle --help``: its ``help`` and its package."""
+    try:
+        text = getattr(point.load(), "help", None)
+    except Exception:  # a broken plugin must not break --help; running it says why
+        text = None
+    where = _distribution(point)
+    return f"{text} ({where})" if isinstance(text, str) else f"from {where}"
 
 
 def _distribution(point: EntryPoint) -> str:

@@ -592,3 +592,22 @@ def test_version_imports_no_event_loop(tmp_path: Path) -> None:
     imported = imports_of(tmp_path, "--version")
     for module in ("asyncio", "anyio", "importlib.metadata", "structlog", "lifecycle._bus"):
         assert module not in imported
+
+
+def test_help_lists_each_installed_command_with_its_own_help(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # The workspace installs lifecycle-nats and lifecycle-watchdog: their commands say what
+    # they do (their ``help`` attribute) and which package they come from.
+    assert main(["--help"]) == 0
+    out = " ".join(capfd.readouterr().out.split())  # argparse wraps the lines
+    assert "lost, missed and overdue runs (lifecycle-watchdog)" in out
+    assert "send the events spooled while NATS was unreachable" in out
+
+
+@pytest.mark.parametrize("command", ["check", "adapters"])
+def test_check_and_adapters_help_document_the_exit_statuses(
+    command: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "--help"]) == 0
+    assert "exit status:" in capfd.readouterr().out
