@@ -211,6 +211,7 @@ def runs(argv: list[str]) -> int:
     config = _load("runs", args)
     if config is None:
         return STATUS_USAGE
+    _log_to_stderr()  # stdout is the table's, or the JSON's a script reads
     try:
         source, rows = anyio.run(_table, config.settings, backend="asyncio")
     except ConnectionError as exc:

@@ -89,3 +89,23 @@ def test_runs_escapes_control_characters_in_the_table(
     assert "\x07" not in out
     assert "x\\x1b]0;HIJACKED\\x07y" in out
     assert "h\\x1b[2Jost" in out
+
+
+def test_runs_json_keeps_stdout_for_the_json_when_nats_is_away(
+    tmp_path: Path, free_tcp_port: int
+) -> None:
+    # A script reads stdout as JSON: the connection warnings belong on stderr.
+    import subprocess
+
+    url = f"nats://127.0.0.1:{free_tcp_port}"
+    (tmp_path / "watch.toml").write_text(f'[watch]\nservers = ["{url}"]\nconnect_timeout = 0.5\n')
+    done = subprocess.run(
+        [*LIFECYCLE, "runs", "--json", "--config", str(tmp_path / "watch.toml")],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert url in done.stderr
