@@ -611,3 +611,15 @@ def test_check_and_adapters_help_document_the_exit_statuses(
 ) -> None:
     assert main([command, "--help"]) == 0
     assert "exit status:" in capfd.readouterr().out
+
+
+def test_check_says_it_leaves_a_commands_table_to_that_command(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # lifecycle-nats is installed in the workspace, so [listen] is a known table.
+    config = tmp_path / "notify.toml"
+    config.write_text("[listen]\nbatch = 0\n")
+    assert main(["check", "--config", str(config)]) == 0
+    assert "[listen]: read by lifecycle listen, which checks it when it starts" in (
+        capfd.readouterr().out
+    )
