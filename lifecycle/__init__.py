@@ -20,7 +20,7 @@ if _typing.TYPE_CHECKING:
         installed_adapters,
         load_config,
     )
-    from ._console import escape, escape_fields
+    from ._console import escape, escape_fields, log_to_stderr
     from ._environment import Environment, Run
     from ._event import (
         EXITED,
@@ -96,6 +96,7 @@ __all__ = [
     "heartbeats",
     "installed_adapters",
     "load_config",
+    "log_to_stderr",
 ]
 
 
@@ -143,6 +144,7 @@ _MODULES = {
     "heartbeats": "_heartbeat",
     "installed_adapters": "_config",
     "load_config": "_config",
+    "log_to_stderr": "_console",
 }
 """The private module of each public name."""
 

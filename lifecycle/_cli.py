@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ._console import escape, render, write_line
+from ._console import escape, log_to_stderr, render, write_line
 from ._exceptions import ConfigError
 
 # Everything else is imported where it is used: a cron wrapper's start-up is mostly imports,
@@ -381,41 +381,9 @@ def _log_to_stderr() -> None:
     from . import _logging
 
     if "structlog" in sys.modules:
-        _configure_structlog()  # a handler module or an adapter may log already
+        log_to_stderr()  # a handler module or an adapter may log already
     else:
-        _logging.before_first_use(_configure_structlog)
-
-
-def _configure_structlog() -> None:
-    from io import StringIO
-
-    import structlog
-
-    from ._console import escape_fields
-
-    if structlog.is_configured():
-        return
-
-    def plain_traceback(sio: Any, exc_info: Any) -> None:
-        # An exception's message is text from anywhere: escaped, line breaks kept.
-        buffer = StringIO()
-        structlog.dev.plain_traceback(buffer, exc_info)
-        sio.write(escape(buffer.getvalue(), keep_newlines=True))
-
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.StackInfoRenderer(),
-            structlog.dev.set_exc_info,
-            # One timestamp format for the whole run: the event lines' (ISO 8601, UTC).
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            escape_fields,
-            structlog.dev.ConsoleRenderer(colors=False, exception_formatter=plain_traceback),
-        ],
-        # One write per line: a line is never split by the command's own output.
-        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
-    )
+        _logging.before_first_use(log_to_stderr)
 
 
 _LEVELS = {"succeeded": "info", "cancelled": "warning", "terminated": "warning"}

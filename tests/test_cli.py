@@ -623,3 +623,21 @@ def test_check_says_it_leaves_a_commands_table_to_that_command(
     assert "[listen]: read by lifecycle listen, which checks it when it starts" in (
         capfd.readouterr().out
     )
+
+
+def test_log_to_stderr_writes_escaped_iso_lines_to_stderr() -> None:
+    # The one configuration every lifecycle command logs with (listen and watch included).
+    import subprocess
+
+    code = (
+        "import lifecycle, structlog; lifecycle.log_to_stderr(); "
+        "structlog.get_logger().info('hello\\x1b]0;T\\x07', host='h\\x1bost')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=20, check=True
+    )
+    assert done.stdout == ""
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z \[info", done.stderr)
+    assert "hello\\x1b]0;T\\x07" in done.stderr
+    assert "host=h\\x1bost" in done.stderr
+    assert "\x1b" not in done.stderr

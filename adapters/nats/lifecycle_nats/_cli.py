@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from lifecycle import ConfigError, EventBus, escape, escape_fields, find_config, load_config
+from lifecycle import ConfigError, EventBus, escape, find_config, load_config, log_to_stderr
 
 from ._exceptions import NatsError
 from ._options import NatsOptions
@@ -57,24 +57,10 @@ def _say(command: str, message: str) -> None:
     print(f"lifecycle {command}: {escape(message)}", file=sys.stderr, flush=True)
 
 
-def _stderr_logger(*args: Any) -> structlog.WriteLogger:
-    return structlog.WriteLogger(sys.stderr)  # whatever sys.stderr is when logging
-
-
 def _log_to_stderr() -> None:
-    # Log lines go to stderr (structlog's default is stdout), in lifecycle run's format:
-    # ISO 8601 UTC timestamps, values escaped (they come from the network). A configuration
-    # made by a handler module wins.
-    if not structlog.is_configured():
-        structlog.configure(
-            processors=[
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                escape_fields,
-                structlog.dev.ConsoleRenderer(colors=False),
-            ],
-            logger_factory=_stderr_logger,
-        )
+    # Log lines go to stderr (structlog's default is stdout), as lifecycle run's: ISO 8601
+    # UTC, values escaped (they come from the network). A handler module's configuration wins.
+    log_to_stderr()
 
 
 def _config(path: Path | None, command: str) -> Config | None:

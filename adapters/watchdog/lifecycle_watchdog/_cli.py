@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from lifecycle import EXITED, ConfigError, EventBus, escape, escape_fields
+from lifecycle import EXITED, ConfigError, EventBus, escape, log_to_stderr
 
 from ._config import WatchConfig, load_watch_config
 from ._jetstream import Settings, connect, run_watchdog, status_subject
@@ -99,21 +99,9 @@ def _load(command: str, args: argparse.Namespace) -> WatchConfig | None:
 
 
 def _log_to_stderr() -> None:
-    """The watchdog's own log lines on stderr, in the format of ``lifecycle run``'s.
-
-    ISO 8601 UTC timestamps (one format for every line), values escaped since they come
-    from the network. A configuration of the user's own (a handler module's) wins.
-    """
-    if not structlog.is_configured():
-        structlog.configure(
-            processors=[
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                escape_fields,
-                structlog.dev.ConsoleRenderer(colors=False),
-            ],
-            logger_factory=structlog.WriteLoggerFactory(sys.stderr),
-        )
+    """The watchdog's own log lines on stderr, as ``lifecycle run``'s: ISO 8601 UTC, values
+    escaped (they come from the network). A handler module's configuration wins."""
+    log_to_stderr()
 
 
 def _console(bus: EventBus) -> Any:
