@@ -104,6 +104,13 @@ def _log_to_stderr() -> None:
     log_to_stderr()
 
 
+def _where(config: WatchConfig, args: argparse.Namespace) -> str:
+    """Where the servers came from, for an error that names them: the file's key, or --server."""
+    if args.server:
+        return "--server"
+    return f"{config.file}: watch.servers" if config.file is not None else "watch.servers"
+
+
 def _console(bus: EventBus) -> Any:
     """With no ``notify`` configuration: the verdicts as console lines on stderr."""
     for point in entry_points(group="lifecycle.adapters", name="structlog"):
@@ -136,7 +143,7 @@ def watch(argv: list[str]) -> int:
     try:
         return anyio.run(_watch, config, backend="asyncio")
     except ConnectionError as exc:
-        _say("watch", f"error: {exc}")
+        _say("watch", f"error: {_where(config, args)}: {exc}")
         return STATUS_UNREACHABLE
 
 
@@ -203,7 +210,7 @@ def runs(argv: list[str]) -> int:
     try:
         source, rows = anyio.run(_table, config.settings, backend="asyncio")
     except ConnectionError as exc:
-        _say("runs", f"error: {exc}")
+        _say("runs", f"error: {_where(config, args)}: {exc}")
         return STATUS_UNREACHABLE
     if not args.all:
         rows = [r for r in rows if r.get("state") != RunState.EXITED.value]

@@ -65,7 +65,9 @@ def test_runs_says_which_servers_it_could_not_reach(
     url = f"nats://127.0.0.1:{free_tcp_port}"
     (tmp_path / "watch.toml").write_text(f'[watch]\nservers = ["{url}"]\nconnect_timeout = 0.5\n')
     assert runs(["--config", str(tmp_path / "watch.toml")]) == 1
-    assert url in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert url in error
+    assert f"{tmp_path / 'watch.toml'}: watch.servers: cannot connect" in error
 
 
 def test_runs_escapes_control_characters_in_the_table(
