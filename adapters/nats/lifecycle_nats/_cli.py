@@ -20,6 +20,7 @@ Exit statuses, as ``lifecycle watch`` and ``lifecycle runs``:
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 from pathlib import Path
@@ -61,6 +62,17 @@ def _log_to_stderr() -> None:
     # Log lines go to stderr (structlog's default is stdout), as lifecycle run's: ISO 8601
     # UTC, values escaped (they come from the network). A handler module's configuration wins.
     log_to_stderr()
+
+
+def _positive_seconds(text: str) -> float:
+    # 0, a negative number or nan would give up at once; inf would never give up.
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
 
 
 def _config(path: Path | None, command: str) -> Config | None:
@@ -169,7 +181,7 @@ def flush(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--timeout",
         metavar="SECONDS",
-        type=float,
+        type=_positive_seconds,
         default=30.0,
         help="give up after this long; what is unsent stays spooled (default: 30)",
     )

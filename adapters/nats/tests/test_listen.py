@@ -304,3 +304,11 @@ def test_listen_escapes_control_characters_in_its_messages(
     error = capsys.readouterr().err
     assert "\x1b" not in error
     assert "a\\x1b]0;HIJACKED\\x07b.toml" in error
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_flush_refuses_a_timeout_that_is_not_a_positive_number(
+    value: str, spool_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli("flush", "--timeout", value) == 2
+    assert "--timeout" in capsys.readouterr().err
