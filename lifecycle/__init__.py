@@ -20,6 +20,7 @@ if _typing.TYPE_CHECKING:
         installed_adapters,
         load_config,
     )
+    from ._console import escape, escape_fields, log_to_stderr
     from ._environment import Environment, Run
     from ._event import (
         EXITED,
@@ -89,10 +90,13 @@ __all__ = [
     "Status",
     "SubprocessEnvironment",
     "Subscription",
+    "escape",
+    "escape_fields",
     "find_config",
     "heartbeats",
     "installed_adapters",
     "load_config",
+    "log_to_stderr",
 ]
 
 
@@ -134,10 +138,13 @@ _MODULES = {
     "Status": "_results",
     "SubprocessEnvironment": "_subprocess",
     "Subscription": "_subscription",
+    "escape": "_console",
+    "escape_fields": "_console",
     "find_config": "_config",
     "heartbeats": "_heartbeat",
     "installed_adapters": "_config",
     "load_config": "_config",
+    "log_to_stderr": "_console",
 }
 """The private module of each public name."""
 

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ._console import escape, render, write_line
+from ._console import escape, log_to_stderr, render, write_line
 from ._exceptions import ConfigError
 
 # Everything else is imported where it is used: a cron wrapper's start-up is mostly imports,
@@ -124,7 +124,9 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
 
     parser = _Parser(
         prog="lifecycle",
-        description="Reliable lifecycle events for jobs: wrap a command, check a configuration.",
+        description="Reliable lifecycle events for jobs: wrap a command, check a "
+        "configuration. Installed packages add commands (lifecycle-nats: listen, flush; "
+        "lifecycle-watchdog: watch, runs).",
         # A mistyped ``lifecycle rnu -- job`` in a cron line must not look like the job's 2.
         error_status=STATUS_WRAPPER_FAILED,
     )
@@ -187,6 +189,8 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
         help="validate a configuration and list what it attaches",
         description="Load a configuration file, report its mistakes, and list the adapters "
         "and handlers it would attach.",
+        epilog="exit status: 0 when the configuration is valid (or there is none); 1 when it "
+        "has a mistake (the message names the file, key and value); 2 on a usage mistake.",
     )
     check.add_argument("--config", metavar="FILE", type=Path, help="the configuration file")
     check.set_defaults(handler=_check)
@@ -195,10 +199,11 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
         "adapters",
         help="list the installed adapters",
         description=f"List the adapters installed in the entry-point group {ENTRY_POINT_GROUP}.",
+        epilog="exit status: 0; 2 on a usage mistake.",
     )
     adapters.set_defaults(handler=_adapters)
-    for name, point in (plugins or {}).items():
-        commands.add_parser(name, help=f"from {_distribution(point)}", add_help=False)
+    for name, point in sorted((plugins or {}).items()):
+        commands.add_parser(name, help=_command_help(point), add_help=False)
     return parser, {"run": run, "check": check, "adapters": adapters}
 
 
@@ -210,6 +215,16 @@ def _plugin_commands() -> dict[str, EntryPoint]:
         if point.name not in _BUILTIN_COMMANDS:
             found.setdefault(point.name, point)
     return found
+
+
+def _command_help(point: EntryPoint) -> str:
+    """A plugin command's line in ``lifecycle --help``: its ``help`` and its package."""
+    try:
+        text = getattr(point.load(), "help", None)
+    except Exception:  # a broken plugin must not break --help; running it says why
+        text = None
+    where = _distribution(point)
+    return f"{text} ({where})" if isinstance(text, str) else f"from {where}"
 
 
 def _distribution(point: EntryPoint) -> str:
@@ -366,41 +381,9 @@ def _log_to_stderr() -> None:
     from . import _logging
 
     if "structlog" in sys.modules:
-        _configure_structlog()  # a handler module or an adapter may log already
+        log_to_stderr()  # a handler module or an adapter may log already
     else:
-        _logging.before_first_use(_configure_structlog)
-
-
-def _configure_structlog() -> None:
-    from io import StringIO
-
-    import structlog
-
-    from ._console import escape_fields
-
-    if structlog.is_configured():
-        return
-
-    def plain_traceback(sio: Any, exc_info: Any) -> None:
-        # An exception's message is text from anywhere: escaped, line breaks kept.
-        buffer = StringIO()
-        structlog.dev.plain_traceback(buffer, exc_info)
-        sio.write(escape(buffer.getvalue(), keep_newlines=True))
-
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.StackInfoRenderer(),
-            structlog.dev.set_exc_info,
-            # One timestamp format for the whole run: the event lines' (ISO 8601, UTC).
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            escape_fields,
-            structlog.dev.ConsoleRenderer(colors=False, exception_formatter=plain_traceback),
-        ],
-        # One write per line: a line is never split by the command's own output.
-        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
-    )
+        _logging.before_first_use(log_to_stderr)
 
 
 _LEVELS = {"succeeded": "info", "cancelled": "warning", "terminated": "warning"}
@@ -488,6 +471,10 @@ def _check(args: argparse.Namespace) -> int:
     _print(f"{path}: ok, {len(lines)} to attach" + (":" if lines else ""))
     for line in lines:
         _print(f"  {line}")
+    for name in sorted(config.tables):
+        # A command's table is its package's to read: not validated here, and saying "ok"
+        # about it would promise what check did not do.
+        _print(f"  [{name}]: read by lifecycle {name}, which checks it when it starts")
     return 0
 
 

@@ -32,6 +32,11 @@ def escape(text: str, *, keep_newlines: bool = False) -> str:
     Control characters (C0, DEL, C1), bidirectional overrides, line and paragraph separators
     become ``\\x1b``, ``\\u202e``..., so text from a job, a file or the network cannot
     drive the terminal. ``keep_newlines`` keeps ``\\n`` and ``\\t`` (for tracebacks).
+
+    Adapters and commands that write console lines use it too (``lifecycle runs``,
+    ``lifecycle listen``, lifecycle-structlog's console rendering).
+
+    .. versionadded:: 0.2
     """
     if text.isprintable():
         return text
@@ -69,8 +74,55 @@ def escape_fields(_logger: Any, _method: str, event_dict: MutableMapping[str, An
     """A structlog processor: escape every string field (tracebacks keep their line breaks).
 
     Place it after the processors that add fields and before a console renderer.
+    Non-string values are rendered with ``repr``, which escapes already; JSON needs none.
+
+    .. versionadded:: 0.2
     """
     for key, value in event_dict.items():
         if isinstance(value, str):
             event_dict[key] = escape(value, keep_newlines=key in MULTILINE_KEYS)
     return event_dict
+
+
+def log_to_stderr() -> None:
+    """Configure structlog to write the console lines ``lifecycle run`` writes, on stderr.
+
+    ISO 8601 UTC timestamps (one format for every line of a command), every string value
+    escaped (:func:`escape_fields`), tracebacks escaped with their line breaks kept, one write
+    per line; written to whatever ``sys.stderr`` is when a line is logged. Nothing changes if
+    structlog is configured already (by a handler module, say): that configuration wins.
+    Commands that packages add (``lifecycle listen``, ``lifecycle watch``) call it too, so
+    that every ``lifecycle`` command logs alike.
+
+    .. versionadded:: 0.2
+    """
+    from io import StringIO
+
+    import structlog
+
+    if structlog.is_configured():
+        return
+
+    def plain_traceback(sio: Any, exc_info: Any) -> None:
+        # An exception's message is text from anywhere: escaped, line breaks kept.
+        buffer = StringIO()
+        structlog.dev.plain_traceback(buffer, exc_info)
+        sio.write(escape(buffer.getvalue(), keep_newlines=True))
+
+    def stderr_logger(*_args: Any) -> Any:
+        # Looked up at each logger's creation, not once: tests and callers swap sys.stderr.
+        return structlog.WriteLogger(sys.stderr)
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.StackInfoRenderer(),
+            structlog.dev.set_exc_info,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            escape_fields,
+            structlog.dev.ConsoleRenderer(colors=False, exception_formatter=plain_traceback),
+        ],
+        # One write per line: a line is never split by a command's own output.
+        logger_factory=stderr_logger,
+    )

@@ -592,3 +592,52 @@ def test_version_imports_no_event_loop(tmp_path: Path) -> None:
     imported = imports_of(tmp_path, "--version")
     for module in ("asyncio", "anyio", "importlib.metadata", "structlog", "lifecycle._bus"):
         assert module not in imported
+
+
+def test_help_lists_each_installed_command_with_its_own_help(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # The workspace installs lifecycle-nats and lifecycle-watchdog: their commands say what
+    # they do (their ``help`` attribute) and which package they come from.
+    assert main(["--help"]) == 0
+    out = " ".join(capfd.readouterr().out.split())  # argparse wraps the lines
+    assert "lost, missed and overdue runs (lifecycle-watchdog)" in out
+    assert "send the events spooled while NATS was unreachable" in out
+
+
+@pytest.mark.parametrize("command", ["check", "adapters"])
+def test_check_and_adapters_help_document_the_exit_statuses(
+    command: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "--help"]) == 0
+    assert "exit status:" in capfd.readouterr().out
+
+
+def test_check_says_it_leaves_a_commands_table_to_that_command(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # lifecycle-nats is installed in the workspace, so [listen] is a known table.
+    config = tmp_path / "notify.toml"
+    config.write_text("[listen]\nbatch = 0\n")
+    assert main(["check", "--config", str(config)]) == 0
+    assert "[listen]: read by lifecycle listen, which checks it when it starts" in (
+        capfd.readouterr().out
+    )
+
+
+def test_log_to_stderr_writes_escaped_iso_lines_to_stderr() -> None:
+    # The one configuration every lifecycle command logs with (listen and watch included).
+    import subprocess
+
+    code = (
+        "import lifecycle, structlog; lifecycle.log_to_stderr(); "
+        "structlog.get_logger().info('hello\\x1b]0;T\\x07', host='h\\x1bost')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=20, check=True
+    )
+    assert done.stdout == ""
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z \[info", done.stderr)
+    assert "hello\\x1b]0;T\\x07" in done.stderr
+    assert "host=h\\x1bost" in done.stderr
+    assert "\x1b" not in done.stderr

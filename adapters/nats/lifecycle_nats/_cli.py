@@ -7,11 +7,20 @@ finished, background handlers drained, exit 0.
 
 ``lifecycle flush [--config FILE]`` sends the spool now, with the options of the
 configuration's ``[[adapters]] name = "nats"`` entry.
+
+Exit statuses, as ``lifecycle watch`` and ``lifecycle runs``:
+
+=======  ==============================================================
+0        ``listen`` stopped by SIGTERM or SIGINT; ``flush`` sent the spool
+1        NATS could not be reached, or ``flush`` ran out of time
+2        bad options or a bad configuration (the message names file and key)
+=======  ==============================================================
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 from pathlib import Path
@@ -20,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from lifecycle import ConfigError, EventBus, find_config, load_config
+from lifecycle import ConfigError, EventBus, escape, find_config, load_config, log_to_stderr
 
 from ._exceptions import NatsError
 from ._options import NatsOptions
@@ -35,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["flush", "listen"]
 
 _STATUS_FAILED = 1
+_STATUS_USAGE = 2
 _PUBLISHER_KEYS = frozenset(NatsOptions.names()) | {
     "max_pending",
     "max_in_flight",
@@ -43,19 +53,26 @@ _PUBLISHER_KEYS = frozenset(NatsOptions.names()) | {
 }
 
 
-def _say(message: str) -> None:
-    print(f"lifecycle: {message}", file=sys.stderr, flush=True)
-
-
-def _stderr_logger(*args: Any) -> structlog.PrintLogger:
-    return structlog.PrintLogger(sys.stderr)  # whatever sys.stderr is when logging
+def _say(command: str, message: str) -> None:
+    # Messages quote file names, configuration values and server replies: escaped.
+    print(f"lifecycle {command}: {escape(message)}", file=sys.stderr, flush=True)
 
 
 def _log_to_stderr() -> None:
-    # Log lines go to stderr (structlog's default is stdout); a configuration made by a
-    # handler module wins.
-    if not structlog.is_configured():
-        structlog.configure(logger_factory=_stderr_logger)
+    # Log lines go to stderr (structlog's default is stdout), as lifecycle run's: ISO 8601
+    # UTC, values escaped (they come from the network). A handler module's configuration wins.
+    log_to_stderr()
+
+
+def _positive_seconds(text: str) -> float:
+    # 0, a negative number or nan would give up at once; inf would never give up.
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
 
 
 def _config(path: Path | None, command: str) -> Config | None:
@@ -81,6 +98,9 @@ def listen(argv: Sequence[str]) -> int:
         description="Consume lifecycle events from NATS JetStream and run the configured "
         "adapters and handlers on them, as if the runs were local. NATS options and filters "
         "come from the [listen] table of the configuration.",
+        epilog="exit status: 0 when stopped by SIGTERM or SIGINT; 1 when NATS cannot be "
+        "reached (the message names the servers); 2 on a usage mistake or a bad "
+        "configuration (the message names the file, key and value).",
     )
     parser.add_argument("--config", metavar="FILE", type=Path, help="the configuration file")
     try:
@@ -90,8 +110,8 @@ def listen(argv: Sequence[str]) -> int:
     try:
         config = _config(args.config, "listen")
     except ConfigError as exc:
-        _say(f"error: {exc}")
-        return _STATUS_FAILED
+        _say("listen", f"error: {exc}")
+        return _STATUS_USAGE
     _log_to_stderr()
     status: int = anyio.run(_listen, config)
     return status
@@ -105,8 +125,8 @@ async def _listen(config: Config | None) -> int:
         consumer = source(bus, **options)
     except (TypeError, ValueError) as exc:
         await bus.aclose()
-        _say(f"error: {where}: listen: {exc}")
-        return _STATUS_FAILED
+        _say("listen", f"error: {where}: listen: {exc}")
+        return _STATUS_USAGE
     attachment = None
     failure: NatsError | None = None
     try:
@@ -132,14 +152,14 @@ async def _listen(config: Config | None) -> int:
                 finally:
                     group.cancel_scope.cancel()
     except ConfigError as exc:
-        _say(f"error: {exc}")
-        return _STATUS_FAILED
+        _say("listen", f"error: {exc}")
+        return _STATUS_USAGE
     finally:
         await bus.aclose()
         if attachment is not None:
             attachment.detach()
     if failure is not None:
-        _say(f"error: {where}: listen: {failure}")
+        _say("listen", f"error: {where}: listen: {failure}")
         return _STATUS_FAILED
     return 0
 
@@ -153,12 +173,15 @@ def flush(argv: Sequence[str]) -> int:
         prog="lifecycle flush",
         description="Send the events that lifecycle processes spooled while NATS was "
         "unreachable, with the options of the configuration's nats adapter.",
+        epilog="exit status: 0 when the spool was sent (or was empty); 1 when NATS cannot be "
+        "reached or --timeout ran out (what is unsent stays spooled); 2 on a usage mistake or "
+        "a bad configuration (the message names the file, key and value).",
     )
     parser.add_argument("--config", metavar="FILE", type=Path, help="the configuration file")
     parser.add_argument(
         "--timeout",
         metavar="SECONDS",
-        type=float,
+        type=_positive_seconds,
         default=30.0,
         help="give up after this long; what is unsent stays spooled (default: 30)",
     )
@@ -169,8 +192,8 @@ def flush(argv: Sequence[str]) -> int:
     try:
         config = _config(args.config, "flush")
     except ConfigError as exc:
-        _say(f"error: {exc}")
-        return _STATUS_FAILED
+        _say("flush", f"error: {exc}")
+        return _STATUS_USAGE
     options: dict[str, Any] = {}
     where = "(no configuration)"
     if config is not None:
@@ -184,8 +207,8 @@ def flush(argv: Sequence[str]) -> int:
     try:
         publisher = Publisher(**options)
     except (TypeError, ValueError) as exc:
-        _say(f"error: {where}: {exc}")
-        return _STATUS_FAILED
+        _say("flush", f"error: {where}: {exc}")
+        return _STATUS_USAGE
     status: int = anyio.run(_flush, publisher, args.timeout, where)
     return status
 
@@ -193,13 +216,13 @@ def flush(argv: Sequence[str]) -> int:
 async def _flush(publisher: Publisher, seconds: float, where: str) -> int:
     count = publisher.load_spool()
     if not count:
-        print(f"nothing to send: the spool ({publisher.spool.directory}) is empty")
+        print(escape(f"nothing to send: the spool ({publisher.spool.directory}) is empty"))
         return 0
     # Fail fast with a clear message when the server is not there at all.
     try:
         client = await publisher.options.connect()
     except NatsError as exc:
-        _say(f"error: {where}: {exc}; {count} event(s) stay spooled")
+        _say("flush", f"error: {where}: {exc}; {count} event(s) stay spooled")
         return _STATUS_FAILED
     await client.close()
     publisher.start()
@@ -207,7 +230,14 @@ async def _flush(publisher: Publisher, seconds: float, where: str) -> int:
     await publisher.aclose()
     sent = publisher.published
     if not done:
-        _say(f"sent {sent} of {count} spooled event(s) in {seconds:g} s; the rest stay spooled")
+        _say(
+            "flush",
+            f"sent {sent} of {count} spooled event(s) in {seconds:g} s; the rest stay spooled",
+        )
         return _STATUS_FAILED
-    print(f"sent {sent} spooled event(s) to {publisher.options.shown_servers}")
+    print(escape(f"sent {sent} spooled event(s) to {publisher.options.shown_servers}"))
     return 0
+
+
+listen.help = "run the configured handlers on the events of NATS JetStream"  # type: ignore[attr-defined]
+flush.help = "send the events spooled while NATS was unreachable"  # type: ignore[attr-defined]

@@ -235,7 +235,7 @@ def test_listen_with_a_bad_option_names_it(
 ) -> None:
     config = tmp_path / "notify.toml"
     config.write_text("[listen]\nbatch = 0\n")
-    assert cli("listen", "--config", str(config)) == 1
+    assert cli("listen", "--config", str(config)) == 2
     assert f"{config}: listen: batch must be a positive int" in capsys.readouterr().err
 
 
@@ -244,7 +244,7 @@ def test_listen_with_an_unknown_option_names_it(
 ) -> None:
     config = tmp_path / "notify.toml"
     config.write_text('[listen]\nserver = "nats://x:4222"\n')
-    assert cli("listen", "--config", str(config)) == 1
+    assert cli("listen", "--config", str(config)) == 2
     assert "unknown NATS option 'server'" in capsys.readouterr().err
 
 
@@ -292,3 +292,23 @@ def test_a_listen_key_that_is_not_a_table_is_a_config_error(tmp_path: Path) -> N
     config.write_text('listen = "nats://x"\n')
     with pytest.raises(ConfigError, match=r"listen: must be a table"):
         load_config(config)
+
+
+def test_listen_escapes_control_characters_in_its_messages(
+    tmp_path: Path, nowhere: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The file name (like any value a message quotes) must not drive the terminal.
+    config = tmp_path / "a\x1b]0;HIJACKED\x07b.toml"
+    config.write_text(f'[listen]\nservers = "{nowhere}"\n')
+    assert cli("listen", "--config", str(config)) == 1
+    error = capsys.readouterr().err
+    assert "\x1b" not in error
+    assert "a\\x1b]0;HIJACKED\\x07b.toml" in error
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_flush_refuses_a_timeout_that_is_not_a_positive_number(
+    value: str, spool_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli("flush", "--timeout", value) == 2
+    assert "--timeout" in capsys.readouterr().err

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import structlog
 
-from lifecycle import EXITED, STARTING, Attachment, Outcome, Status
+from lifecycle import EXITED, STARTING, Attachment, Outcome, Status, escape, escape_fields
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, MutableMapping
+    from collections.abc import Iterable, Mapping
 
     from lifecycle import Event, EventBus, HandlerResult
 
@@ -51,41 +51,8 @@ _LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
 # Runs seen lately, so that handler failures can name their environment; bounded.
 _REMEMBERED_RUNS = 4096
 
-
-# Keeps line breaks (tracebacks) where the renderer expects several lines.
-_MULTILINE_KEYS = frozenset({"exception", "stack"})
-
-
-def escape(text: str, *, keep_newlines: bool = False) -> str:
-    """``text`` with every unprintable character spelled as its Python escape (``\\x1b``).
-
-    A job's name, labels or error message may carry control characters; written raw to a
-    terminal they would retitle, recolour or rewrite it. ``keep_newlines`` keeps ``\\n``
-    and ``\\t``.
-
-    .. versionadded:: 0.2
-    """
-    if text.isprintable():
-        return text
-    return "".join(
-        ch
-        if ch.isprintable() or (keep_newlines and ch in "\n\t")
-        else ch.encode("unicode_escape").decode("ascii")
-        for ch in text
-    )
-
-
-def escape_fields(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
-    """A structlog processor that escapes every string field, for a console renderer.
-
-    Non-string values are rendered with ``repr``, which escapes already; JSON needs none.
-
-    .. versionadded:: 0.2
-    """
-    for key, value in event_dict.items():
-        if isinstance(value, str):
-            event_dict[key] = escape(value, keep_newlines=key in _MULTILINE_KEYS)
-    return event_dict
+# ``escape`` and ``escape_fields`` (.. versionadded:: 0.2) are lifecycle's own, re-exported:
+# the console lines of ``lifecycle run``, ``listen``, ``watch`` and this adapter escape alike.
 
 
 def _own_logger(file: TextIO | None, level: str, renderers: list[Any]) -> Any:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from lifecycle import EXITED, ConfigError, EventBus
+from lifecycle import EXITED, ConfigError, EventBus, escape, log_to_stderr
 
 from ._config import WatchConfig, load_watch_config
 from ._jetstream import Settings, connect, run_watchdog, status_subject
@@ -44,16 +44,32 @@ VERDICT_SIGNALS = (EXITED, MISSED, OVERDUE, RECOVERED)
 
 
 def _say(command: str, message: str) -> None:
-    print(f"lifecycle {command}: {message}", file=sys.stderr, flush=True)
+    # Messages quote configuration values and server replies: escaped, like lifecycle run's.
+    print(f"lifecycle {command}: {escape(message)}", file=sys.stderr, flush=True)
+
+
+_EPILOG = {
+    "watch": "exit status: 0 when stopped by SIGTERM or SIGINT; 1 when NATS cannot be reached "
+    "(the message names the servers); 2 on a usage mistake or a bad configuration (the "
+    "message names the file, key and value).",
+    "runs": "exit status: 0 when the table was printed; 1 when NATS cannot be reached (the "
+    "message names the servers); 2 on a usage mistake or a bad configuration (the message "
+    "names the file, key and value).",
+}
 
 
 def _parser(command: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"lifecycle {command}", description=description)
+    parser = argparse.ArgumentParser(
+        prog=f"lifecycle {command}", description=description, epilog=_EPILOG[command]
+    )
     parser.add_argument(
         "--config",
         metavar="FILE",
         help="the configuration: its [watch] table (servers, misses, [[watch.expect]]) and "
-        "the [[adapters]]/[[handlers]] that hear the verdicts (default: ./lifecycle.toml)",
+        "the [[adapters]]/[[handlers]] that hear the verdicts (default: ./lifecycle.toml)"
+        if command == "watch"
+        else "the configuration whose [watch] table names the servers, stream and bucket "
+        "(default: ./lifecycle.toml)",
     )
     parser.add_argument(
         "--server",
@@ -82,10 +98,21 @@ def _load(command: str, args: argparse.Namespace) -> WatchConfig | None:
     return config
 
 
+def _log_to_stderr() -> None:
+    """The watchdog's own log lines on stderr, as ``lifecycle run``'s: ISO 8601 UTC, values
+    escaped (they come from the network). A handler module's configuration wins."""
+    log_to_stderr()
+
+
+def _where(config: WatchConfig, args: argparse.Namespace) -> str:
+    """Where the servers came from, for an error that names them: the file's key, or --server."""
+    if args.server:
+        return "--server"
+    return f"{config.file}: watch.servers" if config.file is not None else "watch.servers"
+
+
 def _console(bus: EventBus) -> Any:
     """With no ``notify`` configuration: the verdicts as console lines on stderr."""
-    if not structlog.is_configured():
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     for point in entry_points(group="lifecycle.adapters", name="structlog"):
         return point.load()(bus, render="console", signals=VERDICT_SIGNALS)
     log = structlog.get_logger("lifecycle.watchdog")
@@ -116,7 +143,7 @@ def watch(argv: list[str]) -> int:
     try:
         return anyio.run(_watch, config, backend="asyncio")
     except ConnectionError as exc:
-        _say("watch", f"error: {exc}")
+        _say("watch", f"error: {_where(config, args)}: {exc}")
         return STATUS_UNREACHABLE
 
 
@@ -130,6 +157,7 @@ async def _watch(config: WatchConfig) -> int:
                 return STATUS_USAGE
         else:
             attachment = _console(bus)
+        _log_to_stderr()  # after the handler modules' import: their configuration wins
         judge = Judge(config.policy, config.expectations)
         settings = config.settings
 
@@ -178,10 +206,11 @@ def runs(argv: list[str]) -> int:
     config = _load("runs", args)
     if config is None:
         return STATUS_USAGE
+    _log_to_stderr()  # stdout is the table's, or the JSON's a script reads
     try:
         source, rows = anyio.run(_table, config.settings, backend="asyncio")
     except ConnectionError as exc:
-        _say("runs", f"error: {exc}")
+        _say("runs", f"error: {_where(config, args)}: {exc}")
         return STATUS_UNREACHABLE
     if not args.all:
         rows = [r for r in rows if r.get("state") != RunState.EXITED.value]
@@ -247,14 +276,15 @@ def _print_table(rows: Sequence[dict[str, Any]], source: str) -> None:
         state = row.get("state", "")
         if row.get("overdue"):
             state += ", overdue"
+        # Names, hosts and ids come from the runs' own events: escaped for the terminal.
         lines.append(
             (
-                row["environment"],
-                row.get("host", ""),
-                row["run_id"],
+                escape(str(row["environment"])),
+                escape(str(row.get("host", ""))),
+                escape(str(row["run_id"])),
                 _age(row.get("started"), now),
                 _age(row.get("last_heartbeat"), now),
-                state,
+                escape(str(state)),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

@@ -65,4 +65,49 @@ def test_runs_says_which_servers_it_could_not_reach(
     url = f"nats://127.0.0.1:{free_tcp_port}"
     (tmp_path / "watch.toml").write_text(f'[watch]\nservers = ["{url}"]\nconnect_timeout = 0.5\n')
     assert runs(["--config", str(tmp_path / "watch.toml")]) == 1
-    assert url in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert url in error
+    assert f"{tmp_path / 'watch.toml'}: watch.servers: cannot connect" in error
+
+
+def test_runs_escapes_control_characters_in_the_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A run's environment name and host come from the network: a name that carries an
+    # escape sequence must not retitle the terminal of whoever lists the runs.
+    from lifecycle_watchdog._cli import _print_table
+
+    row = {
+        "environment": "x\x1b]0;HIJACKED\x07y",
+        "host": "h\x1b[2Jost",
+        "run_id": "r\x07un",
+        "started": 1.0,
+        "last_heartbeat": 2.0,
+        "state": "running",
+    }
+    _print_table([row], "watchdog")
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "\x07" not in out
+    assert "x\\x1b]0;HIJACKED\\x07y" in out
+    assert "h\\x1b[2Jost" in out
+
+
+def test_runs_json_keeps_stdout_for_the_json_when_nats_is_away(
+    tmp_path: Path, free_tcp_port: int
+) -> None:
+    # A script reads stdout as JSON: the connection warnings belong on stderr.
+    import subprocess
+
+    url = f"nats://127.0.0.1:{free_tcp_port}"
+    (tmp_path / "watch.toml").write_text(f'[watch]\nservers = ["{url}"]\nconnect_timeout = 0.5\n')
+    done = subprocess.run(
+        [*LIFECYCLE, "runs", "--json", "--config", str(tmp_path / "watch.toml")],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert url in done.stderr
