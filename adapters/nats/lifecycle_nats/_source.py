@@ -5,12 +5,12 @@ acknowledged once ``bus.emit`` returned its report (every blocking handler finis
 background ones started). Delivery is at-least-once: a listener that dies before its ack
 gets the message again after ``ack_wait``. So that a redelivered event is not handled
 twice, the listener remembers the ids of the last ``idempotency_window`` events it handled,
-in memory and in an append-only file in its state directory (``<stream>-<durable>.ids``):
-an id is written there after the emit and before the ack, so even a SIGKILL between the
-two does not make the restarted listener handle that event again. Each listener process
-needs a file of its own (``state_dir``): several listeners sharing a durable consumer each
-remember what they handled, so a redelivery that lands on another listener is handled
-again there (at-least-once across listeners).
+in memory and in an append-only file in its state directory (``<stream>-<durable>.ids``),
+and, unless ``handled_bucket`` is false, in a JetStream KV bucket that every listener
+consults (see :mod:`._shared`): a message redelivered to another listener sharing the
+durable consumer is recognised there too. An id is written to both after the emit and
+before the ack, so a listener killed between the two does not make any listener handle
+that event again. The one gap is a kill between the handlers finishing and those writes.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from lifecycle import Event
 from ._exceptions import NatsError, StreamConfigError
 from ._options import NatsOptions, _seconds
 from ._publisher import require_asyncio
+from ._shared import DEFAULT_BUCKET, SharedRecord, check_bucket, record_key
 from ._stream import ensure_stream
 from ._subject import encode_token, signal_kind
 
@@ -134,6 +135,8 @@ class Source:
     Attributes:
         handled: events emitted on the bus.
         duplicates: redelivered events already handled, acknowledged without emitting.
+        shared_duplicates: of those, the ones only the shared record knew (another
+            listener handled them).
         skipped: events the filters left out (acknowledged).
         terminated: malformed or foreign messages, logged and terminated.
 
@@ -151,6 +154,8 @@ class Source:
         labels: frozenset[str],
         idempotency_window: int,
         state_dir: Path | None,
+        handled_bucket: str | None,
+        handled_ttl: float,
         ack_wait: float,
         batch: int,
         deliver: str,
@@ -164,16 +169,20 @@ class Source:
         self.labels = labels
         self.idempotency_window = idempotency_window
         self.state_dir = state_dir
+        self.handled_bucket = handled_bucket
+        self.handled_ttl = handled_ttl
         self.ack_wait = ack_wait
         self.batch = batch
         self.deliver = deliver
         self.reconnect_wait = reconnect_wait
         self.handled = 0
         self.duplicates = 0
+        self.shared_duplicates = 0
         self.skipped = 0
         self.terminated = 0
         self._stopping = False
         self._client: Client | None = None
+        self._shared: SharedRecord | None = None
 
     def __repr__(self) -> str:
         return f"<Source {self.options.stream}/{self.durable} on {self.options.shown_servers}>"
@@ -267,6 +276,10 @@ class Source:
         self._client = client
         js = client.jetstream(timeout=self.options.ack_timeout)
         await ensure_stream(js, self.options)
+        if self.handled_bucket is not None:
+            self._shared = await SharedRecord.open(
+                js, self.handled_bucket, self.handled_ttl, memory=self.options.storage == "memory"
+            )
         await self._ensure_consumer(js)
         return await js.pull_subscribe_bind(self.durable, stream=self.options.stream)
 
@@ -311,19 +324,35 @@ class Source:
             )
             await message.term()
             return
+        shared = self._shared
+        key = record_key(self.options.stream, self.durable, event.event_id)
         if event.event_id in handled:
             self.duplicates += 1
             logger.debug("already handled; acknowledged again", event_id=event.event_id)
+            if shared is not None:
+                # Rare (a redelivery to this listener): make sure the shared record has
+                # it too, in case writing it failed the first time.
+                await shared.add(key)
         elif not self.wants(event):
             self.skipped += 1
+        elif shared is not None and await shared.contains(key):
+            self.duplicates += 1
+            self.shared_duplicates += 1
+            logger.debug("handled by another listener; acknowledged", event_id=event.event_id)
+            handled.add(event.event_id)
         else:
             await self.bus.emit(event)
             handled.add(event.event_id)
             self.handled += 1
+            if shared is not None:
+                # Failing raises NatsError: no ack, the message comes again, and this
+                # listener's own record (just written) keeps it from being handled twice.
+                await shared.add(key)
         await message.ack()
 
     async def _close(self) -> None:
         client, self._client = self._client, None
+        self._shared = None
         if client is not None:
             with contextlib.suppress(Exception):
                 with anyio.move_on_after(2):
@@ -339,6 +368,8 @@ def source(
     labels: Iterable[str] = (),
     idempotency_window: int = 10_000,
     state_dir: str | os.PathLike[str] | bool | None = None,
+    handled_bucket: str | bool = DEFAULT_BUCKET,
+    handled_ttl: float = 3600.0,
     ack_wait: float = 30.0,
     batch: int = 64,
     deliver: str = "all",
@@ -358,6 +389,12 @@ def source(
         state_dir: where the handled ids are kept across restarts (default:
             ``$LIFECYCLE_NATS_STATE``, else ``listen`` in the user's state directory);
             ``False`` keeps them in memory only.
+        handled_bucket: the JetStream KV bucket where every listener records the events
+            it handled (created if missing), so that a message redelivered to another
+            listener sharing ``durable`` is not handled again; ``False`` to do without
+            (one write and, for an id not in memory, one read per message less).
+        handled_ttl: seconds an id stays in ``handled_bucket`` (its TTL, for a bucket
+            created here); keep it well above ``ack_wait``.
         ack_wait: seconds the server waits for an acknowledgement before redelivering;
             keep it above your handlers' timeouts.
         batch: messages fetched at once.
@@ -392,6 +429,13 @@ def source(
         directory = Path(state_dir)
     else:
         raise TypeError(f"state_dir must be a path or false, not {state_dir!r}")
+    bucket: str | None
+    if handled_bucket is False:
+        bucket = None
+    elif handled_bucket is True:
+        bucket = DEFAULT_BUCKET
+    else:
+        bucket = check_bucket(handled_bucket)
     return Source(
         bus,
         options,
@@ -401,6 +445,8 @@ def source(
         labels=frozenset(_names("labels", labels)),
         idempotency_window=idempotency_window,
         state_dir=directory,
+        handled_bucket=bucket,
+        handled_ttl=_seconds("handled_ttl", handled_ttl),
         ack_wait=_seconds("ack_wait", ack_wait),
         batch=batch,
         deliver=deliver,
