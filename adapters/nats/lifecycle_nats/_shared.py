@@ -10,8 +10,9 @@ looks the id up there before handling a message its own memory does not know.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import anyio
 import nats.errors
 import nats.js.errors
 import structlog
@@ -20,6 +21,8 @@ from nats.js.api import KeyValueConfig, StorageType
 from ._exceptions import NatsError, StreamConfigError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from nats.js import JetStreamContext
     from nats.js.kv import KeyValue
 
@@ -63,15 +66,25 @@ def record_key(stream: str, durable: str, event_id: str) -> str:
 class SharedRecord:
     """A KV bucket of handled event ids (value empty, history 1, entries expire after ``ttl``)."""
 
-    def __init__(self, kv: KeyValue, bucket: str) -> None:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str, timeout: float) -> None:
+        self.js = js
         self.kv = kv
         self.bucket = bucket
+        self.timeout = timeout
 
     @classmethod
     async def open(
-        cls, js: JetStreamContext, bucket: str, ttl: float, *, memory: bool = False
+        cls,
+        js: JetStreamContext,
+        bucket: str,
+        ttl: float,
+        *,
+        write_timeout: float,
+        memory: bool = False,
     ) -> SharedRecord:
         """The bucket, created (``ttl`` as its max age, history 1) if missing.
+
+        ``write_timeout`` is how long a write may wait for the server's acknowledgement.
 
         An existing bucket is used as it is; another TTL than ``ttl`` is a warning (the
         bucket is shared by every listener of the server's account, the first one made it).
@@ -98,7 +111,7 @@ class SharedRecord:
                 kv = await js.key_value(bucket)
             else:
                 logger.info("created the shared record of handled events", bucket=bucket, ttl=ttl)
-                return cls(kv, bucket)
+                return cls(js, kv, bucket, write_timeout)
             info = await js.stream_info(stream)
         if (info.config.max_msgs_per_subject or 0) < 1:
             raise StreamConfigError(
@@ -112,7 +125,7 @@ class SharedRecord:
                 bucket_ttl=have or "forever",
                 handled_ttl=ttl,
             )
-        return cls(await js.key_value(bucket), bucket)
+        return cls(js, await js.key_value(bucket), bucket, write_timeout)
 
     async def contains(self, key: str) -> bool:
         """Whether ``key`` was recorded (and has not expired).
@@ -128,20 +141,41 @@ class SharedRecord:
             raise self._failed("read", exc) from exc
         return True
 
-    async def add(self, key: str) -> None:
-        """Record ``key``, once the bucket has stored it.
+    async def send(self, key: str) -> asyncio.Future[Any]:
+        """Send the write of ``key`` (as ``KeyValue.put`` does); :meth:`stored` awaits it.
+
+        Several writes in flight at once cost about one round trip, not one each.
 
         Raises:
-            NatsError: the bucket did not acknowledge the write.
+            NatsError: the write could not be sent.
         """
         try:
-            await self.kv.put(key, b"", validate_keys=False)
+            return await self.js.publish_async(f"$KV.{self.bucket}.{key}", b"")
         except (nats.errors.Error, OSError) as exc:
             raise self._failed("write", exc) from exc
 
-    def _failed(self, what: str, exc: BaseException) -> NatsError:
+    async def stored(self, sent: asyncio.Future[Any]) -> None:
+        """Wait (at most ``timeout``) until the bucket acknowledged a write :meth:`send` sent.
+
+        Raises:
+            NatsError: no acknowledgement in time, or an error instead.
+        """
+        try:
+            with anyio.fail_after(self.timeout):
+                await sent
+        except TimeoutError as exc:
+            raise self._failed("write", f"no acknowledgement in {self.timeout:g} s") from exc
+        except (nats.errors.Error, OSError) as exc:
+            raise self._failed("write", exc) from exc
+
+    async def add(self, key: str) -> None:
+        """Record ``key``, once the bucket has stored it (:meth:`send`, then :meth:`stored`)."""
+        await self.stored(await self.send(key))
+
+    def _failed(self, what: str, exc: BaseException | str) -> NatsError:
+        reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
         return NatsError(
             f"could not {what} the shared record of handled events (KV bucket "
-            f"{self.bucket!r}: {type(exc).__name__}: {exc}); the message is not "
+            f"{self.bucket!r}: {reason}); the message is not "
             "acknowledged and will be delivered again"
         )

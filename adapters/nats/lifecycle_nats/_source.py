@@ -248,13 +248,7 @@ class Source:
                         if self._client is None or not self._client.is_connected:
                             raise NatsError("the connection to NATS was lost") from None
                         continue
-                    for index, message in enumerate(messages):
-                        if self._stopping:
-                            for rest in messages[index:]:
-                                with contextlib.suppress(Exception):
-                                    await rest.nak()
-                            break
-                        await self._handle(message, handled)
+                    await self._handle(messages, handled)
                 except (NatsError, nats.errors.Error, OSError) as exc:
                     if isinstance(exc, StreamConfigError):
                         raise
@@ -278,7 +272,11 @@ class Source:
         await ensure_stream(js, self.options)
         if self.handled_bucket is not None:
             self._shared = await SharedRecord.open(
-                js, self.handled_bucket, self.handled_ttl, memory=self.options.storage == "memory"
+                js,
+                self.handled_bucket,
+                self.handled_ttl,
+                write_timeout=self.options.ack_timeout,
+                memory=self.options.storage == "memory",
             )
         await self._ensure_consumer(js)
         return await js.pull_subscribe_bind(self.durable, stream=self.options.stream)
@@ -311,9 +309,9 @@ class Source:
                 f"consumer (nats consumer rm {self.options.stream} {self.durable})",
             )
 
-    async def _handle(self, message: Msg, handled: _Handled) -> None:
+    async def _parse(self, message: Msg) -> Event | None:
         try:
-            event = Event.from_json(message.data)
+            return Event.from_json(message.data)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             self.terminated += 1
             logger.error(
@@ -323,32 +321,105 @@ class Source:
                 data=message.data[:200].decode("utf-8", "replace"),
             )
             await message.term()
-            return
+            return None
+
+    async def _handle(self, messages: list[Msg], handled: _Handled) -> None:
+        """Handle one fetched batch, in order, and acknowledge what was recorded.
+
+        Without the shared record each message is acknowledged as soon as it is handled.
+        With it, a *redelivered* message whose id this listener does not know is looked
+        up there (all of the batch's at once, before the first is handled); the id of
+        each handled event is sent to the record right after its emit report is complete
+        (the writes are in flight while the next messages are handled), and the batch's
+        messages are acknowledged once the record has stored their ids.
+
+        Raises:
+            NatsError: the shared record could not be read or written; what was not
+                recorded is not acknowledged (it comes again after ``ack_wait``).
+        """
+        events = [(message, await self._parse(message)) for message in messages]
         shared = self._shared
-        key = record_key(self.options.stream, self.durable, event.event_id)
+        if shared is None:
+            for index, (message, event) in enumerate(events):
+                if self._stopping:
+                    await _give_back(events[index:])
+                    return
+                if event is not None:
+                    await self._handle_one(event, handled)
+                    await message.ack()
+            return
+        stream, durable = self.options.stream, self.durable
+        elsewhere: set[str] = set()
+        failures: list[NatsError] = []
+        unknown = {
+            event.event_id
+            for message, event in events
+            if event is not None
+            and message.metadata.num_delivered > 1
+            and event.event_id not in handled.ids
+            and self.wants(event)
+        }
+        if unknown:
+            async with anyio.create_task_group() as group:
+                for event_id in unknown:
+                    key = record_key(stream, durable, event_id)
+                    group.start_soon(_look_up, shared, key, event_id, elsewhere, failures)
+            if failures:
+                raise failures[0]
+        acks: list[tuple[Msg, asyncio.Future[Any] | None]] = []
+        try:
+            for index, (message, event) in enumerate(events):
+                if self._stopping:
+                    await _give_back(events[index:])
+                    break
+                if event is None:
+                    continue
+                if event.event_id in elsewhere and event.event_id not in handled.ids:
+                    self.duplicates += 1
+                    self.shared_duplicates += 1
+                    logger.debug(
+                        "handled by another listener; acknowledged", event_id=event.event_id
+                    )
+                    handled.add(event.event_id)
+                    acks.append((message, None))
+                elif (await self._handle_one(event, handled)) is None:
+                    acks.append((message, None))
+                else:
+                    # Handled now, or (rare, a redelivery to this listener) before: in
+                    # case writing the shared record failed then, write it (again).
+                    key = record_key(stream, durable, event.event_id)
+                    acks.append((message, await shared.send(key)))
+        finally:
+            # Even when cancelled or failing: acknowledge what is recorded, so that a
+            # handled message is not delivered again needlessly.
+            with anyio.CancelScope(shield=True):
+                for message, sent in acks:
+                    if sent is not None:
+                        try:
+                            await shared.stored(sent)
+                        except NatsError as exc:
+                            failures.append(exc)
+                            break
+                    await message.ack()
+        if failures:
+            raise failures[0]
+
+    async def _handle_one(self, event: Event, handled: _Handled) -> bool | None:
+        """Emit ``event`` unless known or filtered; ``None`` if filtered, else whether emitted.
+
+        The emitted event's id is recorded here (memory and file) before returning.
+        """
         if event.event_id in handled:
             self.duplicates += 1
             logger.debug("already handled; acknowledged again", event_id=event.event_id)
-            if shared is not None:
-                # Rare (a redelivery to this listener): make sure the shared record has
-                # it too, in case writing it failed the first time.
-                await shared.add(key)
-        elif not self.wants(event):
+            return False
+        if not self.wants(event):
             self.skipped += 1
-        elif shared is not None and await shared.contains(key):
-            self.duplicates += 1
-            self.shared_duplicates += 1
-            logger.debug("handled by another listener; acknowledged", event_id=event.event_id)
-            handled.add(event.event_id)
-        else:
-            await self.bus.emit(event)
-            handled.add(event.event_id)
-            self.handled += 1
-            if shared is not None:
-                # Failing raises NatsError: no ack, the message comes again, and this
-                # listener's own record (just written) keeps it from being handled twice.
-                await shared.add(key)
-        await message.ack()
+            return None
+        await self.bus.emit(event)
+        handled.add(event.event_id)
+        self.handled += 1
+        return True
 
     async def _close(self) -> None:
         client, self._client = self._client, None
@@ -357,6 +428,22 @@ class Source:
             with contextlib.suppress(Exception):
                 with anyio.move_on_after(2):
                     await client.close()
+
+
+async def _give_back(events: list[tuple[Msg, Event | None]]) -> None:
+    for message, _ in events:
+        with contextlib.suppress(Exception):
+            await message.nak()
+
+
+async def _look_up(
+    shared: SharedRecord, key: str, event_id: str, found: set[str], failures: list[NatsError]
+) -> None:
+    try:
+        if await shared.contains(key):
+            found.add(event_id)
+    except NatsError as exc:
+        failures.append(exc)
 
 
 def source(
