@@ -4,7 +4,7 @@ Listeners sharing a durable consumer split its messages; a message redelivered a
 listener died (or outlived ``ack_wait``) may land on another listener. So that it is not
 handled again there, every listener writes the id of each event it handled to a KV bucket
 (key: stream, durable and event id, each encoded) before acknowledging the message, and
-looks the id up there before handling a message its own memory does not know.
+looks the id up there before handling a redelivered message its own memory does not know.
 """
 
 from __future__ import annotations

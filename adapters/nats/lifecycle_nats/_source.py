@@ -10,7 +10,9 @@ and, unless ``handled_bucket`` is false, in a JetStream KV bucket that every lis
 consults (see :mod:`._shared`): a message redelivered to another listener sharing the
 durable consumer is recognised there too. An id is written to both after the emit and
 before the ack, so a listener killed between the two does not make any listener handle
-that event again. The one gap is a kill between the handlers finishing and those writes.
+that event again. The gaps (the adapter's README lists them): a kill before the bucket
+stored the id, a handler outliving ``ack_wait``, an event stored twice in the stream
+(first deliveries are not looked up in the bucket).
 """
 
 from __future__ import annotations
