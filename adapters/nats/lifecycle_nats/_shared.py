@@ -106,13 +106,20 @@ class SharedRecord:
                         storage=StorageType.MEMORY if memory else StorageType.FILE,
                     )
                 )
-            except nats.js.errors.BadRequestError:
-                # Another listener created it at the same moment, with other settings.
-                kv = await js.key_value(bucket)
+            except nats.js.errors.BadRequestError as exc:
+                # Another listener created it at the same moment, with other settings?
+                try:
+                    info = await js.stream_info(stream)
+                except nats.js.errors.NotFoundError:
+                    raise StreamConfigError(
+                        stream,
+                        f"could not create the KV bucket {bucket!r} for the shared record of "
+                        f"handled events ({exc}); check the option handled_bucket, or set it "
+                        "to false",
+                    ) from exc
             else:
                 logger.info("created the shared record of handled events", bucket=bucket, ttl=ttl)
                 return cls(js, kv, bucket, write_timeout)
-            info = await js.stream_info(stream)
         if (info.config.max_msgs_per_subject or 0) < 1:
             raise StreamConfigError(
                 stream, f"is not a KV bucket; choose another handled_bucket than {bucket!r}"

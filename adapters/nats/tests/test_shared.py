@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import nats
 import pytest
-from lifecycle_nats import Publisher, source
+from lifecycle_nats import Publisher, StreamConfigError, source
 from lifecycle_nats._shared import record_key
 
 from lifecycle import EXITED, HEARTBEAT, STARTING, EnvironmentInfo, Event, EventBus
@@ -176,3 +176,17 @@ async def test_a_bad_handled_bucket_names_the_option(bucket: Any) -> None:
     async with EventBus() as bus:
         with pytest.raises(ValueError, match="handled_bucket"):
             source(bus, handled_bucket=bucket)
+
+
+async def test_a_handled_bucket_that_is_no_kv_bucket_is_a_clear_error(
+    users_nats: NatsServer, tmp_path: Path
+) -> None:
+    client = await nats.connect(users_nats.url, user="ok", password="pw")
+    try:
+        await client.jetstream().add_stream(name="KV_notkv", subjects=["elsewhere.>"])
+    finally:
+        await client.close()
+    async with EventBus() as bus:
+        consumer = listener(bus, users_nats, "NOTKV", tmp_path / "a", "ok", handled_bucket="notkv")
+        with pytest.raises(StreamConfigError, match=r"'KV_notkv'.*not a KV bucket.*handled_bucket"):
+            await consumer.run()
