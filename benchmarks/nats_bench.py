@@ -14,8 +14,10 @@ process and one asyncio loop, the alternatives alternating round by round:
   acknowledgements in flight as the adapter (256). Same payload (the event's JSON), same
   ``Nats-Msg-Id`` header.
 - consume throughput (events/s): ``lifecycle_nats.source`` emitting each stored event on a
-  bus with one inline handler, acking each; against a raw pull subscriber that fetches
-  256 at a time, parses each into an ``Event`` and acks it.
+  bus with one inline handler, acking each; with the shared record of handled ids (the
+  default: a KV read and a KV write per message) and without it (``handled_bucket=False``:
+  the listener's own record only); against a raw pull subscriber that fetches 256 at a
+  time, parses each into an ``Event`` and acks it.
 - end-to-end latency, one event at a time, alternating between the two paths (both set
   up side by side): ``bus.emit`` on one bus to the handler on the bus of
   ``lifecycle_nats.source``; against raw ``js.publish`` to a raw pull subscriber's
@@ -166,7 +168,7 @@ async def fill(url: str, env: str, count: int) -> None:
     await client.close()
 
 
-async def ours_consume(url: str, count: int, env: str, state: Path) -> float:
+async def ours_consume(url: str, count: int, env: str, state: Path, shared: bool = True) -> float:
     import lifecycle_nats
 
     await fill(url, env, count)
@@ -183,7 +185,7 @@ async def ours_consume(url: str, count: int, env: str, state: Path) -> float:
     bus.subscribe(HEARTBEAT, handler, inline=True)
     source = lifecycle_nats.source(
         bus, servers=url, stream="BENCH", durable=env, environments=[env], batch=256,
-        state_dir=state,
+        state_dir=state, handled_bucket="bench_handled" if shared else False,
     )  # fmt: skip
     async with anyio.create_task_group() as group:
         # The clock starts once connected and subscribed, as for the raw subscriber.
@@ -463,19 +465,33 @@ async def run(args: argparse.Namespace, url: str, server_pid: int, work: Path) -
         ),
     }
     consume_ours: list[float] = []
+    consume_local: list[float] = []
     consume_raw: list[float] = []
+    state = work / "state"
     for round_ in range(rounds):
         say(f"consume round {round_ + 1}/{rounds}")
-        if round_ % 2:
-            consume_raw.append(await raw_consume(url, count, f"rawc{round_}"))
-            consume_ours.append(await ours_consume(url, count, f"oursc{round_}", work / "state"))
-        else:
-            consume_ours.append(await ours_consume(url, count, f"oursc{round_}", work / "state"))
-            consume_raw.append(await raw_consume(url, count, f"rawc{round_}"))
+        order = ["ours", "local", "raw"]
+        for name in order[round_ % 3 :] + order[: round_ % 3]:
+            if name == "ours":
+                consume_ours.append(await ours_consume(url, count, f"oursc{round_}", state))
+            elif name == "local":
+                consume_local.append(
+                    await ours_consume(url, count, f"localc{round_}", state, shared=False)
+                )
+            else:
+                consume_raw.append(await raw_consume(url, count, f"rawc{round_}"))
+    ours_c, local_c, raw_c = (
+        statistics.median(consume_ours),
+        statistics.median(consume_local),
+        statistics.median(consume_raw),
+    )
     results["consume"] = {
-        "ours_per_s": round(statistics.median(consume_ours)),
-        "raw_fetch_per_s": round(statistics.median(consume_raw)),
-        "ratio": round(statistics.median(consume_ours) / statistics.median(consume_raw), 2),
+        "ours_per_s": round(ours_c),
+        "ours_local_record_only_per_s": round(local_c),
+        "raw_fetch_per_s": round(raw_c),
+        "ratio": round(ours_c / raw_c, 2),
+        "ratio_local_record_only": round(local_c / raw_c, 2),
+        "shared_vs_local_record_only": round(ours_c / local_c, 2),
     }
     say("latency")
     ours_all, raw_all = await latency(url, latency_count, work / "spool-lat", work / "state")

@@ -5,12 +5,14 @@ acknowledged once ``bus.emit`` returned its report (every blocking handler finis
 background ones started). Delivery is at-least-once: a listener that dies before its ack
 gets the message again after ``ack_wait``. So that a redelivered event is not handled
 twice, the listener remembers the ids of the last ``idempotency_window`` events it handled,
-in memory and in an append-only file in its state directory (``<stream>-<durable>.ids``):
-an id is written there after the emit and before the ack, so even a SIGKILL between the
-two does not make the restarted listener handle that event again. Each listener process
-needs a file of its own (``state_dir``): several listeners sharing a durable consumer each
-remember what they handled, so a redelivery that lands on another listener is handled
-again there (at-least-once across listeners).
+in memory and in an append-only file in its state directory (``<stream>-<durable>.ids``),
+and, unless ``handled_bucket`` is false, in a JetStream KV bucket that every listener
+consults (see :mod:`._shared`): a message redelivered to another listener sharing the
+durable consumer is recognised there too. An id is written to both after the emit and
+before the ack, so a listener killed between the two does not make any listener handle
+that event again. The gaps (the adapter's README lists them): a kill before the bucket
+stored the id, a handler outliving ``ack_wait``, an event stored twice in the stream
+(first deliveries are not looked up in the bucket).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from lifecycle import Event
 from ._exceptions import NatsError, StreamConfigError
 from ._options import NatsOptions, _seconds
 from ._publisher import require_asyncio
+from ._shared import DEFAULT_BUCKET, SharedRecord, check_bucket, record_key
 from ._stream import ensure_stream
 from ._subject import encode_token, signal_kind
 
@@ -134,6 +137,8 @@ class Source:
     Attributes:
         handled: events emitted on the bus.
         duplicates: redelivered events already handled, acknowledged without emitting.
+        shared_duplicates: of those, the ones only the shared record knew (another
+            listener handled them).
         skipped: events the filters left out (acknowledged).
         terminated: malformed or foreign messages, logged and terminated.
 
@@ -151,6 +156,8 @@ class Source:
         labels: frozenset[str],
         idempotency_window: int,
         state_dir: Path | None,
+        handled_bucket: str | None,
+        handled_ttl: float,
         ack_wait: float,
         batch: int,
         deliver: str,
@@ -164,16 +171,20 @@ class Source:
         self.labels = labels
         self.idempotency_window = idempotency_window
         self.state_dir = state_dir
+        self.handled_bucket = handled_bucket
+        self.handled_ttl = handled_ttl
         self.ack_wait = ack_wait
         self.batch = batch
         self.deliver = deliver
         self.reconnect_wait = reconnect_wait
         self.handled = 0
         self.duplicates = 0
+        self.shared_duplicates = 0
         self.skipped = 0
         self.terminated = 0
         self._stopping = False
         self._client: Client | None = None
+        self._shared: SharedRecord | None = None
 
     def __repr__(self) -> str:
         return f"<Source {self.options.stream}/{self.durable} on {self.options.shown_servers}>"
@@ -239,13 +250,7 @@ class Source:
                         if self._client is None or not self._client.is_connected:
                             raise NatsError("the connection to NATS was lost") from None
                         continue
-                    for index, message in enumerate(messages):
-                        if self._stopping:
-                            for rest in messages[index:]:
-                                with contextlib.suppress(Exception):
-                                    await rest.nak()
-                            break
-                        await self._handle(message, handled)
+                    await self._handle(messages, handled)
                 except (NatsError, nats.errors.Error, OSError) as exc:
                     if isinstance(exc, StreamConfigError):
                         raise
@@ -267,6 +272,14 @@ class Source:
         self._client = client
         js = client.jetstream(timeout=self.options.ack_timeout)
         await ensure_stream(js, self.options)
+        if self.handled_bucket is not None:
+            self._shared = await SharedRecord.open(
+                js,
+                self.handled_bucket,
+                self.handled_ttl,
+                write_timeout=self.options.ack_timeout,
+                memory=self.options.storage == "memory",
+            )
         await self._ensure_consumer(js)
         return await js.pull_subscribe_bind(self.durable, stream=self.options.stream)
 
@@ -298,9 +311,9 @@ class Source:
                 f"consumer (nats consumer rm {self.options.stream} {self.durable})",
             )
 
-    async def _handle(self, message: Msg, handled: _Handled) -> None:
+    async def _parse(self, message: Msg) -> Event | None:
         try:
-            event = Event.from_json(message.data)
+            return Event.from_json(message.data)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             self.terminated += 1
             logger.error(
@@ -310,24 +323,129 @@ class Source:
                 data=message.data[:200].decode("utf-8", "replace"),
             )
             await message.term()
+            return None
+
+    async def _handle(self, messages: list[Msg], handled: _Handled) -> None:
+        """Handle one fetched batch, in order, and acknowledge what was recorded.
+
+        Without the shared record each message is acknowledged as soon as it is handled.
+        With it, a *redelivered* message whose id this listener does not know is looked
+        up there (all of the batch's at once, before the first is handled); the id of
+        each handled event is sent to the record right after its emit report is complete
+        (the writes are in flight while the next messages are handled), and the batch's
+        messages are acknowledged once the record has stored their ids.
+
+        Raises:
+            NatsError: the shared record could not be read or written; what was not
+                recorded is not acknowledged (it comes again after ``ack_wait``).
+        """
+        events = [(message, await self._parse(message)) for message in messages]
+        shared = self._shared
+        if shared is None:
+            for index, (message, event) in enumerate(events):
+                if self._stopping:
+                    await _give_back(events[index:])
+                    return
+                if event is not None:
+                    await self._handle_one(event, handled)
+                    await message.ack()
             return
+        stream, durable = self.options.stream, self.durable
+        elsewhere: set[str] = set()
+        failures: list[NatsError] = []
+        unknown = {
+            event.event_id
+            for message, event in events
+            if event is not None
+            and message.metadata.num_delivered > 1
+            and event.event_id not in handled.ids
+            and self.wants(event)
+        }
+        if unknown:
+            async with anyio.create_task_group() as group:
+                for event_id in unknown:
+                    key = record_key(stream, durable, event_id)
+                    group.start_soon(_look_up, shared, key, event_id, elsewhere, failures)
+            if failures:
+                raise failures[0]
+        acks: list[tuple[Msg, asyncio.Future[Any] | None]] = []
+        try:
+            for index, (message, event) in enumerate(events):
+                if self._stopping:
+                    await _give_back(events[index:])
+                    break
+                if event is None:
+                    continue
+                if event.event_id in elsewhere and event.event_id not in handled.ids:
+                    self.duplicates += 1
+                    self.shared_duplicates += 1
+                    logger.debug(
+                        "handled by another listener; acknowledged", event_id=event.event_id
+                    )
+                    handled.add(event.event_id)
+                    acks.append((message, None))
+                elif (await self._handle_one(event, handled)) is None:
+                    acks.append((message, None))
+                else:
+                    # Handled now, or (rare, a redelivery to this listener) before: in
+                    # case writing the shared record failed then, write it (again).
+                    key = record_key(stream, durable, event.event_id)
+                    acks.append((message, await shared.send(key)))
+        finally:
+            # Even when cancelled or failing: acknowledge what is recorded, so that a
+            # handled message is not delivered again needlessly.
+            with anyio.CancelScope(shield=True):
+                for message, sent in acks:
+                    if sent is not None:
+                        try:
+                            await shared.stored(sent)
+                        except NatsError as exc:
+                            failures.append(exc)
+                            break
+                    await message.ack()
+        if failures:
+            raise failures[0]
+
+    async def _handle_one(self, event: Event, handled: _Handled) -> bool | None:
+        """Emit ``event`` unless known or filtered; ``None`` if filtered, else whether emitted.
+
+        The emitted event's id is recorded here (memory and file) before returning.
+        """
         if event.event_id in handled:
             self.duplicates += 1
             logger.debug("already handled; acknowledged again", event_id=event.event_id)
-        elif not self.wants(event):
+            return False
+        if not self.wants(event):
             self.skipped += 1
-        else:
-            await self.bus.emit(event)
-            handled.add(event.event_id)
-            self.handled += 1
-        await message.ack()
+            return None
+        await self.bus.emit(event)
+        handled.add(event.event_id)
+        self.handled += 1
+        return True
 
     async def _close(self) -> None:
         client, self._client = self._client, None
+        self._shared = None
         if client is not None:
             with contextlib.suppress(Exception):
                 with anyio.move_on_after(2):
                     await client.close()
+
+
+async def _give_back(events: list[tuple[Msg, Event | None]]) -> None:
+    for message, _ in events:
+        with contextlib.suppress(Exception):
+            await message.nak()
+
+
+async def _look_up(
+    shared: SharedRecord, key: str, event_id: str, found: set[str], failures: list[NatsError]
+) -> None:
+    try:
+        if await shared.contains(key):
+            found.add(event_id)
+    except NatsError as exc:
+        failures.append(exc)
 
 
 def source(
@@ -339,6 +457,8 @@ def source(
     labels: Iterable[str] = (),
     idempotency_window: int = 10_000,
     state_dir: str | os.PathLike[str] | bool | None = None,
+    handled_bucket: str | bool = DEFAULT_BUCKET,
+    handled_ttl: float = 3600.0,
     ack_wait: float = 30.0,
     batch: int = 64,
     deliver: str = "all",
@@ -358,6 +478,12 @@ def source(
         state_dir: where the handled ids are kept across restarts (default:
             ``$LIFECYCLE_NATS_STATE``, else ``listen`` in the user's state directory);
             ``False`` keeps them in memory only.
+        handled_bucket: the JetStream KV bucket where every listener records the events
+            it handled (created if missing), so that a message redelivered to another
+            listener sharing ``durable`` is not handled again; ``False`` to do without
+            (one write and, for an id not in memory, one read per message less).
+        handled_ttl: seconds an id stays in ``handled_bucket`` (its TTL, for a bucket
+            created here); keep it well above ``ack_wait``.
         ack_wait: seconds the server waits for an acknowledgement before redelivering;
             keep it above your handlers' timeouts.
         batch: messages fetched at once.
@@ -392,6 +518,13 @@ def source(
         directory = Path(state_dir)
     else:
         raise TypeError(f"state_dir must be a path or false, not {state_dir!r}")
+    bucket: str | None
+    if handled_bucket is False:
+        bucket = None
+    elif handled_bucket is True:
+        bucket = DEFAULT_BUCKET
+    else:
+        bucket = check_bucket(handled_bucket)
     return Source(
         bus,
         options,
@@ -401,6 +534,8 @@ def source(
         labels=frozenset(_names("labels", labels)),
         idempotency_window=idempotency_window,
         state_dir=directory,
+        handled_bucket=bucket,
+        handled_ttl=_seconds("handled_ttl", handled_ttl),
         ack_wait=_seconds("ack_wait", ack_wait),
         batch=batch,
         deliver=deliver,
