@@ -139,6 +139,20 @@ def record(event):
 """
 
 
+_LISTENERS: list[subprocess.Popen[bytes]] = []
+"""Every listener process a test started, so none outlives a test that failed half-way."""
+
+
+@pytest.fixture(autouse=True)
+def _no_listener_outlives_its_test() -> Iterator[None]:
+    yield
+    while _LISTENERS:
+        process = _LISTENERS.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=20)
+
+
 class Listener:
     """``lifecycle listen --config notify.toml`` as a real process, recording what it handles."""
 
@@ -171,6 +185,7 @@ class Listener:
                 [sys.executable, "-m", "lifecycle", "listen", "--config", str(self.config)],
                 cwd=self.directory, env=env, stdout=log, stderr=log,
             )  # fmt: skip
+        _LISTENERS.append(self.process)
         wait_for(lambda: self.log.read_text().count("listening") >= self.starts, "listening", self)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
