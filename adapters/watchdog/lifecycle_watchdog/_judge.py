@@ -595,8 +595,3 @@ class Judge:
             emit=(event,),
             claim={"expectation": name, "due": due, "event_id": event.event_id},
         )
-
-    def next_slot_closes(self) -> float | None:
-        """When the next expected slot closes (for the service's sleep)."""
-        closes = [slot.closes for slot in self._next_slot.values()]
-        return min(closes, default=None)
