@@ -58,7 +58,8 @@ COMMAND_GROUP = "lifecycle.commands"
 """Entry-point group of subcommands that other packages add (``lifecycle listen``, ...).
 
 Each entry point names a callable ``command(argv: list[str]) -> int`` that parses its own
-arguments (``argv`` excludes the subcommand's name) and returns the exit status. A short
+arguments (``argv`` excludes the subcommand's name) and returns the exit status. It is called
+with the working directory on ``sys.path``, so ``module:function`` handlers import from there. A short
 ``help`` attribute on it, if any, is shown in ``lifecycle --help``.
 """
 
@@ -272,6 +273,8 @@ def _run_plugin(name: str, point: EntryPoint, argv: list[str]) -> int:
     except ImportError as exc:
         _say(f"error: 'lifecycle {name}' ({point.value}) cannot be loaded: {exc}")
         return STATUS_WRAPPER_FAILED
+    # Their configurations name handlers in the user's project too, as lifecycle run's do.
+    _import_from_cwd()
     return command(argv)
 
 

@@ -58,12 +58,6 @@ def _say(command: str, message: str) -> None:
     print(f"lifecycle {command}: {escape(message)}", file=sys.stderr, flush=True)
 
 
-def _log_to_stderr() -> None:
-    # Log lines go to stderr (structlog's default is stdout), as lifecycle run's: ISO 8601
-    # UTC, values escaped (they come from the network). A handler module's configuration wins.
-    log_to_stderr()
-
-
 def _positive_seconds(text: str) -> float:
     # 0, a negative number or nan would give up at once; inf would never give up.
     try:
@@ -75,12 +69,9 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _config(path: Path | None, command: str) -> Config | None:
-    import os
-
-    # Handlers are module:function in the user's project, as for lifecycle run.
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+def _config(path: Path | None) -> Config | None:
+    # Handler modules import from the working directory: the lifecycle command put it on
+    # sys.path before calling us.
     if path is None:
         path = find_config()
         if path is None:
@@ -108,11 +99,11 @@ def listen(argv: Sequence[str]) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        config = _config(args.config, "listen")
+        config = _config(args.config)
     except ConfigError as exc:
         _say("listen", f"error: {exc}")
         return _STATUS_USAGE
-    _log_to_stderr()
+    log_to_stderr()  # off stdout, escaped: values come from the network
     status: int = anyio.run(_listen, config)
     return status
 
@@ -190,7 +181,7 @@ def flush(argv: Sequence[str]) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        config = _config(args.config, "flush")
+        config = _config(args.config)
     except ConfigError as exc:
         _say("flush", f"error: {exc}")
         return _STATUS_USAGE
@@ -203,7 +194,7 @@ def flush(argv: Sequence[str]) -> int:
                 where = f"{config.path}: {adapter.key}.options"
                 options = {k: v for k, v in adapter.options.items() if k in _PUBLISHER_KEYS}
                 break
-    _log_to_stderr()
+    log_to_stderr()  # off stdout, escaped: values come from the network
     try:
         publisher = Publisher(**options)
     except (TypeError, ValueError) as exc:

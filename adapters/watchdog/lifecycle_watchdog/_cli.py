@@ -81,11 +81,8 @@ def _parser(command: str, description: str) -> argparse.ArgumentParser:
 
 
 def _load(command: str, args: argparse.Namespace) -> WatchConfig | None:
-    import os
-
-    # Handlers are module:function in the user's project, as for lifecycle run.
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    # Handler modules import from the working directory: the lifecycle command put it on
+    # sys.path before calling us.
     try:
         config = load_watch_config(args.config)
     except ConfigError as exc:
@@ -96,12 +93,6 @@ def _load(command: str, args: argparse.Namespace) -> WatchConfig | None:
 
         config = replace(config, settings=replace(config.settings, servers=tuple(args.server)))
     return config
-
-
-def _log_to_stderr() -> None:
-    """The watchdog's own log lines on stderr, as ``lifecycle run``'s: ISO 8601 UTC, values
-    escaped (they come from the network). A handler module's configuration wins."""
-    log_to_stderr()
 
 
 def _where(config: WatchConfig, args: argparse.Namespace) -> str:
@@ -157,7 +148,7 @@ async def _watch(config: WatchConfig) -> int:
                 return STATUS_USAGE
         else:
             attachment = _console(bus)
-        _log_to_stderr()  # after the handler modules' import: their configuration wins
+        log_to_stderr()  # after the handler modules' import: their configuration wins
         judge = Judge(config.policy, config.expectations)
         settings = config.settings
 
@@ -206,7 +197,7 @@ def runs(argv: list[str]) -> int:
     config = _load("runs", args)
     if config is None:
         return STATUS_USAGE
-    _log_to_stderr()  # stdout is the table's, or the JSON's a script reads
+    log_to_stderr()  # stdout is the table's, or the JSON's a script reads
     try:
         source, rows = anyio.run(_table, config.settings, backend="asyncio")
     except ConnectionError as exc:
