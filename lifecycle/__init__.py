@@ -19,6 +19,7 @@ if _typing.TYPE_CHECKING:
         find_config,
         installed_adapters,
         load_config,
+        redact_url,
     )
     from ._console import escape, escape_fields, log_to_stderr
     from ._environment import Environment, Run
@@ -97,6 +98,7 @@ __all__ = [
     "installed_adapters",
     "load_config",
     "log_to_stderr",
+    "redact_url",
 ]
 
 
@@ -145,6 +147,7 @@ _MODULES = {
     "installed_adapters": "_config",
     "load_config": "_config",
     "log_to_stderr": "_console",
+    "redact_url": "_config",
 }
 """The private module of each public name."""
 

@@ -662,7 +662,10 @@ def redact_url(url: str) -> str:
     """``url`` as it may be shown: its scheme, host and port only.
 
     Anything past them (credentials, path, query, fragment) becomes ``/***``: a Slack-style
-    webhook carries its secret in the path, others in the query or the userinfo.
+    webhook carries its secret in the path, others in the query or the userinfo. An
+    adapter that shows where it sends to uses it, so every URL is shown the same way.
+
+    .. versionadded:: 0.2
     """
     from urllib.parse import urlsplit
 

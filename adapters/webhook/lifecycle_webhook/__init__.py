@@ -29,7 +29,7 @@ import certifi
 import httpx
 import structlog
 
-from lifecycle import EXITED, Attachment, EnvironmentInfo, ErrorInfo, Event, Outcome
+from lifecycle import EXITED, Attachment, EnvironmentInfo, ErrorInfo, Event, Outcome, redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -83,11 +83,8 @@ class _Redactor:
     """Knows one webhook's secrets and scrubs them from text."""
 
     def __init__(self, url: httpx.URL, headers: Mapping[str, str]) -> None:
-        port = f":{url.port}" if url.port is not None else ""
-        host = f"[{url.host}]" if ":" in url.host else url.host  # an IPv6 address
-        hidden = url.raw_path not in (b"", b"/") or bool(url.userinfo)
         # Only the origin is ever shown: a Slack-style URL carries its token in the path.
-        self.target = f"{url.scheme}://{host}{port}" + (f"/{_MASK}" if hidden else "")
+        self.target = redact_url(str(url))
         secrets = {str(url), url.raw_path.decode("ascii", "replace"), url.path}
         secrets.update((url.userinfo.decode("ascii", "replace"), url.username, url.password or ""))
         secrets.update(url.path.split("/"))
