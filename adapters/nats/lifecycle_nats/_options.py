@@ -10,11 +10,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import nats.errors
 import platformdirs
 from nats.aio.client import Client as NATS
+
+from lifecycle import redact_url
 
 from ._exceptions import NatsConnectError
 from ._subject import check_prefix
@@ -43,17 +45,6 @@ def default_spool_dir() -> Path:
     return Path(platformdirs.user_state_dir("lifecycle")) / "spool"
 
 
-def redact(url: str) -> str:
-    """``url`` with its credentials masked, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
-
-
 def _seconds(option: str, value: Any, *, zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{option} must be a number of seconds, not {value!r}")
@@ -78,10 +69,12 @@ def _servers(value: Any) -> tuple[str, ...]:
                 parts = urlsplit(url)
                 port = parts.port
             except ValueError as exc:
-                raise ValueError(f"servers: {redact(url)!r} is not a valid URL ({exc})") from None
+                raise ValueError(
+                    f"servers: {redact_url(url)!r} is not a valid URL ({exc})"
+                ) from None
             if parts.scheme not in _SCHEMES or not parts.hostname:
                 raise ValueError(
-                    f"servers: {redact(url)!r} is not a NATS URL; expected "
+                    f"servers: {redact_url(url)!r} is not a NATS URL; expected "
                     f"nats://HOST:PORT (or {', '.join(s + '://' for s in _SCHEMES[1:])})"
                 )
             del port
@@ -193,7 +186,7 @@ class NatsOptions:
 
     @property
     def shown_servers(self) -> str:
-        return ", ".join(redact(url) for url in self.servers)
+        return ", ".join(redact_url(url) for url in self.servers)
 
     def credentials_option(self) -> str:
         """The option(s) that carry the credentials, to name in an error."""
