@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from lifecycle import EXITED, ConfigError, EventBus, escape, log_to_stderr
+from lifecycle import EXITED, ConfigError, EventBus, escape, log_to_stderr, redact_url
 
 from ._config import WatchConfig, load_watch_config
 from ._jetstream import Settings, connect, run_watchdog, status_subject
@@ -155,7 +155,7 @@ async def _watch(config: WatchConfig) -> int:
         def ready(dog: Watchdog) -> None:
             _say(
                 "watch",
-                f"watching stream {settings.stream} on {', '.join(settings.servers)}: "
+                f"watching stream {settings.stream} on {', '.join(redact_url(url) for url in settings.servers)}: "
                 f"{len(dog.live())} live runs, {len(config.expectations)} expected schedules",
             )
 

@@ -37,6 +37,8 @@ from lifecycle_nats import NatsOptions, subject_for
 from lifecycle_nats import ensure_stream as _ensure_stream
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from lifecycle import redact_url
+
 from ._service import Publish, Watchdog
 from ._store import JetStreamStore
 
@@ -125,7 +127,7 @@ async def connect(settings: Settings) -> Client:
     async def on_error(exc: Exception) -> None:
         logger.warning("watchdog: NATS connection error", error=str(exc) or type(exc).__name__)
 
-    shown = ", ".join(settings.servers)
+    shown = ", ".join(redact_url(url) for url in settings.servers)
     try:
         # nats-py retries the first connection forever too when reconnects are unbounded,
         # so the bound on the first one is ours.

@@ -70,6 +70,17 @@ def test_runs_says_which_servers_it_could_not_reach(
     assert f"{tmp_path / 'watch.toml'}: watch.servers: cannot connect" in error
 
 
+def test_runs_never_shows_the_credentials_of_a_server_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], free_tcp_port: int
+) -> None:
+    url = f"nats://someone:SECRET@127.0.0.1:{free_tcp_port}"
+    (tmp_path / "watch.toml").write_text(f'[watch]\nservers = ["{url}"]\nconnect_timeout = 0.5\n')
+    assert runs(["--config", str(tmp_path / "watch.toml")]) == 1
+    error = capsys.readouterr().err
+    assert "SECRET" not in error
+    assert f"nats://127.0.0.1:{free_tcp_port}/***" in error
+
+
 def test_runs_escapes_control_characters_in_the_table(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
