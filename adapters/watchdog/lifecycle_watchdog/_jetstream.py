@@ -259,16 +259,26 @@ async def _watch(
             await msg.respond(status_payload(dog))
 
     async def stream_end() -> int:
-        # Every message of the stream matches our filter (the stream holds `prefix.>`),
-        # so the stream's last sequence now is a sequence we will read.
+        # When the stream holds `prefix.>` alone, its last sequence now is one we will
+        # read; when it holds other subjects too, read_everything settles it.
         return (await js.stream_info(settings.stream)).state.last_seq
+
+    # The consumer and its own sequence of the last message read: what it delivered is
+    # counted in its sequence, not the stream's (see read_everything).
+    read_to = ("", 0)
 
     async def read_everything() -> bool:
         # For a stream that also holds other subjects (whose last message we never
         # read): the consumer has nothing more for us, and we have read what it sent.
+        # Its *stream* position is no measure of that: the server moves it past the
+        # other subjects' messages it skips, so it may be ahead of anything delivered.
         info = await sub.consumer_info()
-        delivered = info.delivered.stream_seq if info.delivered else 0
-        return not inbox and not info.num_pending and judge.consumed >= (delivered or 0)
+        if inbox or info.num_pending:
+            return False
+        delivered = (info.delivered.consumer_seq if info.delivered else 0) or 0
+        # An ordered consumer that was recreated restarts its count under a new name.
+        consumer, count = read_to
+        return not delivered or (consumer == info.name and count >= delivered)
 
     # A judgement waits until everything stored before it was read: at a time T, note the
     # stream's last sequence; once read up to it, judge *as of T*. A watchdog that lags
@@ -287,6 +297,7 @@ async def _watch(
                 msg = inbox.popleft()
                 meta = msg.metadata
                 seq = meta.sequence.stream
+                read_to = (meta.consumer or "", meta.sequence.consumer or 0)
                 seen_at = meta.timestamp.timestamp()
                 last_time = seen_at
                 try:

@@ -444,20 +444,25 @@ async def test_two_stores_racing_on_one_key_give_the_verdict_to_one(nats_url: st
 
 
 async def test_a_stream_that_also_holds_other_subjects_is_still_judged(nats_url: str) -> None:
-    """The stream's last message may be one the watchdog never reads: it still judges."""
+    """The stream's last message may be one the watchdog never reads: it still judges.
+
+    Both are stored before the watchdog's consumer starts, so the server moves the
+    consumer's stream position past the other subject's message once it has delivered
+    ours (``delivered.stream_seq`` 2, one message delivered): the case CI once met.
+    """
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
         await js.add_stream(name="LIFECYCLE", subjects=["lifecycle.>", "other.>"])
+        run = Event(
+            name=STARTING,
+            run_id="silent",
+            environment=EnvironmentInfo(name="etl", host="box", pid=1),
+            attributes={"heartbeat_interval": BEAT},
+        )
+        await js.publish(lifecycle_nats.subject_for(STARTING, "etl"), run.to_json().encode())
+        await js.publish("other.noise", b"not ours")  # the stream's last message
         async with watchdog(nats_url) as dog:
-            run = Event(
-                name=STARTING,
-                run_id="silent",
-                environment=EnvironmentInfo(name="etl", host="box", pid=1),
-                attributes={"heartbeat_interval": BEAT},
-            )
-            await js.publish(lifecycle_nats.subject_for(STARTING, "etl"), run.to_json().encode())
-            await js.publish("other.noise", b"not ours")  # the stream's last message
             await until(lambda: bool(dog.lost()), limit=15)
         assert [e.run_id for e in dog.lost()] == ["silent"]
     finally:
