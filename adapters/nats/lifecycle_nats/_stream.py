@@ -126,9 +126,10 @@ def check_stream(info: StreamInfo, options: NatsOptions) -> None:
         )
     if config.max_age is not None and abs(config.max_age - options.max_age) > 1e-3:
         logger.warning(
-            "the stream keeps messages for another time than max_age asks; keeping the stream's",
+            "the stream keeps messages for another time than the max_age option asks; "
+            "the stream's own setting stays",
             stream=options.stream,
-            stream_max_age=config.max_age or None,
+            stream_max_age=config.max_age or "forever",
             max_age=options.max_age,
         )
     if config.duplicate_window and config.duplicate_window + 1e-3 < options.duplicate_window:
