@@ -60,7 +60,10 @@ COMMAND_GROUP = "lifecycle.commands"
 Each entry point names a callable ``command(argv: list[str]) -> int`` that parses its own
 arguments (``argv`` excludes the subcommand's name) and returns the exit status. It is called
 with the working directory on ``sys.path``, so ``module:function`` handlers import from there. A short
-``help`` attribute on it, if any, is shown in ``lifecycle --help``.
+``help`` attribute on it, if any, is shown in ``lifecycle --help``. A ``check`` attribute, if
+any, is ``check(config: Config) -> list[str]``: ``lifecycle check`` calls it on a configuration
+that has the command's table (``[listen]``), and it returns readable lines about the table or
+raises :exc:`ConfigError` naming the file, key and value. It must not connect anywhere.
 """
 
 _BUILTIN_COMMANDS = frozenset({"run", "check", "adapters"})
@@ -467,6 +470,7 @@ def _check(args: argparse.Namespace) -> int:
         import anyio
 
         anyio.run(_attach_and_detach, config)
+        tables = _check_tables(config)
     except ConfigError as exc:
         _say(f"error: {exc}")
         return 1
@@ -474,11 +478,33 @@ def _check(args: argparse.Namespace) -> int:
     _print(f"{path}: ok, {len(lines)} to attach" + (":" if lines else ""))
     for line in lines:
         _print(f"  {line}")
-    for name in sorted(config.tables):
-        # A command's table is its package's to read: not validated here, and saying "ok"
-        # about it would promise what check did not do.
-        _print(f"  [{name}]: read by lifecycle {name}, which checks it when it starts")
+    for name, found in tables.items():
+        if found is None:
+            # The command's package offers no check: saying "ok" about its table would
+            # promise what check did not do.
+            _print(f"  [{name}]: read by lifecycle {name}, which checks it when it starts")
+            continue
+        _print(f"  [{name}]: ok" + (":" if found else ""))
+        for line in found:
+            _print(f"    {line}")
     return 0
+
+
+def _check_tables(config: Config) -> dict[str, list[str] | None]:
+    """Each command table through its command's ``check``; ``None`` where it has none.
+
+    Raises:
+        ConfigError: a table is wrong (the command's check names the file, key and value).
+    """
+    if not config.tables:
+        return {}
+    commands = _plugin_commands()
+    checked: dict[str, list[str] | None] = {}
+    for name in sorted(config.tables):
+        point = commands.get(name)
+        check = getattr(point.load(), "check", None) if point is not None else None
+        checked[name] = None if check is None else [str(line) for line in check(config)]
+    return checked
 
 
 def _print(line: str) -> None:

@@ -16,6 +16,7 @@ import structlog
 
 import lifecycle
 import lifecycle._cli
+import lifecycle._config
 from lifecycle._cli import main
 
 if TYPE_CHECKING:
@@ -613,14 +614,69 @@ def test_check_and_adapters_help_document_the_exit_statuses(
     assert "exit status:" in capfd.readouterr().out
 
 
-def test_check_says_it_leaves_a_commands_table_to_that_command(
+def plain_command(argv: list[str]) -> int:
+    """A subcommand with a table of its own and no ``check``."""
+    return 0
+
+
+def checked_command(argv: list[str]) -> int:
+    """A subcommand whose package checks its table for ``lifecycle check``."""
+    return 0
+
+
+def _check_checked(config: lifecycle.Config) -> list[str]:
+    table = config.tables["checked"]
+    if table.get("size", 1) < 1:
+        raise lifecycle.ConfigError(str(config.path), "checked.size", "must be >= 1", 0)
+    return [f"size {table.get('size', 1)}"]
+
+
+checked_command.check = _check_checked  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def table_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two installed commands that read tables: ``[plain]`` and ``[checked]``."""
+    from importlib.metadata import EntryPoint
+
+    points = {
+        name: EntryPoint(name=name, value=f"{__name__}:{name}_command", group="lifecycle.commands")
+        for name in ("plain", "checked")
+    }
+    monkeypatch.setattr(lifecycle._cli, "_plugin_commands", lambda: points)
+    monkeypatch.setattr(lifecycle._config, "_command_names", lambda: sorted(points))
+
+
+@pytest.mark.usefixtures("table_commands")
+def test_check_runs_a_commands_own_check_on_its_table(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    # lifecycle-nats is installed in the workspace, so [listen] is a known table.
-    config = tmp_path / "notify.toml"
-    config.write_text("[listen]\nbatch = 0\n")
+    config = tmp_path / "lifecycle.toml"
+    config.write_text("[checked]\nsize = 4\n")
     assert main(["check", "--config", str(config)]) == 0
-    assert "[listen]: read by lifecycle listen, which checks it when it starts" in (
+    assert "  [checked]: ok:\n    size 4\n" in capfd.readouterr().out
+
+
+@pytest.mark.usefixtures("table_commands")
+def test_check_reports_a_bad_command_table_with_status_1_before_saying_ok(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "lifecycle.toml"
+    config.write_text("[checked]\nsize = 0\n")
+    assert main(["check", "--config", str(config)]) == 1
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert f"{config}: checked.size: must be >= 1 (got 0)" in err
+
+
+@pytest.mark.usefixtures("table_commands")
+def test_check_says_it_leaves_a_table_without_a_check_to_its_command(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "lifecycle.toml"
+    config.write_text("[plain]\nanything = true\n")
+    assert main(["check", "--config", str(config)]) == 0
+    assert "[plain]: read by lifecycle plain, which checks it when it starts" in (
         capfd.readouterr().out
     )
 

@@ -34,7 +34,7 @@ from lifecycle import ConfigError, EventBus, escape, find_config, load_config, l
 from ._exceptions import NatsError
 from ._options import NatsOptions
 from ._publisher import Publisher
-from ._source import source
+from ._source import Source, source
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -108,15 +108,55 @@ def listen(argv: Sequence[str]) -> int:
     return status
 
 
-async def _listen(config: Config | None) -> int:
-    where = str(config.path) if config is not None else "(no configuration)"
-    options: dict[str, Any] = dict(config.tables.get("listen", {})) if config is not None else {}
-    bus = EventBus(name="lifecycle-listen")
+def _listen_source(config: Config | None, bus: EventBus) -> Source:
+    """The consumer that the ``[listen]`` table asks for, not yet connected.
+
+    Raises:
+        ConfigError: an option is unknown or wrong; the message names file, table and value.
+    """
+    if config is None:
+        return source(bus)
     try:
-        consumer = source(bus, **options)
+        return source(bus, **config.tables.get("listen", {}))
     except (TypeError, ValueError) as exc:
+        table = "tool.lifecycle.listen" if config.path.name == "pyproject.toml" else "listen"
+        raise ConfigError(str(config.path), table, str(exc)) from None
+
+
+def _check_listen(config: Config) -> list[str]:
+    """``lifecycle check`` on a ``[listen]`` table: what the listener would consume."""
+
+    async def build() -> Source:
+        async with EventBus(name="lifecycle-check") as bus:
+            return _listen_source(config, bus)
+
+    consumer: Source = anyio.run(build)
+    options = consumer.options
+    where = f"servers {options.shown_servers}, stream {options.stream}"
+    reads = f"consumer {consumer.durable!r} on {consumer.filter_subject!r}"
+    lines = [f"{where}, {reads} (deliver {consumer.deliver})"]
+    for name, values in (
+        ("signals", consumer.signals),
+        ("environments", consumer.environments),
+        ("labels", consumer.labels),
+    ):
+        if values:
+            lines.append(f"only {name}: {', '.join(sorted(values))}")
+    shared = consumer.handled_bucket
+    kept = [f"bucket {shared} for {consumer.handled_ttl:g} s"] if shared else []
+    kept.append(str(consumer.state_dir) if consumer.state_dir else "memory")
+    lines.append("handled event ids kept in " + " and in ".join(kept))
+    return lines
+
+
+async def _listen(config: Config | None) -> int:
+    bus = EventBus(name="lifecycle-listen")
+    where = str(config.path) if config is not None else "(no configuration)"
+    try:
+        consumer = _listen_source(config, bus)
+    except ConfigError as exc:
         await bus.aclose()
-        _say("listen", f"error: {where}: listen: {exc}")
+        _say("listen", f"error: {exc}")
         return _STATUS_USAGE
     attachment = None
     failure: NatsError | None = None
@@ -231,4 +271,5 @@ async def _flush(publisher: Publisher, seconds: float, where: str) -> int:
 
 
 listen.help = "run the configured handlers on the events of NATS JetStream"  # type: ignore[attr-defined]
+listen.check = _check_listen  # type: ignore[attr-defined]
 flush.help = "send the events spooled while NATS was unreachable"  # type: ignore[attr-defined]

@@ -448,6 +448,23 @@ async def _look_up(
         failures.append(exc)
 
 
+_SOURCE_OPTIONS = (
+    "durable",
+    "signals",
+    "environments",
+    "labels",
+    "idempotency_window",
+    "state_dir",
+    "handled_bucket",
+    "handled_ttl",
+    "ack_wait",
+    "batch",
+    "deliver",
+    "reconnect_wait",
+)
+"""The options of :func:`source` besides the NATS connection's."""
+
+
 def source(
     bus: EventBus,
     *,
@@ -499,6 +516,11 @@ def source(
 
     .. versionadded:: 0.2
     """
+    unknown = sorted(set(nats_options) - set(NatsOptions.names()))
+    if unknown:
+        # Not NatsOptions.build's message: it would list the NATS options alone.
+        known = sorted((*_SOURCE_OPTIONS, *NatsOptions.names()))
+        raise TypeError(f"unknown option {unknown[0]!r}; the options are {', '.join(known)}")
     options = NatsOptions.build(**nats_options)
     if not isinstance(durable, str) or not durable or any(c in durable for c in ".*> \t/\\"):
         raise ValueError(

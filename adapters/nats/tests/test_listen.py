@@ -245,7 +245,41 @@ def test_listen_with_an_unknown_option_names_it(
     config = tmp_path / "notify.toml"
     config.write_text('[listen]\nserver = "nats://x:4222"\n')
     assert cli("listen", "--config", str(config)) == 2
-    assert "unknown NATS option 'server'" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"{config}: listen: unknown option 'server'; the options are " in error
+    assert "durable" in error  # the listener's own options are listed with the NATS ones
+    assert "servers" in error
+
+
+def test_check_describes_what_a_listen_table_would_consume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "notify.toml"
+    config.write_text(
+        '[listen]\nservers = "nats://ops:s3cret@nats.internal:4222"\ndurable = "notify"\n'
+        'signals = ["environment.exited"]\nstate_dir = false\n'
+    )
+    assert cli("check", "--config", str(config)) == 0  # nothing is connected to
+    out = capsys.readouterr().out
+    assert "  [listen]: ok:\n" in out
+    assert (
+        "servers nats://nats.internal:4222/***, stream LIFECYCLE, consumer 'notify' on "
+        "'lifecycle.exited.*' (deliver all)"
+    ) in out
+    assert "only signals: environment.exited" in out
+    assert "kept in bucket lifecycle_handled for 3600 s and in memory" in out
+    assert "s3cret" not in out
+
+
+def test_check_names_a_bad_listen_option_with_status_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "pyproject.toml"
+    config.write_text("[tool.lifecycle.listen]\nbatch = 0\n")
+    assert cli("check", "--config", str(config)) == 1
+    out, err = capsys.readouterr()
+    assert f"{config}: tool.lifecycle.listen: batch must be a positive int, not 0" in err
+    assert out == ""
 
 
 def test_flush_with_an_empty_spool_says_so(

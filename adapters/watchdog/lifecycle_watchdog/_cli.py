@@ -24,7 +24,7 @@ import structlog
 
 from lifecycle import EXITED, ConfigError, EventBus, escape, log_to_stderr, redact_url
 
-from ._config import WatchConfig, load_watch_config
+from ._config import WatchConfig, describe_watch, load_watch_config
 from ._jetstream import Settings, connect, run_watchdog, status_subject
 from ._judge import Judge
 from ._model import MISSED, OVERDUE, RECOVERED, RunState
@@ -293,4 +293,5 @@ def _print_table(rows: Sequence[dict[str, Any]], source: str) -> None:
 
 
 watch.help = "watch the NATS event stream for lost, missed and overdue runs"  # type: ignore[attr-defined]
+watch.check = describe_watch  # type: ignore[attr-defined]
 runs.help = "list the live runs the watchdog knows"  # type: ignore[attr-defined]

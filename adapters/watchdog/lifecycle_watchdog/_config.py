@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from lifecycle import Config, ConfigError, find_config, load_config
+from lifecycle import Config, ConfigError, find_config, load_config, redact_url
 
 from ._jetstream import Settings
 from ._judge import Policy
@@ -39,7 +39,7 @@ from ._schedule import Expectation
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["WatchConfig", "load_watch_config"]
+__all__ = ["WatchConfig", "describe_watch", "load_watch_config", "watch_config_from"]
 
 _WATCH_KEYS = frozenset(
     {
@@ -96,11 +96,47 @@ def load_watch_config(path: str | Path | None) -> WatchConfig:
         path = find_config()
         if path is None:
             return WatchConfig()
-    config = load_config(path)
+    return watch_config_from(load_config(path))
+
+
+def watch_config_from(config: Config) -> WatchConfig:
+    """The ``[watch]`` table of a configuration already loaded (see :func:`load_watch_config`).
+
+    Raises:
+        lifecycle.ConfigError: a key is unknown or has a bad value.
+    """
     prefix = "tool.lifecycle.watch" if config.path.name == "pyproject.toml" else "watch"
     table = dict(config.tables.get("watch", {}))
     watch = _Reader(str(config.path), prefix).load(table)
     return replace(watch, notify=config, file=config.path)
+
+
+def describe_watch(config: Config) -> list[str]:
+    """``lifecycle check`` on a ``[watch]`` table: what the watchdog would watch, and how.
+
+    Raises:
+        lifecycle.ConfigError: as :func:`watch_config_from`.
+    """
+    watch = watch_config_from(config)
+    settings, policy = watch.settings, watch.policy
+    servers = ", ".join(redact_url(url) for url in settings.servers)
+    lines = [f"servers {servers}, stream {settings.stream}, run table in bucket {settings.bucket}"]
+    special = [f"{name}: {n:g}" for name, n in sorted(policy.environments.items())]
+    special += [f"label {name}: {n:g}" for name, n in sorted(policy.labels.items())]
+    lost = f"a run is lost after {policy.misses:g} silent heartbeat intervals"
+    lines.append(lost + (f" ({'; '.join(special)})" if special else ""))
+    for expect in watch.expectations:
+        if expect.cron is not None:
+            zone = expect.timezone.key if expect.timezone is not None else "UTC"
+            when = f"cron {expect.cron!r} {zone}, grace {expect.grace:g} s"
+        elif expect.every is not None:
+            when = f"every {expect.every:g} s, grace {expect.grace:g} s"
+        else:
+            when = ""
+        if expect.max_duration is not None:
+            when += (", " if when else "") + f"overdue after {expect.max_duration:g} s"
+        lines.append(f"expects {expect.environment}: {when}")
+    return lines
 
 
 class _Reader:

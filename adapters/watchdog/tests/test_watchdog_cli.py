@@ -59,6 +59,43 @@ def test_watch_exits_2_on_a_bad_configuration(
     assert "watch.misses" in capsys.readouterr().err
 
 
+def test_check_describes_what_a_watch_table_would_watch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lifecycle._cli import main
+
+    file = tmp_path / "lifecycle.toml"
+    file.write_text(
+        '[watch]\nservers = ["nats://ops:s3cret@nats.internal:4222"]\n'
+        "[watch.misses_by_environment]\nnightly-etl = 5\n"
+        '[[watch.expect]]\nenvironment = "nightly-etl"\ncron = "0 2 * * *"\n'
+        'timezone = "Europe/Paris"\ngrace = 600\nmax_duration = 7200\n'
+        '[[watch.expect]]\nenvironment = "hourly"\nevery = 3600\n'
+    )
+    assert main(["check", "--config", str(file)]) == 0  # nothing is connected to
+    out = capsys.readouterr().out
+    assert out.endswith(
+        "  [watch]: ok:\n"
+        "    servers nats://nats.internal:4222/***, stream LIFECYCLE, run table in bucket "
+        "lifecycle_runs\n"
+        "    a run is lost after 3 silent heartbeat intervals (nightly-etl: 5)\n"
+        "    expects nightly-etl: cron '0 2 * * *' Europe/Paris, grace 600 s, "
+        "overdue after 7200 s\n"
+        "    expects hourly: every 3600 s, grace 60 s\n"
+    )
+
+
+def test_check_names_a_bad_watch_key_with_status_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lifecycle._cli import main
+
+    file = tmp_path / "lifecycle.toml"
+    file.write_text("[watch]\nmisses = 0\n")
+    assert main(["check", "--config", str(file)]) == 1
+    assert f"{file}: watch.misses:" in capsys.readouterr().err
+
+
 def test_runs_says_which_servers_it_could_not_reach(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], free_tcp_port: int
 ) -> None:
