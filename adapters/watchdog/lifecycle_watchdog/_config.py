@@ -55,6 +55,7 @@ _WATCH_KEYS = frozenset(
         "rebuild_window",
         "connect_timeout",
         "report_every",
+        "resume_grace",
         "expect",
     }
 )
@@ -193,7 +194,7 @@ class _Reader:
         for name in ("stream", "subject_prefix", "bucket"):
             if name in table:
                 options[name] = self.string(name, table[name])
-        for name in ("tick", "rebuild_window", "connect_timeout", "report_every"):
+        for name in ("tick", "rebuild_window", "connect_timeout", "report_every", "resume_grace"):
             if name in table:
                 options[name] = self.seconds(name, table[name])
         settings = Settings(**options)

@@ -28,14 +28,15 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import anyio
 import nats
+import nats.errors
 import structlog
 from lifecycle_nats import NatsOptions, subject_for
 from lifecycle_nats import ensure_stream as _ensure_stream
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from lifecycle import redact_url
 
@@ -57,6 +58,15 @@ __all__ = ["Settings", "connect", "run_watchdog", "status_subject"]
 
 logger = structlog.get_logger("lifecycle.watchdog")
 
+_IDLE_HEARTBEAT = 1.0
+"""Seconds between the server's idle heartbeats on the watchdog's consumer."""
+
+_NATS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
+"""What a request to a server that is away (or just back) raises."""
+
+Pending: TypeAlias = "tuple[int, float] | None"
+"""A judgement waiting for the reading: (stream sequence to read up to, as of when)."""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -74,6 +84,10 @@ class Settings:
         create_stream: create the stream when it is missing (``lifecycle-nats`` does it
             too, with the same defaults).
         report_every: seconds between two log lines on how far the watchdog has read.
+        resume_grace: seconds after the watchdog gets the server back (a restart, a
+            network cut) before a run's silence counts again: while the server was away
+            no run could store a heartbeat, and publishers take a moment to reconnect
+            (lifecycle-nats' ``reconnect_wait`` is 2 s).
 
     .. versionadded:: 0.2
     """
@@ -88,6 +102,7 @@ class Settings:
     connect_timeout: float = 5.0
     create_stream: bool = True
     report_every: float = 60.0
+    resume_grace: float = 5.0
     name: str = field(default="lifecycle-watchdog")
 
 
@@ -118,14 +133,26 @@ def status_payload(dog: Watchdog) -> bytes:
     return data
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, on_reconnect: Callable[[], object] | None = None) -> Client:
     """Connect to NATS within ``connect_timeout``; the error names the servers it tried.
 
-    Once connected, the client reconnects forever: a watchdog outlives server restarts.
+    Once connected, the client reconnects forever (calling ``on_reconnect`` each time):
+    a watchdog outlives server restarts.
     """
 
     async def on_error(exc: Exception) -> None:
         logger.warning("watchdog: NATS connection error", error=str(exc) or type(exc).__name__)
+
+    async def on_disconnected() -> None:
+        logger.warning("watchdog: lost the NATS server; nothing is judged until it is back")
+
+    async def on_reconnected() -> None:
+        logger.info(
+            "watchdog: the NATS server is back; silence counts again after resume_grace",
+            resume_grace=settings.resume_grace,
+        )
+        if on_reconnect is not None:
+            on_reconnect()
 
     shown = ", ".join(redact_url(url) for url in settings.servers)
     try:
@@ -139,6 +166,8 @@ async def connect(settings: Settings) -> Client:
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
                 error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
             )
     except TimeoutError:
         raise ConnectionError(
@@ -197,7 +226,13 @@ async def run_watchdog(
 
     .. versionadded:: 0.2
     """
-    nc = await connect(settings)
+
+    def regained() -> None:
+        # While the server was away no run could store a heartbeat: that silence is not
+        # theirs (see Settings.resume_grace).
+        judge.silence_from = max(judge.silence_from, clock() + settings.resume_grace)
+
+    nc = await connect(settings, on_reconnect=regained)
     try:
         js = nc.jetstream()
         await ensure_stream(js, settings)
@@ -221,6 +256,32 @@ async def run_watchdog(
             await nc.drain()
 
 
+async def _first_sequence(js: JetStreamContext, settings: Settings, start: float) -> int:
+    """The stream sequence to read from so as to see every event stored since ``start``.
+
+    Asked of a short-lived consumer that starts by time, so that the watchdog's ordered
+    consumer starts by sequence. nats-py (2.16) recreates an ordered consumer (after a gap,
+    or once a server restart lost it) by sequence but keeps the first request's start
+    time, which the server refuses ("deliver by start sequence, but optional start time is
+    also set"): a watchdog that started by time went deaf at the first server restart
+    (nats.go fixed the same bug in its PR 1341).
+    """
+    info = await js.add_consumer(
+        settings.stream,
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=datetime.fromtimestamp(max(start, 0.0), timezone.utc),
+            filter_subject=f"{settings.subject_prefix}.>",
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=60.0,  # gone by itself should the delete below not happen
+            mem_storage=True,
+        ),
+    )
+    await js.delete_consumer(settings.stream, info.name)
+    # Before it delivered anything, its position is one short of the first match.
+    return (info.delivered.stream_seq if info.delivered else 0) + 1
+
+
 async def _watch(
     nc: Client,
     js: JetStreamContext,
@@ -242,9 +303,11 @@ async def _watch(
         stream=settings.stream,
         cb=deliver,
         ordered_consumer=True,
+        # A consumer lost with a server restart is noticed after two missed beats.
+        idle_heartbeat=_IDLE_HEARTBEAT,
         config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=datetime.fromtimestamp(max(start, 0.0), timezone.utc),
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=await _first_sequence(js, settings, start),
         ),
     )
     judge = dog.judge
@@ -284,8 +347,55 @@ async def _watch(
     # stream's last sequence; once read up to it, judge *as of T*. A watchdog that lags
     # behind the stream thus never calls a live run lost, even under a steady flow where
     # it is never fully idle.
-    pending: tuple[int, float] | None = None
+    async def judge_step(
+        now: float, pending: Pending, next_judge: float, next_report: float
+    ) -> tuple[Pending, float, float]:
+        nonlocal caught_up_once, status, saved, next_checkpoint
+        if now >= next_judge:
+            # Always move on: a judgement still waiting for the reading to catch up
+            # must not turn the sleep below into a busy loop.
+            next_judge = now + settings.tick
+            if pending is None:
+                if not caught_up_once or dog.has_due(now):
+                    pending = (await stream_end(), now)
+                else:
+                    dog.rounds += 1  # judged: nothing was due
+        if now >= next_report:
+            next_report = now + settings.report_every
+            logger.info(
+                "watchdog: reading",
+                read_up_to=judge.consumed,
+                buffered=len(inbox),
+                waiting_for=None if pending is None else pending[0],
+                runs=len(judge.table),
+                verdicts=dict(dog.verdicts),
+            )
+        if (
+            pending is not None
+            and judge.consumed < pending[0]
+            and not inbox
+            and now - pending[1] > 1.0
+            and await read_everything()
+        ):
+            pending = (judge.consumed, pending[1])
+        if pending is not None and judge.consumed >= pending[0]:
+            await dog.judge_now(now=pending[1])
+            pending = None
+            if not caught_up_once:
+                caught_up_once = True
+                status = await nc.subscribe(status_subject(settings), cb=answer)
+                if ready is not None:
+                    ready(dog)
+        if now >= next_checkpoint and caught_up_once and judge.consumed > saved:
+            await dog.flush()  # the table holds everything up to `consumed`
+            await dog.store.save_checkpoint(judge.consumed, last_time)
+            saved = judge.consumed
+            next_checkpoint = now + settings.checkpoint_every
+        return pending, next_judge, next_report
+
+    pending: Pending = None
     next_report = clock() + settings.report_every
+    failing = False
 
     try:
         next_judge = clock()
@@ -310,47 +420,32 @@ async def _watch(
                         seq=seq,
                         error=str(exc),
                     )
+                except _NATS_ERRORS as exc:
+                    # The server went away while this event's table write was in flight:
+                    # the event is read all the same (a restarted watchdog learns it again).
+                    logger.error(
+                        "watchdog: a run-table write failed",
+                        subject=msg.subject,
+                        seq=seq,
+                        error=str(exc) or type(exc).__name__,
+                    )
             now = clock()
-            if now >= next_judge:
-                # Always move on: a judgement still waiting for the reading to catch up
-                # must not turn the sleep below into a busy loop.
-                next_judge = now + settings.tick
-                if pending is None:
-                    if not caught_up_once or dog.has_due(now):
-                        pending = (await stream_end(), now)
-                    else:
-                        dog.rounds += 1  # judged: nothing was due
-            if now >= next_report:
-                next_report = now + settings.report_every
-                logger.info(
-                    "watchdog: reading",
-                    read_up_to=judge.consumed,
-                    buffered=len(inbox),
-                    waiting_for=None if pending is None else pending[0],
-                    runs=len(judge.table),
-                    verdicts=dict(dog.verdicts),
+            try:
+                pending, next_judge, next_report = await judge_step(
+                    now, pending, next_judge, next_report
                 )
-            if (
-                pending is not None
-                and judge.consumed < pending[0]
-                and not inbox
-                and now - pending[1] > 1.0
-                and await read_everything()
-            ):
-                pending = (judge.consumed, pending[1])
-            if pending is not None and judge.consumed >= pending[0]:
-                await dog.judge_now(now=pending[1])
+            except _NATS_ERRORS as exc:
+                # The server is away (or back, with JetStream not ready yet): nothing is
+                # judged without it; the next tick tries again.
                 pending = None
-                if not caught_up_once:
-                    caught_up_once = True
-                    status = await nc.subscribe(status_subject(settings), cb=answer)
-                    if ready is not None:
-                        ready(dog)
-            if now >= next_checkpoint and caught_up_once and judge.consumed > saved:
-                await dog.flush()  # the table holds everything up to `consumed`
-                await dog.store.save_checkpoint(judge.consumed, last_time)
-                saved = judge.consumed
-                next_checkpoint = now + settings.checkpoint_every
+                if not failing:
+                    logger.warning(
+                        "watchdog: NATS did not answer; judging again once it does",
+                        error=str(exc) or type(exc).__name__,
+                    )
+                failing = True
+            else:
+                failing = False
             # Sleep until the next judgement and read in batches (waking per message would
             # cost more than reading it); while a judgement waits for the reading, look
             # every 10 ms so the verdict is not a whole tick late.

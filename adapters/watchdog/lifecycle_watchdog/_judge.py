@@ -147,6 +147,9 @@ class Judge:
         self._starts: dict[str, list[float]] = {name: [] for name in self._watched}
         self.slots_from = slots_from
         """Slots whose window opens before this time are not judged (set before judging)."""
+        self.silence_from = 0.0
+        """Silence before this time is not held against a run: the watchdog lost the server
+        until then, and while the server is away no run can store a heartbeat either."""
         self._next_slot: dict[str, Slot] = {}
         self._keep_starts = max(
             [2 * e.grace + (e.every or 0) for e in self.expectations if e.scheduled] or [0]
@@ -393,6 +396,7 @@ class Judge:
         default = policy.default_interval
         plain = not policy.environments and not policy.labels
         limits = self._max_duration
+        silence_from = self.silence_from
         for record in self.table.values():
             if record.state is not RunState.RUNNING:
                 continue
@@ -401,7 +405,7 @@ class Judge:
                 misses = (
                     policy.misses if plain else policy.misses_for(record.environment, record.labels)
                 )
-                if now >= record.last_seen + misses * interval:
+                if now >= max(record.last_seen, silence_from) + misses * interval:
                     return True
             if limits and not record.overdue:
                 limit = limits.get(record.environment)
@@ -437,7 +441,7 @@ class Judge:
             interval = record.interval or self.policy.default_interval
             if interval:
                 misses = self.policy.misses_for(record.environment, record.labels)
-                deadline = record.last_seen + misses * interval
+                deadline = max(record.last_seen, self.silence_from) + misses * interval
                 if now >= deadline:
                     changes.append(self._lost(record, now, misses, interval, deadline))
                     continue

@@ -68,34 +68,60 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-def nats_url(tmp_path: Path) -> Iterator[str]:
-    """A fresh ``nats-server -js`` for one test; stopped (and its store dropped) after."""
-    port = free_port()
-    store = tmp_path / "jetstream"
-    server = subprocess.Popen(
-        [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+class OwnServer:
+    """A ``nats-server -js`` on a free port with its own store, which a test may restart."""
+
+    def __init__(self, store: Path) -> None:
+        self.port = free_port()
+        self.store = store
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 20
         while True:  # ready when it accepts connections (bounded: fails the test, never hangs)
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
             except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"nats-server did not start on port {port}") from None
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"nats-server did not start on port {self.port}") from None
                 time.sleep(0.02)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        server.terminate()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.send_signal(sig)
         try:
-            server.wait(10)
+            process.wait(10)
         except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[OwnServer]:
+    """A fresh server for one test; stopped (and its store dropped) after."""
+    server = OwnServer(tmp_path / "jetstream")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server: OwnServer) -> str:
+    return nats_server.url
 
 
 @dataclass
@@ -315,6 +341,33 @@ async def test_a_pause_within_the_allowance_is_no_alarm_and_one_past_it_is_lost_
     [own] = [e for e in events if e.name == EXITED and e.outcome is Outcome.TERMINATED]
     assert own.event_id == truth.event_id
     assert "after_lost" not in own.attributes
+
+
+async def test_a_server_restart_longer_than_the_allowance_is_no_alarm_and_is_survived(
+    nats_server: OwnServer, wrapper: Callable[..., Wrapper]
+) -> None:
+    """NATS away for 2.5 allowances, then back: the watchdog reads on (its consumer is
+    recreated), calls no live run lost for the silence the outage forced on it, and
+    still reports the run that dies afterwards, once."""
+    async with watchdog(nats_server.url) as dog:
+        run = wrapper()
+        await until(beating(dog))
+        assert dog.dog is not None
+        table = dog.dog.judge.table
+        nats_server.stop(signal.SIGKILL)
+        await anyio.sleep(1.5)  # the outage under test: 2.5 x the 0.6 s allowance
+        nats_server.start()
+        back = time.time()
+        # Reading again: a heartbeat stored after the restart reaches the table.
+        await until(lambda: max(r.last_seen for r in table.values()) > back, limit=15)
+        await settled(nats_server.url, dog)
+        assert dog.lost() == []
+        assert dog.dog.judge.silence_from > back  # the outage's silence did not count
+        run.kill_wrapper()
+        await until(lambda: bool(dog.lost()), limit=15)  # after resume_grace (5 s) at most
+        await settled(nats_server.url, dog)
+    assert len(dog.lost()) == 1
+    assert len(lost_in(await stored(nats_server.url))) == 1
 
 
 async def test_one_missed_per_empty_slot_and_none_while_the_job_starts(nats_url: str) -> None:

@@ -148,6 +148,21 @@ async def test_silence_for_misses_times_interval_declares_the_run_lost_once() ->
 
 
 @pytest.mark.anyio
+async def test_silence_while_the_watchdog_had_no_server_is_not_held_against_a_run() -> None:
+    rig = Rig()
+    await start_beating(rig, beats=3)  # last beat at T0 + 3: lost at T0 + 6, normally
+    rig.dog.judge.silence_from = T0 + 20  # the server was away until then (and a grace)
+    await rig.judge(T0 + 22.99)
+    assert rig.lost() == []
+    await rig.judge(T0 + 23)  # the allowance, counted from silence_from
+    [lost] = rig.lost()
+    assert (
+        lost.attributes["last_heartbeat"]
+        == datetime.fromtimestamp(T0 + 3, timezone.utc).isoformat()
+    )  # the truth about the run is unchanged
+
+
+@pytest.mark.anyio
 async def test_the_interval_on_starting_is_enough_to_judge_a_run_that_never_beat() -> None:
     rig = Rig()
     await rig.feed(event(STARTING, heartbeat_interval=2.0), T0)
