@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import nats.errors
 import nats.js.errors
 import structlog
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from ._exceptions import StreamConfigError
+from ._exceptions import NatsError, StreamConfigError
 from ._options import NatsOptions
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ async def ensure_stream(
     Raises:
         StreamConfigError: the stream is missing and ``create_stream`` is false, or it
             exists with subjects, storage or retention that do not fit.
+        NatsError: the server does not run JetStream (or has not started it yet).
 
     .. versionadded:: 0.2
     """
@@ -67,6 +69,18 @@ async def ensure_stream(
         options = NatsOptions.build(**kwargs)
     elif kwargs:
         raise TypeError("pass either options or keyword options to ensure_stream, not both")
+    try:
+        return await _ensure_stream(js, options)
+    except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+        # What a server without JetStream (or one still starting it) answers: the bare
+        # exception says "code=None description='None'".
+        raise NatsError(
+            f"JetStream does not answer at {options.shown_servers}: is it enabled "
+            "(nats-server -js, or jetstream {} in its configuration) and ready?"
+        ) from None
+
+
+async def _ensure_stream(js: JetStreamContext, options: NatsOptions) -> StreamInfo:
     subjects = f"{options.subject_prefix}.>"
     try:
         info = await js.stream_info(options.stream)

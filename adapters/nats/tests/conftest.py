@@ -39,7 +39,8 @@ def free_port() -> int:
 class NatsServer:
     """A nats-server with JetStream on a free port and its own store dir, for one test (module)."""
 
-    def __init__(self, directory: Path, *args: str) -> None:
+    def __init__(self, directory: Path, *args: str, jetstream: bool = True) -> None:
+        self.jetstream = jetstream
         self.port = free_port()
         self.store = directory / "store"
         self.log = directory / "nats.log"
@@ -54,8 +55,8 @@ class NatsServer:
         assert self.process is None
         offset = self.log.stat().st_size if self.log.exists() else 0
         self.process = subprocess.Popen(
-            [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port),
-             "-sd", str(self.store), "-l", str(self.log), *self.args],
+            [nats_server_binary(), *(["-js", "-sd", str(self.store)] if self.jetstream else []),
+             "-a", "127.0.0.1", "-p", str(self.port), "-l", str(self.log), *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -111,6 +112,15 @@ def shared_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
     """A server this test may stop, kill and restart (not started yet)."""
     server = NatsServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def no_jetstream(tmp_path: Path) -> Iterator[NatsServer]:
+    """A server that runs without JetStream."""
+    server = NatsServer(tmp_path, jetstream=False)
+    server.start()
     yield server
     server.stop()
 

@@ -230,6 +230,17 @@ def test_listen_with_no_server_names_the_servers_option(
     assert "check the option servers" in error
 
 
+def test_listen_on_a_server_without_jetstream_says_so(
+    tmp_path: Path, no_jetstream: NatsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "notify.toml"
+    config.write_text(f'[listen]\nservers = "{no_jetstream.url}"\n')
+    assert cli("listen", "--config", str(config)) == 1
+    assert (
+        f"{config}: listen: JetStream does not answer at {no_jetstream.url}: is it enabled"
+    ) in capsys.readouterr().err
+
+
 def test_listen_with_a_bad_option_names_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

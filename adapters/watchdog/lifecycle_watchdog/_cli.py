@@ -20,7 +20,10 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import nats.errors
+import nats.js.errors
 import structlog
+from lifecycle_nats import NatsError
 
 from lifecycle import EXITED, ConfigError, EventBus, escape, log_to_stderr, redact_url
 
@@ -131,21 +134,22 @@ def watch(argv: list[str]) -> int:
     config = _load("watch", args)
     if config is None:
         return STATUS_USAGE
-    try:
-        return anyio.run(_watch, config, backend="asyncio")
-    except ConnectionError as exc:
-        _say("watch", f"error: {_where(config, args)}: {exc}")
-        return STATUS_UNREACHABLE
+    status, failure = anyio.run(_watch, config, backend="asyncio")
+    if failure is not None:
+        _say("watch", f"error: {_where(config, args)}: {failure}")
+    return status
 
 
-async def _watch(config: WatchConfig) -> int:
+async def _watch(config: WatchConfig) -> tuple[int, Exception | None]:
+    """Watch until a signal; the exit status, and why NATS could not be watched if so."""
+    failure: Exception | None = None
     async with EventBus() as bus:
         if config.notify is not None and (config.notify.adapters or config.notify.handlers):
             try:
                 attachment = config.notify.attach(bus)
             except ConfigError as exc:
                 _say("watch", f"error: {exc}")
-                return STATUS_USAGE
+                return STATUS_USAGE, None
         else:
             attachment = _console(bus)
         log_to_stderr()  # after the handler modules' import: their configuration wins
@@ -170,11 +174,16 @@ async def _watch(config: WatchConfig) -> int:
                             return
 
                 group.start_soon(stop_on_signal)
-                await run_watchdog(settings, judge, bus, ready=ready)
+                try:
+                    await run_watchdog(settings, judge, bus, ready=ready)
+                except (ConnectionError, NatsError) as exc:
+                    # Caught here, not around the task group, which would wrap it.
+                    failure = exc
+                    group.cancel_scope.cancel()
         finally:
             if attachment is not None:
                 attachment.detach()
-    return 0
+    return (0, None) if failure is None else (STATUS_UNREACHABLE, failure)
 
 
 # -- lifecycle runs ----------------------------------------------------------------
@@ -200,7 +209,7 @@ def runs(argv: list[str]) -> int:
     log_to_stderr()  # stdout is the table's, or the JSON's a script reads
     try:
         source, rows = anyio.run(_table, config.settings, backend="asyncio")
-    except ConnectionError as exc:
+    except (ConnectionError, NatsError) as exc:
         _say("runs", f"error: {_where(config, args)}: {exc}")
         return STATUS_UNREACHABLE
     if not args.all:
@@ -219,7 +228,14 @@ async def _table(settings: Settings) -> tuple[str, list[dict[str, Any]]]:
             reply = await nc.request(status_subject(settings), b"", timeout=2.0)
         except Exception:  # no watchdog answering (no responders, or a timeout)
             js = nc.jetstream()
-            store = await JetStreamStore.open(js, settings.bucket)
+            try:
+                store = await JetStreamStore.open(js, settings.bucket)
+            except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
+                shown = ", ".join(redact_url(url) for url in settings.servers)
+                raise NatsError(
+                    f"no watchdog answered, and JetStream does not answer at {shown} to read "
+                    "the stored table: is it enabled (nats-server -js) and ready?"
+                ) from None
             return "store", [record.to_dict() for record in await store.records()]
         data = json.loads(reply.data)
         rows: list[dict[str, Any]] = data["runs"]

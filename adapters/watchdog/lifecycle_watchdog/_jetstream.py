@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import anyio
 import nats
+import nats.aio.client
 import nats.errors
 import structlog
 from lifecycle_nats import NatsOptions, subject_for
@@ -143,8 +144,11 @@ async def connect(settings: Settings, on_reconnect: Callable[[], object] | None 
     async def on_error(exc: Exception) -> None:
         logger.warning("watchdog: NATS connection error", error=str(exc) or type(exc).__name__)
 
+    client = nats.aio.client.Client()
+
     async def on_disconnected() -> None:
-        logger.warning("watchdog: lost the NATS server; nothing is judged until it is back")
+        if not client.is_closed:  # a close of our own is no loss
+            logger.warning("watchdog: lost the NATS server; nothing is judged until it is back")
 
     async def on_reconnected() -> None:
         logger.info(
@@ -159,16 +163,18 @@ async def connect(settings: Settings, on_reconnect: Callable[[], object] | None 
         # nats-py retries the first connection forever too when reconnects are unbounded,
         # so the bound on the first one is ours.
         with anyio.fail_after(settings.connect_timeout):
-            return await nats.connect(
+            await client.connect(
                 list(settings.servers),
                 name=settings.name,
-                connect_timeout=settings.connect_timeout,
+                # Annotated int in nats-py, used as asyncio.wait_for's float timeout.
+                connect_timeout=settings.connect_timeout,  # type: ignore[arg-type]
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
             )
+            return client
     except TimeoutError:
         raise ConnectionError(
             f"cannot connect to NATS at {shown} (option servers) within "

@@ -71,9 +71,10 @@ def free_port() -> int:
 class OwnServer:
     """A ``nats-server -js`` on a free port with its own store, which a test may restart."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, *, jetstream: bool = True) -> None:
         self.port = free_port()
         self.store = store
+        self.jetstream = jetstream
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -81,8 +82,9 @@ class OwnServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        js = ["-js", "-sd", str(self.store)] if self.jetstream else []
         self.process = subprocess.Popen(
-            [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
+            [NATS_SERVER, *js, "-a", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -122,6 +124,17 @@ def nats_server(tmp_path: Path) -> Iterator[OwnServer]:
 @pytest.fixture
 def nats_url(nats_server: OwnServer) -> str:
     return nats_server.url
+
+
+@pytest.fixture
+def no_jetstream(tmp_path: Path) -> Iterator[str]:
+    """The URL of a nats-server that runs without JetStream."""
+    server = OwnServer(tmp_path / "unused", jetstream=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @dataclass
@@ -520,3 +533,38 @@ async def test_a_stream_that_also_holds_other_subjects_is_still_judged(nats_url:
         assert [e.run_id for e in dog.lost()] == ["silent"]
     finally:
         await nc.close()
+
+
+@pytest.mark.parametrize("command", ["watch", "runs"])
+def test_a_server_without_jetstream_is_named_as_such(
+    command: str, no_jetstream: str, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [*LIFECYCLE, command, "--server", no_jetstream],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert f"--server: {'no watchdog answered, and ' if command == 'runs' else ''}" in done.stderr
+    assert f"JetStream does not answer at {no_jetstream}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_watch_says_which_servers_it_could_not_reach(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    config = tmp_path / "watch.toml"
+    config.write_text(f'[watch]\nservers = ["{url}"]\nconnect_timeout = 0.5\n')
+    done = subprocess.run(
+        [*LIFECYCLE, "watch", "--config", str(config)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert f"{config}: watch.servers: cannot connect to NATS at {url}" in done.stderr
+    assert "Traceback" not in done.stderr
