@@ -97,15 +97,22 @@ class Watchdog:
         records = await self.store.records()
         self.judge.restore(records)
         for record in records:
-            if record.state is RunState.LOST and not record.announced and record.lost_event:
-                event = Event.from_dict(record.lost_event)
-                await self._announce(
-                    run_key(record.run_id),
-                    record.lost_count,
-                    event,
-                    lost_msg_id(record.run_id, record.lost_count),
-                )
+            await self._announce_stored(record)
         return await self.store.checkpoint()
+
+    async def _announce_stored(self, record: RunRecord) -> None:
+        """Announce a stored ``lost`` verdict that nobody marked announced yet.
+
+        Safe whoever won it: the publish is deduplicated by its ``Nats-Msg-Id`` and only
+        the watchdog whose mark lands emits.
+        """
+        if record.state is RunState.LOST and not record.announced and record.lost_event:
+            await self._announce(
+                run_key(record.run_id),
+                record.lost_count,
+                Event.from_dict(record.lost_event),
+                lost_msg_id(record.run_id, record.lost_count),
+            )
 
     async def _announce(self, key: str, count: int, event: Event, msg_id: str) -> bool:
         """Publish a lost verdict, then emit it if this watchdog marks it announced.
@@ -241,6 +248,11 @@ class Watchdog:
             )
             if stored is not None:
                 (self.judge.commit if won else self.judge.adopt)(stored)
+            if not won and stored is not None and change.kind == "lost":
+                # Lost to another watchdog mid-announcement, or to our own write whose
+                # reply the network lost (we then think it failed): either way, see that
+                # it is announced, or nobody would until a restart.
+                await self._announce_stored(stored)
             if not won and change.event is not None and depth < 3:
                 # Another watchdog's verdict came first: see the event again in its light
                 # (an `exited` that meets a stored `lost` is late truth, for instance).

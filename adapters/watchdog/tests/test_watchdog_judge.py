@@ -447,3 +447,33 @@ async def test_a_verdict_that_could_not_be_published_is_retried_at_the_next_judg
     await rig.judge(T0 + 3.2)
     assert len(rig.lost()) == 1
     assert [e.outcome for e in rig.emitted] == [Outcome.LOST]
+
+
+class ReplyLostStore(MemoryStore):
+    """A store whose next write lands but whose reply is lost, as in a network cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose_next_reply = False
+
+    async def transition(self, key: str, merge: Any, *, create_first: bool = False) -> Any:
+        result = await super().transition(key, merge, create_first=create_first)
+        if self.lose_next_reply:
+            self.lose_next_reply = False
+            raise TimeoutError("nats: timeout")
+        return result
+
+
+@pytest.mark.anyio
+async def test_a_verdict_written_whose_reply_was_lost_is_still_announced_once() -> None:
+    store = ReplyLostStore()
+    rig = Rig(store=store)
+    await rig.feed(event(STARTING, heartbeat_interval=1.0), T0)
+    store.lose_next_reply = True
+    with pytest.raises(TimeoutError):
+        await rig.judge(T0 + 3)  # the service logs this and judges again at the next tick
+    assert rig.lost() == []
+    await rig.judge(T0 + 3.1)  # its own stored verdict, seen as a lost race
+    await rig.judge(T0 + 3.2)
+    assert len(rig.lost()) == 1
+    assert [e.outcome for e in rig.emitted] == [Outcome.LOST]
