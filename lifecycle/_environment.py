@@ -184,6 +184,32 @@ class Environment:
         return self._running(run_id, attributes=attributes, timeout=timeout, heartbeat=heartbeat)
 
     @asynccontextmanager
+    async def lifespan(self, run: Run) -> AsyncIterator[None]:
+        """What one run of this environment holds, from before ``starting`` to after ``exited``.
+
+        Override it in a subclass whose runs need a resource of their own (a cluster to
+        connect to, a container to start). It is entered before the ``starting`` event
+        is built, so what it puts in ``run.attributes`` travels on ``starting``, and it is
+        entered in the body's task, so a context variable it sets is seen by the body. It
+        is left after ``exited`` was emitted, however the run ended, with the body's
+        exception, if any. If entering it raises, there is no run and no event.
+
+        .. versionadded:: 0.2
+        """
+        yield
+
+    async def collect(self, run: Run, outcome: Outcome) -> None:
+        """Add what the run did to ``run.attributes``, just before ``exited`` is built.
+
+        Override it to read the resources the run used (metrics, log tails). It is called
+        once per run, whatever the outcome (``aborted`` and ``cancelled`` too), shielded
+        from cancellation and given at most ``exit_grace`` seconds; if it raises or runs
+        out of time, the failure is logged and ``exited`` is emitted all the same.
+
+        .. versionadded:: 0.2
+        """
+
+    @asynccontextmanager
     async def _running(
         self,
         run_id: str | None = None,
@@ -208,40 +234,43 @@ class Environment:
         heartbeat = check_interval(heartbeat)
         announced = check_interval(heartbeat_interval) or heartbeat
         run = Run(self, run_id or uuid.uuid4().hex, attributes or {})
-        starting = self.event(
-            STARTING,
-            run.run_id,
-            attributes=run.attributes
-            if announced is None
-            else {**run.attributes, "heartbeat_interval": announced},
-        )
-        try:
-            with stop_starting or contextlib.nullcontext():
-                run.start_report = await self.emit(starting)
-        except anyio.get_cancelled_exc_class():
-            await self._exited(run, Outcome.CANCELLED)
-            raise
-        # No start report: a stop request cut the emit short (the caller logged it), and
-        # the body, told of the stop, ends at once.
-        if run.start_report is not None and run.start_report.critical_failures:
-            aborted = StartAborted(self.name, run.start_report)
-            await self._exited(run, Outcome.ABORTED, error=aborted)
-            raise aborted
-        deadline = anyio.current_time() + timeout if timeout is not None else float("inf")
-        try:
-            with anyio.CancelScope(deadline=deadline) as scope:
-                async with heartbeats(run, heartbeat):
-                    yield run
-        except BaseException as exc:
-            outcome, exit_code = _classify(exc)
-            await self._exited(run, outcome, error=exc, exit_code=exit_code)
-            raise
-        if scope.cancelled_caught:
-            assert timeout is not None
-            timed_out = RunTimeoutError(self.name, timeout)
-            await self._exited(run, Outcome.TIMEOUT, error=timed_out)
-            raise timed_out
-        await self._exited(run, run.outcome or Outcome.SUCCEEDED, error=run.error)
+        # Most environments hold nothing: no generator-based context per run for them.
+        custom = type(self).lifespan is not Environment.lifespan
+        async with self.lifespan(run) if custom else contextlib.nullcontext():
+            starting = self.event(
+                STARTING,
+                run.run_id,
+                attributes=run.attributes
+                if announced is None
+                else {**run.attributes, "heartbeat_interval": announced},
+            )
+            try:
+                with stop_starting or contextlib.nullcontext():
+                    run.start_report = await self.emit(starting)
+            except anyio.get_cancelled_exc_class():
+                await self._exited(run, Outcome.CANCELLED)
+                raise
+            # No start report: a stop request cut the emit short (the caller logged it), and
+            # the body, told of the stop, ends at once.
+            if run.start_report is not None and run.start_report.critical_failures:
+                aborted = StartAborted(self.name, run.start_report)
+                await self._exited(run, Outcome.ABORTED, error=aborted)
+                raise aborted
+            deadline = anyio.current_time() + timeout if timeout is not None else float("inf")
+            try:
+                with anyio.CancelScope(deadline=deadline) as scope:
+                    async with heartbeats(run, heartbeat):
+                        yield run
+            except BaseException as exc:
+                outcome, exit_code = _classify(exc)
+                await self._exited(run, outcome, error=exc, exit_code=exit_code)
+                raise
+            if scope.cancelled_caught:
+                assert timeout is not None
+                timed_out = RunTimeoutError(self.name, timeout)
+                await self._exited(run, Outcome.TIMEOUT, error=timed_out)
+                raise timed_out
+            await self._exited(run, run.outcome or Outcome.SUCCEEDED, error=run.error)
 
     async def _exited(
         self,
@@ -255,6 +284,8 @@ class Environment:
             exit_code = run.exit_code
         if outcome is Outcome.SUCCEEDED and exit_code:
             outcome = Outcome.FAILED
+        if type(self).collect is not Environment.collect:
+            await self._collect(run, outcome)
         event = self.event(
             EXITED,
             run.run_id,
@@ -288,6 +319,21 @@ class Environment:
                 environment=self.name,
                 run_id=run.run_id,
                 outcome=outcome.value,
+                grace=self.exit_grace,
+            )
+
+    async def _collect(self, run: Run, outcome: Outcome) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.exit_grace) as scope:
+            try:
+                await self.collect(run, outcome)
+            except Exception:
+                # What the run did is worth less than telling that it ended.
+                logger.exception("collect failed", environment=self.name, run_id=run.run_id)
+        if scope.cancelled_caught:
+            logger.error(
+                "collect cut off by the exit grace period",
+                environment=self.name,
+                run_id=run.run_id,
                 grace=self.exit_grace,
             )
 

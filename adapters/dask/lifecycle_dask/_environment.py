@@ -328,6 +328,7 @@ class DaskEnvironment(Environment):
         self.cluster_kwargs = dict(cluster_kwargs or {})
         self.log_lines = log_lines
         self.probe_timeout = float(probe_timeout)
+        self._runs: dict[Run, tuple[DaskSession, Baseline]] = {}
 
     async def _connect(self, stack: AsyncExitStack) -> DaskSession:
         target = self.cluster
@@ -366,20 +367,12 @@ class DaskEnvironment(Environment):
         return DaskSession(client, cluster, owns, address)
 
     @asynccontextmanager
-    async def _running(
-        self,
-        run_id: str | None = None,
-        *,
-        attributes: Mapping[str, Any] | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - a run's time limit, as in the core
-        heartbeat: float | None = None,
-        heartbeat_interval: float | None = None,
-        stop_starting: anyio.CancelScope | None = None,
-    ) -> AsyncIterator[Run]:
-        """The core's run (``running()``, ``run()`` and ``run_sync()`` all come here), on Dask.
+    async def lifespan(self, run: Run) -> AsyncIterator[None]:
+        """Connect to the cluster (or create it) and read its resources, for one run.
 
-        Args and raises as :meth:`lifecycle.Environment.running`; ``attributes["dask"]``
-        is the environment's own.
+        ``run.attributes["dask"]`` gets the resources, so ``starting`` carries them. Left
+        after ``exited``: the run's plugins are unregistered, its client closed, and a
+        cluster it created closed.
 
         Raises:
             RuntimeError: not running on asyncio.
@@ -394,37 +387,28 @@ class DaskEnvironment(Environment):
                 identity, start = await baseline(session.client)
             info = resources(identity)
             info["scheduler"] = info["scheduler"] or session.scheduler_address
+            run.attributes["dask"] = info
             token = _SESSION.set(session)
             _ACTIVE.append(session)
+            self._runs[run] = (session, start)
             try:
-                async with super()._running(
-                    run_id,
-                    attributes={**(attributes or {}), "dask": info},
-                    timeout=timeout,
-                    heartbeat=heartbeat,
-                    heartbeat_interval=heartbeat_interval,
-                    stop_starting=stop_starting,
-                ) as run:
-                    try:
-                        yield run
-                    except BaseException:
-                        await self._collect(run, session, start, succeeded=False)
-                        raise
-                    succeeded = run.outcome in (None, Outcome.SUCCEEDED) and not run.exit_code
-                    await self._collect(run, session, start, succeeded=succeeded)
+                yield
             finally:
+                del self._runs[run]
                 _ACTIVE.remove(session)
                 _SESSION.reset(token)
 
-    async def _collect(
-        self, run: Run, session: DaskSession, start: Baseline, *, succeeded: bool
-    ) -> None:
-        """Add what the workers did to ``run.attributes["dask"]`` (shielded, bounded)."""
+    async def collect(self, run: Run, outcome: Outcome) -> None:
+        """Add what the workers did to ``run.attributes["dask"]`` (bounded by ``probe_timeout``).
+
+        A run that did not succeed also gets the tail of each worker's log.
+        """
+        session, start = self._runs[run]
         info: dict[str, Any] = dict(run.attributes.get("dask") or {})
         errors: list[str] = []
         client: Any = session.client
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.probe_timeout) as scope:
-            if not succeeded and self.log_lines:
+        with anyio.move_on_after(self.probe_timeout) as scope:
+            if outcome is not Outcome.SUCCEEDED and self.log_lines:
                 # Before the probe, whose own log lines would fill the tail.
                 try:
                     logs = await client.get_worker_logs(n=self.log_lines + 5)
