@@ -22,6 +22,8 @@ from ._exceptions import NatsConnectError
 from ._subject import check_prefix
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from nats.aio.client import Client
 
 __all__ = ["DEFAULT_SERVERS", "SPOOL_ENV", "NatsOptions", "default_spool_dir"]
@@ -200,18 +202,28 @@ class NatsOptions:
             return "servers (the credentials in the URL)"
         return "user/password, token or creds (the server wants credentials)"
 
-    async def connect(self, **callbacks: Any) -> Client:
+    async def connect(
+        self,
+        *,
+        on_async_error: Callable[[Exception], Awaitable[None]] | None = None,
+        **callbacks: Any,
+    ) -> Client:
         """One connection attempt to each server (no reconnecting: callers own that).
 
-        ``callbacks`` (``disconnected_cb``, ``closed_cb``, ...) go to ``nats.connect``.
+        ``callbacks`` (``disconnected_cb``, ``closed_cb``, ...) go to ``nats.connect``;
+        ``on_async_error`` gets the errors nats-py reports once connected.
 
         Raises:
             NatsConnectError: no server answered, or the credentials were refused.
         """
         errors: list[BaseException] = []
+        connected = False
 
         async def on_error(exc: Exception) -> None:
-            errors.append(exc)
+            if not connected:
+                errors.append(exc)  # for the message of a failed connection
+            elif on_async_error is not None:
+                await on_async_error(exc)
 
         kwargs: dict[str, Any] = {}
         if self.user is not None:
@@ -249,6 +261,7 @@ class NatsOptions:
                 errors.append(exc)
                 raise self._failure(errors) from None
             raise
+        connected = True
         return client
 
     def _failure(self, errors: list[BaseException]) -> NatsConnectError:

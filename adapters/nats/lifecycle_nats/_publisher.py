@@ -401,7 +401,16 @@ class Publisher:
             if not lost.done():
                 lost.set_result("the connection to NATS was lost")
 
-        client = await self.options.connect(disconnected_cb=on_lost, closed_cb=on_lost)
+        async def on_async_error(exc: Exception) -> None:
+            # nats-py (2.16) reports an error answer to js.publish_async here and leaves
+            # its future pending for good: without this, a full stream looked like an
+            # acknowledgement that never came, and its reason was never told.
+            if isinstance(exc, nats.js.errors.APIError) and not lost.done():
+                lost.set_result(f"JetStream refused to store an event: {_describe_api_error(exc)}")
+
+        client = await self.options.connect(
+            disconnected_cb=on_lost, closed_cb=on_lost, on_async_error=on_async_error
+        )
         try:
             js = client.jetstream(timeout=self.options.ack_timeout)
             try:
@@ -415,20 +424,14 @@ class Publisher:
             await self._close_client(client)
             raise
         self._client, self._js, self._lost = client, js, lost
-        if self._outage is not None:
-            logger.info(
-                "NATS is reachable again; sending the waiting events",
-                servers=self.options.shown_servers,
-                pending=len(self._outbox),
-            )
-            self._outage = None
 
     def _report_outage(self, reason: str, *, error: bool = False) -> None:
         if self._outage != reason:
             (logger.error if error else logger.warning)(
                 "the JetStream stream does not fit; events wait in the outbox"
                 if error
-                else "NATS is unreachable; events wait in the outbox",
+                else "NATS is not storing events (unreachable or refusing); they wait in "
+                "the outbox",
                 reason=reason,
                 pending=len(self._outbox),
             )
@@ -483,6 +486,15 @@ class Publisher:
                 if error is None:
                     self.published += 1
                     entry.resolve(int(future.result().seq))
+                    if self._outage is not None:
+                        # Said at the first event stored, not at the connection: a server
+                        # that accepts us but refuses events (a full stream) is no recovery.
+                        logger.info(
+                            "NATS stores events again; sending the waiting ones",
+                            servers=self.options.shown_servers,
+                            pending=len(outbox),
+                        )
+                        self._outage = None
                 elif _retryable(error):
                     outbox.appendleft(entry)
                     raise _Lost(
@@ -596,6 +608,16 @@ class Publisher:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose(timeout=self.options.ack_timeout if exc_type is None else 0)
+
+
+def _describe_api_error(error: nats.js.errors.APIError) -> str:
+    detail = ", ".join(
+        f"{name} {value}"
+        for name, value in (("code", error.code), ("err_code", error.err_code))
+        if value is not None
+    )
+    text = error.description or type(error).__name__
+    return f"{text} ({detail})" if detail else text
 
 
 def _retryable(error: BaseException) -> bool:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import nats
 import pytest
+import structlog.testing
 from lifecycle_nats import (
     NatsConnectError,
     NatsOptions,
@@ -18,10 +19,12 @@ from lifecycle_nats import (
     ensure_stream,
     subject_for,
 )
+from nats.js.api import DiscardPolicy
 
 from lifecycle import EXITED, HEARTBEAT, STARTING, Environment, EnvironmentInfo, Event, EventBus
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
     from nats.aio.msg import Msg
@@ -209,6 +212,41 @@ async def test_what_is_unsent_at_close_is_spooled_and_sent_first_next_time(
     assert spooled(tmp_path) == []
 
 
+def refusals(logs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [line for line in logs if str(line.get("reason", "")).startswith("JetStream refused")]
+
+
+async def test_a_stream_that_refuses_events_is_told_with_its_reason_and_nothing_is_lost(
+    shared_nats: NatsServer, tmp_path: Path
+) -> None:
+    # nats-py leaves an async publish pending forever when the server answers an error:
+    # a full stream (discard new) must not pass for a slow acknowledgement.
+    client = await nats.connect(shared_nats.url)
+    try:
+        await client.jetstream().add_stream(
+            name="FULL", subjects=["full.>"], max_msgs=1, discard=DiscardPolicy.NEW
+        )
+    finally:
+        await client.close()
+    first, refused = event(STARTING), event(EXITED)
+    with structlog.testing.capture_logs() as logs:
+        async with Publisher(
+            servers=shared_nats.url, stream="FULL", subject_prefix="full", spool_dir=tmp_path
+        ) as publisher:
+            entries = [publisher.submit(_message(e, "full")) for e in (first, refused)]
+            assert await publisher.wait(entries[0]) == 1
+            with anyio.fail_after(10):
+                while not refusals(logs):  # noqa: ASYNC110  # no event but the log line itself
+                    await anyio.sleep(0.01)
+            assert publisher.pending == 1
+            assert await publisher.aclose() == 1  # kept: spooled, sent once there is room
+    [told] = refusals(logs)
+    assert told["reason"] == (
+        "JetStream refused to store an event: maximum messages exceeded (code 503, err_code 10077)"
+    )
+    assert len(spooled(tmp_path)) == 1
+
+
 async def test_a_resent_event_is_stored_once(shared_nats: NatsServer, tmp_path: Path) -> None:
     once = event(EXITED)
     async with Publisher(
@@ -285,7 +323,7 @@ async def test_under_trio_attach_says_nats_needs_asyncio() -> None:
             attach(bus)
 
 
-def _message(e: Event) -> Any:
+def _message(e: Event, prefix: str = "lifecycle") -> Any:
     from lifecycle_nats._publisher import message_for
 
-    return message_for(e)
+    return message_for(e, prefix)
