@@ -259,7 +259,11 @@ async def run_watchdog(
             background.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            await nc.drain()
+            try:
+                await nc.drain()
+            except _NATS_ERRORS:
+                # Stopped while the server is away: nothing in flight can be drained.
+                await nc.close()
 
 
 async def _first_sequence(js: JetStreamContext, settings: Settings, start: float) -> int:

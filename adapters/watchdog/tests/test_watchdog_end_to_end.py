@@ -478,6 +478,35 @@ def test_watch_notifies_through_the_usual_handlers_and_runs_lists_the_live_run(
             service.stderr.close()
 
 
+def test_watch_stopped_while_the_server_is_away_exits_0(
+    nats_server: OwnServer, tmp_path: Path
+) -> None:
+    service = subprocess.Popen(
+        [*LIFECYCLE, "watch", "--server", nats_server.url],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert service.stderr is not None
+        for line in service.stderr:  # ends if the service dies: the assert below says so
+            if "watching stream" in line:
+                break
+        nats_server.stop(signal.SIGKILL)
+        for line in service.stderr:  # it noticed: draining would now find no server
+            if "lost the NATS server" in line:
+                break
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(20) == 0
+        assert "Traceback" not in service.stderr.read()
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+        if service.stderr is not None:
+            service.stderr.close()
+
+
 async def test_two_stores_racing_on_one_key_give_the_verdict_to_one(nats_url: str) -> None:
     """The compare-and-set itself, on a real bucket: many racers, one winner."""
     record = RunRecord(run_id="run-1", environment="etl", interval=1.0)
