@@ -237,12 +237,13 @@ class Source:
             )
             task_status.started()
             wait = 0.05
+            outage: str | None = None  # the reason last logged for the current outage
             while not self._stopping:
                 try:
                     if sub is None:
                         sub = await self._subscribe()
                         logger.info("listening again", servers=self.options.shown_servers)
-                        wait = 0.05
+                        wait, outage = 0.05, None
                     try:
                         messages = await sub.fetch(self.batch, timeout=_FETCH_WAIT)
                     except (nats.errors.TimeoutError, asyncio.TimeoutError):
@@ -254,10 +255,13 @@ class Source:
                 except (NatsError, nats.errors.Error, OSError) as exc:
                     if isinstance(exc, StreamConfigError):
                         raise
-                    logger.warning(
-                        "NATS is unreachable; listening again when it is back",
-                        reason=f"{type(exc).__name__}: {exc}",
-                    )
+                    reason = f"{type(exc).__name__}: {exc}"
+                    if reason != outage:  # once per outage and reason, not per attempt
+                        logger.warning(
+                            "NATS is unreachable; listening again when it is back",
+                            reason=reason,
+                        )
+                        outage = reason
                     sub = None
                     await self._close()
                     await anyio.sleep(wait)
