@@ -193,7 +193,12 @@ class PrometheusAdapter(Attachment):
         # prometheus_client's start_http_server polls for shutdown every 0.5 s, which
         # detach would wait out; the same WSGI app on a server of our own stops at once.
         server_class = _ServerV6 if ":" in addr else _Server
-        server = make_server(addr, port, make_wsgi_app(self.registry), server_class, _Quiet)
+        try:
+            server = make_server(addr, port, make_wsgi_app(self.registry), server_class, _Quiet)
+        except OSError as exc:
+            # The bare error ("Address already in use") does not say which address.
+            where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+            raise OSError(exc.errno, f"cannot serve metrics on {where}: {exc.strerror}") from None
         thread = threading.Thread(
             target=server.serve_forever, args=(0.05,), name="lifecycle-prometheus", daemon=True
         )

@@ -246,6 +246,17 @@ def test_bad_port_is_refused() -> None:
         attach(EventBus(), port=-1)
 
 
+def test_a_port_in_use_is_an_error_naming_the_address() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot serve metrics on 127.0.0.1:{port}: "):
+            attach(EventBus(), port=port, addr="127.0.0.1")
+
+
 @pytest.mark.anyio
 async def test_attached_from_a_config_file(tmp_path: Path) -> None:
     config = anyio.Path(tmp_path / "lifecycle.toml")
