@@ -623,7 +623,9 @@ class _Loader:
                     key, f"module {module_name!r} has no attribute {attribute!r}", target
                 ) from None
         if not callable(obj):
-            raise self.error(key, f"{target} is a {type(obj).__name__}, not a callable", target)
+            raise self.error(
+                key, f"{target} is not callable (it is of type {type(obj).__name__})", target
+            )
         handler: Callable[..., Any] = obj
         return handler
 

@@ -98,7 +98,7 @@ def _freeze(value: Any, path: str) -> JsonValue:
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(item, f"{path}[{index}]") for index, item in enumerate(value))
     raise TypeError(
-        f"event attribute {path} is a {type(value).__name__} ({value!r}); attributes must be "
+        f"event attribute {path} is of type {type(value).__name__} ({value!r}); attributes must be "
         "JSON-safe: str, int, float, bool, None, lists or str-keyed mappings"
     )
 

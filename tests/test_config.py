@@ -265,7 +265,7 @@ def test_pyproject_tool_lifecycle_is_read_and_named_in_errors(site: Path, tmp_pa
         (
             'target = "fake_lifecycle_handlers:NOT_CALLABLE"\nsignal = "s"',
             "handlers[0].target",
-            "is a int, not a callable",
+            "is not callable (it is of type int)",
         ),
         (
             'target = "fake_lifecycle_handlers:record"\nsignal = "s"\nbackground = "yes"',

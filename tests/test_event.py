@@ -86,7 +86,7 @@ def test_attributes_are_copied_not_shared() -> None:
 
 
 def test_non_json_attribute_is_refused_with_its_path() -> None:
-    with pytest.raises(TypeError, match=r"attributes\.config\.when is a datetime"):
+    with pytest.raises(TypeError, match=r"attributes\.config\.when is of type datetime"):
         Event(
             name=STARTING,
             run_id="r",
