@@ -201,6 +201,7 @@ class Publisher:
         self._outbox: deque[_Entry] = deque()
         self._in_flight = 0
         self._spool_loaded = not spool_first
+        self._from_spool = 0  # messages the spool put at the head of the outbox
         self._pump_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
@@ -235,9 +236,7 @@ class Publisher:
         loaded = [_Entry(message, path) for path, message in self.spool.load()]
         if loaded:
             self._outbox.extendleft(reversed(loaded))
-            logger.info(
-                "sending spooled events first", count=len(loaded), spool=str(self.spool.directory)
-            )
+        self._from_spool = len(loaded)
         return len(loaded)
 
     def start(self) -> None:
@@ -368,6 +367,14 @@ class Publisher:
     async def _pump(self) -> None:
         assert self._wake is not None
         assert self._idle is not None
+        if self._from_spool:
+            # Said here, not when the spool is read: `lifecycle check` attaches and
+            # detaches at once, and sends nothing.
+            logger.info(
+                "sending spooled events first",
+                count=self._from_spool,
+                spool=str(self.spool.directory),
+            )
         wait = _FIRST_WAIT
         while True:
             if not self._outbox:

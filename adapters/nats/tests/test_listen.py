@@ -300,6 +300,24 @@ def test_flush_with_an_empty_spool_says_so(
     assert "nothing to send" in capsys.readouterr().out
 
 
+def test_check_of_a_nats_adapter_sends_nothing_and_leaves_the_spool(
+    tmp_path: Path, nowhere: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from lifecycle_nats._publisher import message_for
+    from lifecycle_nats._spool import Spool
+
+    Spool(tmp_path / "spool").write([message_for(event())])
+    config = tmp_path / "cfg.toml"
+    config.write_text(
+        f'[[adapters]]\nname = "nats"\noptions = {{ servers = "{nowhere}", spool_dir = "{tmp_path / "spool"}" }}\n'
+    )
+    assert cli("check", "--config", str(config)) == 0
+    out, err = capfd.readouterr()
+    assert "adapter nats" in out
+    assert "sending spooled" not in out + err  # check sends nothing
+    assert len(os.listdir(tmp_path / "spool")) == 1
+
+
 def test_flush_with_no_server_keeps_the_spool(
     tmp_path: Path, nowhere: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
