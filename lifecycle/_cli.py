@@ -515,7 +515,7 @@ async def _attach_and_detach(config: Config) -> None:
     from ._bus import EventBus
 
     async with EventBus(name="lifecycle-check") as bus:
-        config.attach(bus).detach()
+        config.attach(bus, checking=True).detach()
 
 
 def _adapters(args: argparse.Namespace) -> int:

@@ -62,7 +62,12 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "lifecycle.adapters"
-"""The entry-point group in which adapters register their ``attach(bus, **options)``."""
+"""The entry-point group in which adapters register their ``attach(bus, **options)``.
+
+An ``attach`` may carry a ``check(bus, **options)`` attribute: ``lifecycle check`` calls it
+instead of attaching, for an adapter whose attach has effects a check must not have (binding
+the port that the running job itself holds). It raises as ``attach`` does.
+"""
 COMMAND_GROUP = "lifecycle.commands"
 """The entry-point group of added ``lifecycle`` subcommands; each may have its own table."""
 
@@ -230,10 +235,12 @@ class Config:
 
     .. versionadded:: 0.2"""
 
-    def attach(self, bus: EventBus) -> Attachment:
+    def attach(self, bus: EventBus, *, checking: bool = False) -> Attachment:
         """Attach every adapter, then subscribe every handler, to ``bus``.
 
         If one fails, whatever was attached is detached again before raising.
+        ``checking``: for ``lifecycle check``, an adapter whose ``attach`` has a ``check``
+        attribute is checked with it instead of attached.
 
         Raises:
             ConfigError: an adapter refused its options (naming the entry), or a
@@ -242,7 +249,11 @@ class Config:
         attachment = Attachment()
         try:
             for adapter in self.adapters:
+                check = getattr(adapter.attach, "check", None) if checking else None
                 try:
+                    if check is not None:
+                        check(bus, **adapter.options)
+                        continue
                     handle = adapter.attach(bus, **adapter.options)
                 except (TypeError, ValueError, ImportError, OSError) as exc:
                     option = _option_named(str(exc), adapter.options)

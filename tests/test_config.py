@@ -38,6 +38,19 @@ def attach(bus, *, target, secret_header=None, retries=3):
         EXITED, lambda event: calls.append((target, event.outcome.value)), inline=True
     ))
     return handle
+
+
+checked = []
+
+
+def check(bus, *, target, secret_header=None, retries=3):
+    """What lifecycle check calls instead of attach."""
+    if target.startswith("refuse"):
+        raise ValueError(f"the target {target} is refused")
+    checked.append(target)
+
+
+attach.check = check
 '''
 
 HANDLERS = """
@@ -538,6 +551,34 @@ def test_a_failed_attach_detaches_what_was_attached(site: Path, tmp_path: Path) 
     with pytest.raises(ConfigError):
         load_config(path).attach(bus)
     assert bus.subscriptions() == []
+
+
+def test_checking_calls_an_adapters_check_instead_of_attaching_it(
+    site: Path, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path,
+        """
+        [[adapters]]
+        name = "recorder"
+        options = { target = "ok" }
+        """,
+    )
+    bus = EventBus()
+    load_config(path).attach(bus, checking=True).detach()
+    assert sys.modules["fake_lifecycle_adapter"].checked == ["ok"]
+    assert bus.subscriptions() == []  # never attached
+    refused = write(
+        tmp_path,
+        """
+        [[adapters]]
+        name = "recorder"
+        options = { target = "refused" }
+        """,
+        name="refused.toml",
+    )
+    with pytest.raises(ConfigError, match=r"adapters\[0\].*the target refused is refused"):
+        load_config(refused).attach(bus, checking=True)
 
 
 # -- describing ------------------------------------------------------------------------

@@ -220,6 +220,13 @@ class PrometheusAdapter(Attachment):
         self.port = self.url = None
 
 
+def _check_port(port: object) -> None:
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
+    ):
+        raise ValueError(f"port must be an int from 0 to 65535, or None, not {port!r}")
+
+
 def attach(
     bus: EventBus,
     *,
@@ -263,8 +270,7 @@ def attach(
             metrics of this namespace.
         OSError: the port cannot be bound.
     """
-    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or port < 0):
-        raise ValueError(f"port must be an int from 0 to 65535, or None, not {port!r}")
+    _check_port(port)
     if isinstance(labels, str):
         raise TypeError(f"labels must be a list of strings, not the string {labels!r}")
     adapter = PrometheusAdapter(
@@ -316,6 +322,17 @@ def attach(
         adapter.detach()
         raise
     return adapter
+
+
+def _check(bus: EventBus, **options: Any) -> None:
+    """``lifecycle check``: every option as :func:`attach` checks it, without binding the
+    port, which the job itself may be holding while it runs."""
+    port = options.pop("port", None)
+    attach(bus, **options).detach()
+    _check_port(port)
+
+
+attach.check = _check  # type: ignore[attr-defined]
 
 
 class _Export:

@@ -246,6 +246,27 @@ def test_bad_port_is_refused() -> None:
         attach(EventBus(), port=-1)
 
 
+def test_check_does_not_bind_the_port_the_running_job_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from lifecycle._cli import main
+
+    config = tmp_path / "lifecycle.toml"
+    with socket.socket() as taken:  # the job, running, serving its metrics
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config.write_text(
+            f'[[adapters]]\nname = "prometheus"\noptions = {{ port = {port}, addr = "127.0.0.1" }}\n'
+        )
+        assert main(["check", "--config", str(config)]) == 0
+    config.write_text('[[adapters]]\nname = "prometheus"\noptions = { port = 70000 }\n')
+    assert main(["check", "--config", str(config)]) == 1
+    assert "adapters[0].options.port" in capsys.readouterr().err
+
+
 def test_a_port_in_use_is_an_error_naming_the_address() -> None:
     import socket
 
