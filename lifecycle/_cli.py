@@ -502,7 +502,17 @@ def _check_tables(config: Config) -> dict[str, list[str] | None]:
     checked: dict[str, list[str] | None] = {}
     for name in sorted(config.tables):
         point = commands.get(name)
-        check = getattr(point.load(), "check", None) if point is not None else None
+        check = None
+        if point is not None:
+            try:
+                check = getattr(point.load(), "check", None)
+            except Exception as exc:  # a broken package: say so, as running it would
+                raise ConfigError(
+                    str(config.path),
+                    name,
+                    f"lifecycle {name} ({_distribution(point)}) cannot be loaded to check "
+                    f"this table: {type(exc).__name__}: {exc}",
+                ) from None
         checked[name] = None if check is None else [str(line) for line in check(config)]
     return checked
 

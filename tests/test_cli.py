@@ -669,6 +669,22 @@ def test_check_reports_a_bad_command_table_with_status_1_before_saying_ok(
     assert f"{config}: checked.size: must be >= 1 (got 0)" in err
 
 
+def test_check_names_a_command_that_cannot_be_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from importlib.metadata import EntryPoint
+
+    point = EntryPoint(name="broken", value="no_such_module_here:main", group="lifecycle.commands")
+    monkeypatch.setattr(lifecycle._cli, "_plugin_commands", lambda: {"broken": point})
+    monkeypatch.setattr(lifecycle._config, "_command_names", lambda: ["broken"])
+    config = tmp_path / "lifecycle.toml"
+    config.write_text("[broken]\nx = 1\n")
+    assert main(["check", "--config", str(config)]) == 1
+    assert "broken: lifecycle broken (no_such_module_here:main) cannot be loaded" in (
+        capfd.readouterr().err
+    )
+
+
 @pytest.mark.usefixtures("table_commands")
 def test_check_says_it_leaves_a_table_without_a_check_to_its_command(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
