@@ -25,7 +25,7 @@ import nats.js.errors
 import structlog
 from lifecycle_nats import NatsError
 
-from lifecycle import EXITED, ConfigError, EventBus, escape, log_to_stderr, redact_url
+from lifecycle import EXITED, ConfigError, EventBus, escape, log_to_stderr
 
 from ._config import WatchConfig, describe_watch, load_watch_config
 from ._jetstream import Settings, connect, run_watchdog, status_subject
@@ -159,7 +159,7 @@ async def _watch(config: WatchConfig) -> tuple[int, Exception | None]:
         def ready(dog: Watchdog) -> None:
             _say(
                 "watch",
-                f"watching stream {settings.stream} on {', '.join(redact_url(url) for url in settings.servers)}: "
+                f"watching stream {settings.stream} on {settings.shown_servers}: "
                 f"{len(dog.live())} live runs, {len(config.expectations)} expected schedules",
             )
 
@@ -231,9 +231,9 @@ async def _table(settings: Settings) -> tuple[str, list[dict[str, Any]]]:
             try:
                 store = await JetStreamStore.open(js, settings.bucket)
             except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
-                shown = ", ".join(redact_url(url) for url in settings.servers)
                 raise NatsError(
-                    f"no watchdog answered, and JetStream does not answer at {shown} to read "
+                    f"no watchdog answered, and JetStream does not answer at "
+                    f"{settings.shown_servers} to read "
                     "the stored table: is it enabled (nats-server -js) and ready?"
                 ) from None
             return "store", [record.to_dict() for record in await store.records()]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from lifecycle import Config, ConfigError, find_config, load_config, redact_url
+from lifecycle import Config, ConfigError, find_config, load_config
 
 from ._jetstream import Settings
 from ._judge import Policy
@@ -120,8 +120,9 @@ def describe_watch(config: Config) -> list[str]:
     """
     watch = watch_config_from(config)
     settings, policy = watch.settings, watch.policy
-    servers = ", ".join(redact_url(url) for url in settings.servers)
-    lines = [f"servers {servers}, stream {settings.stream}, run table in bucket {settings.bucket}"]
+    lines = [
+        f"servers {settings.shown_servers}, stream {settings.stream}, run table in bucket {settings.bucket}"
+    ]
     special = [f"{name}: {n:g}" for name, n in sorted(policy.environments.items())]
     special += [f"label {name}: {n:g}" for name, n in sorted(policy.labels.items())]
     lost = f"a run is lost after {policy.misses:g} silent heartbeat intervals"

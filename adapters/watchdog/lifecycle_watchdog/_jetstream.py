@@ -106,6 +106,11 @@ class Settings:
     resume_grace: float = 5.0
     name: str = field(default="lifecycle-watchdog")
 
+    @property
+    def shown_servers(self) -> str:
+        """The servers as messages show them: scheme, host and port only."""
+        return ", ".join(redact_url(url) for url in self.servers)
+
 
 def status_subject(settings: Settings) -> str:
     """Where a running watchdog answers ``lifecycle runs`` with its table (core NATS).
@@ -158,7 +163,7 @@ async def connect(settings: Settings, on_reconnect: Callable[[], object] | None 
         if on_reconnect is not None:
             on_reconnect()
 
-    shown = ", ".join(redact_url(url) for url in settings.servers)
+    shown = settings.shown_servers
     try:
         # nats-py retries the first connection forever too when reconnects are unbounded,
         # so the bound on the first one is ours.
