@@ -15,7 +15,7 @@ from ._exceptions import NatsConnectError, NatsError, StreamConfigError
 from ._options import DEFAULT_SERVERS, SPOOL_ENV, NatsOptions, default_spool_dir
 from ._publisher import Publisher, PublisherState
 from ._source import STATE_ENV, Source, source
-from ._stream import ensure_stream
+from ._stream import ensure_stream, jetstream_required
 from ._subject import decode_token, subject_for
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "decode_token",
     "default_spool_dir",
     "ensure_stream",
+    "jetstream_required",
     "source",
     "subject_for",
 ]

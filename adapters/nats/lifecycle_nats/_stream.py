@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -13,6 +14,8 @@ from ._exceptions import NatsError, StreamConfigError
 from ._options import NatsOptions
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from nats.js import JetStreamContext
     from nats.js.api import StreamInfo
 
@@ -69,13 +72,26 @@ async def ensure_stream(
         options = NatsOptions.build(**kwargs)
     elif kwargs:
         raise TypeError("pass either options or keyword options to ensure_stream, not both")
-    try:
+    with jetstream_required(options.shown_servers):
         return await _ensure_stream(js, options)
+
+
+@contextmanager
+def jetstream_required(servers: str) -> Iterator[None]:
+    """Turn a server's "no JetStream here" answer into a :exc:`NatsError` that says so.
+
+    Args:
+        servers: the servers as a message may show them (``NatsOptions.shown_servers``).
+
+    .. versionadded:: 0.2
+    """
+    try:
+        yield
     except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
         # What a server without JetStream (or one still starting it) answers: the bare
         # exception says "code=None description='None'".
         raise NatsError(
-            f"JetStream does not answer at {options.shown_servers}: is it enabled "
+            f"JetStream does not answer at {servers}: is it enabled "
             "(nats-server -js, or jetstream {} in its configuration) and ready?"
         ) from None
 

@@ -20,10 +20,8 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import nats.errors
-import nats.js.errors
 import structlog
-from lifecycle_nats import NatsError
+from lifecycle_nats import NatsError, jetstream_required
 
 from lifecycle import EXITED, ConfigError, EventBus, escape, log_to_stderr
 
@@ -229,13 +227,10 @@ async def _table(settings: Settings) -> tuple[str, list[dict[str, Any]]]:
         except Exception:  # no watchdog answering (no responders, or a timeout)
             js = nc.jetstream()
             try:
-                store = await JetStreamStore.open(js, settings.bucket)
-            except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError):
-                raise NatsError(
-                    f"no watchdog answered, and JetStream does not answer at "
-                    f"{settings.shown_servers} to read "
-                    "the stored table: is it enabled (nats-server -js) and ready?"
-                ) from None
+                with jetstream_required(settings.shown_servers):
+                    store = await JetStreamStore.open(js, settings.bucket)
+            except NatsError as exc:
+                raise NatsError(f"no watchdog answered, and {exc}") from None
             return "store", [record.to_dict() for record in await store.records()]
         data = json.loads(reply.data)
         rows: list[dict[str, Any]] = data["runs"]
