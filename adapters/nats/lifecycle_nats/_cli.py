@@ -69,14 +69,23 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _config(path: Path | None) -> Config | None:
+def _parse(
+    command: str, parser: argparse.ArgumentParser, argv: Sequence[str]
+) -> tuple[argparse.Namespace, Config | None] | int:
+    """The arguments and the configuration (``--config``, else the one found here, if
+    any); or the exit status when either is wrong (the message is said)."""
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
     # Handler modules import from the working directory: the lifecycle command put it on
     # sys.path before calling us.
-    if path is None:
-        path = find_config()
-        if path is None:
-            return None
-    return load_config(path)
+    path: Path | None = args.config or find_config()
+    try:
+        return args, None if path is None else load_config(path)
+    except ConfigError as exc:
+        _say(command, f"error: {exc}")
+        return _STATUS_USAGE
 
 
 def listen(argv: Sequence[str]) -> int:
@@ -94,15 +103,10 @@ def listen(argv: Sequence[str]) -> int:
         "configuration (the message names the file, key and value).",
     )
     parser.add_argument("--config", metavar="FILE", type=Path, help="the configuration file")
-    try:
-        args = parser.parse_args(list(argv))
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 0
-    try:
-        config = _config(args.config)
-    except ConfigError as exc:
-        _say("listen", f"error: {exc}")
-        return _STATUS_USAGE
+    parsed = _parse("listen", parser, argv)
+    if isinstance(parsed, int):
+        return parsed
+    _, config = parsed
     log_to_stderr()  # off stdout, escaped: values come from the network
     status: int = anyio.run(_listen, config)
     return status
@@ -216,15 +220,10 @@ def flush(argv: Sequence[str]) -> int:
         default=30.0,
         help="give up after this long; what is unsent stays spooled (default: 30)",
     )
-    try:
-        args = parser.parse_args(list(argv))
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 0
-    try:
-        config = _config(args.config)
-    except ConfigError as exc:
-        _say("flush", f"error: {exc}")
-        return _STATUS_USAGE
+    parsed = _parse("flush", parser, argv)
+    if isinstance(parsed, int):
+        return parsed
+    args, config = parsed
     options: dict[str, Any] = {}
     where = "(no configuration)"
     if config is not None:
