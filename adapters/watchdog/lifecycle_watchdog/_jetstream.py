@@ -362,10 +362,12 @@ async def _watch(
     # stream's last sequence; once read up to it, judge *as of T*. A watchdog that lags
     # behind the stream thus never calls a live run lost, even under a steady flow where
     # it is never fully idle.
-    async def judge_step(
-        now: float, pending: Pending, next_judge: float, next_report: float
-    ) -> tuple[Pending, float, float]:
-        nonlocal caught_up_once, status, saved, next_checkpoint
+    pending: Pending = None
+    next_judge = clock()
+    next_report = next_judge + settings.report_every
+
+    async def judge_step(now: float) -> None:
+        nonlocal pending, next_judge, next_report, caught_up_once, status, saved, next_checkpoint
         if now >= next_judge:
             # Always move on: a judgement still waiting for the reading to catch up
             # must not turn the sleep below into a busy loop.
@@ -406,14 +408,9 @@ async def _watch(
             await dog.store.save_checkpoint(judge.consumed, last_time)
             saved = judge.consumed
             next_checkpoint = now + settings.checkpoint_every
-        return pending, next_judge, next_report
 
-    pending: Pending = None
-    next_report = clock() + settings.report_every
     failing = False
-
     try:
-        next_judge = clock()
         while True:
             # Take what has arrived (bounded, so judging keeps its pace under load).
             for _ in range(50_000):
@@ -446,9 +443,7 @@ async def _watch(
                     )
             now = clock()
             try:
-                pending, next_judge, next_report = await judge_step(
-                    now, pending, next_judge, next_report
-                )
+                await judge_step(now)
             except _NATS_ERRORS as exc:
                 # The server is away (or back, with JetStream not ready yet): nothing is
                 # judged without it; the next tick tries again.
