@@ -300,9 +300,9 @@ def test_flush_with_an_empty_spool_says_so(
     assert "nothing to send" in capsys.readouterr().out
 
 
-def test_check_of_a_nats_adapter_sends_nothing_and_leaves_the_spool(
-    tmp_path: Path, nowhere: str, capfd: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def spooled_config(tmp_path: Path, nowhere: str) -> Path:
+    """A configuration whose nats adapter has one event spooled and no server to send it to."""
     from lifecycle_nats._publisher import message_for
     from lifecycle_nats._spool import Spool
 
@@ -311,6 +311,13 @@ def test_check_of_a_nats_adapter_sends_nothing_and_leaves_the_spool(
     config.write_text(
         f'[[adapters]]\nname = "nats"\noptions = {{ servers = "{nowhere}", spool_dir = "{tmp_path / "spool"}" }}\n'
     )
+    return config
+
+
+def test_check_of_a_nats_adapter_sends_nothing_and_leaves_the_spool(
+    tmp_path: Path, spooled_config: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    config = spooled_config
     assert cli("check", "--config", str(config)) == 0
     out, err = capfd.readouterr()
     assert "adapter nats" in out
@@ -319,16 +326,9 @@ def test_check_of_a_nats_adapter_sends_nothing_and_leaves_the_spool(
 
 
 def test_flush_with_no_server_keeps_the_spool(
-    tmp_path: Path, nowhere: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, spooled_config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from lifecycle_nats._publisher import message_for
-    from lifecycle_nats._spool import Spool
-
-    Spool(tmp_path / "spool").write([message_for(event())])
-    config = tmp_path / "cfg.toml"
-    config.write_text(
-        f'[[adapters]]\nname = "nats"\noptions = {{ servers = "{nowhere}", spool_dir = "{tmp_path / "spool"}" }}\n'
-    )
+    config = spooled_config
     assert cli("flush", "--config", str(config)) == 1
     assert "check the option servers" in capsys.readouterr().err
     assert len(os.listdir(tmp_path / "spool")) == 1
