@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -414,6 +414,29 @@ async def test_one_missed_per_empty_slot_and_none_while_the_job_starts(nats_url:
     assert sorted(e.event_id for e in in_stream) == sorted(e.event_id for e in missed)
 
 
+@contextmanager
+def watch_service(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """A real `lifecycle watch` process, once it says it is watching; killed if still up after."""
+    service = subprocess.Popen(
+        [*LIFECYCLE, "watch", *args], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert service.stderr is not None
+        for line in service.stderr:  # ends if the service dies: the assert below says so
+            if "watching stream" in line:
+                break
+        assert service.poll() is None
+        yield service
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+        if service.stderr is not None:
+            service.stderr.close()
+
+
 def test_watch_notifies_through_the_usual_handlers_and_runs_lists_the_live_run(
     nats_url: str, tmp_path: Path, wrapper: Callable[..., Wrapper]
 ) -> None:
@@ -429,19 +452,7 @@ def test_watch_notifies_through_the_usual_handlers_and_runs_lists_the_live_run(
     )
     notes = tmp_path / "notes.jsonl"
     env = {**os.environ, "NOTES": str(notes)}
-    service = subprocess.Popen(
-        [*LIFECYCLE, "watch", "--config", "watch.toml"],
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert service.stderr is not None
-        for line in service.stderr:  # ends if the service dies: the assert below says so
-            if "watching stream" in line:
-                break
-        assert service.poll() is None
+    with watch_service("--config", "watch.toml", cwd=tmp_path, env=env) as service:
         run = wrapper()
         deadline = time.monotonic() + 20
         while True:  # ask until the run is listed with a heartbeat (bounded)
@@ -470,28 +481,13 @@ def test_watch_notifies_through_the_usual_handlers_and_runs_lists_the_live_run(
         assert note["run_id"] == row["run_id"]
         service.send_signal(signal.SIGTERM)
         assert service.wait(20) == 0
-    finally:
-        if service.poll() is None:
-            service.kill()
-            service.wait()
-        if service.stderr is not None:
-            service.stderr.close()
 
 
 def test_watch_stopped_while_the_server_is_away_exits_0(
     nats_server: OwnServer, tmp_path: Path
 ) -> None:
-    service = subprocess.Popen(
-        [*LIFECYCLE, "watch", "--server", nats_server.url],
-        cwd=tmp_path,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with watch_service("--server", nats_server.url, cwd=tmp_path) as service:
         assert service.stderr is not None
-        for line in service.stderr:  # ends if the service dies: the assert below says so
-            if "watching stream" in line:
-                break
         nats_server.stop(signal.SIGKILL)
         for line in service.stderr:  # it noticed: draining would now find no server
             if "lost the NATS server" in line:
@@ -499,12 +495,6 @@ def test_watch_stopped_while_the_server_is_away_exits_0(
         service.send_signal(signal.SIGTERM)
         assert service.wait(20) == 0
         assert "Traceback" not in service.stderr.read()
-    finally:
-        if service.poll() is None:
-            service.kill()
-            service.wait()
-        if service.stderr is not None:
-            service.stderr.close()
 
 
 async def test_two_stores_racing_on_one_key_give_the_verdict_to_one(nats_url: str) -> None:
