@@ -554,36 +554,28 @@ async def test_a_stream_that_also_holds_other_subjects_is_still_judged(nats_url:
         await nc.close()
 
 
+def lifecycle_failing(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A `lifecycle` command expected to fail: exit 1 with a message and no traceback."""
+    done = subprocess.run(
+        [*LIFECYCLE, *args], cwd=cwd, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    return done
+
+
 @pytest.mark.parametrize("command", ["watch", "runs"])
 def test_a_server_without_jetstream_is_named_as_such(
     command: str, no_jetstream: str, tmp_path: Path
 ) -> None:
-    done = subprocess.run(
-        [*LIFECYCLE, command, "--server", no_jetstream],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert done.returncode == 1
+    done = lifecycle_failing(command, "--server", no_jetstream, cwd=tmp_path)
     assert f"--server: {'no watchdog answered, and ' if command == 'runs' else ''}" in done.stderr
     assert f"JetStream does not answer at {no_jetstream}" in done.stderr
-    assert "Traceback" not in done.stderr
 
 
 def test_watch_says_which_servers_it_could_not_reach(tmp_path: Path) -> None:
     url = f"nats://127.0.0.1:{free_port()}"
     config = tmp_path / "watch.toml"
     config.write_text(f'[watch]\nservers = ["{url}"]\nconnect_timeout = 0.5\n')
-    done = subprocess.run(
-        [*LIFECYCLE, "watch", "--config", str(config)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert done.returncode == 1
+    done = lifecycle_failing("watch", "--config", str(config), cwd=tmp_path)
     assert f"{config}: watch.servers: cannot connect to NATS at {url}" in done.stderr
-    assert "Traceback" not in done.stderr
