@@ -282,8 +282,12 @@ def _run_plugin(name: str, point: EntryPoint, argv: list[str]) -> int:
 
 
 def _say(message: str) -> None:
-    # Messages quote commands, names and configuration values: escape them.
-    write_line(f"lifecycle: {escape(message)}")
+    from ._logging import say
+
+    # In the shape of the log lines when an adapter asked for one (JSON): one stream.
+    if not say(message):
+        # Messages quote commands, names and configuration values: escape them.
+        write_line(f"lifecycle: {escape(message)}")
 
 
 # -- lifecycle run -----------------------------------------------------------------

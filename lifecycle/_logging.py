@@ -3,6 +3,11 @@
 Importing structlog is a good part of a short command's start-up (``lifecycle run -- true``
 logs nothing of its own), so ``logger`` is a stand-in that imports it when a line is
 first logged.
+
+An adapter that renders lines of its own (lifecycle-structlog's ``render="json"``) may
+:func:`route` the library's lines to its logger, so that a log is one stream in one shape:
+a JSON log shipper would drop exactly the warnings an operator needs if they stayed console
+text.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ class _LazyLogger:
         self._logger: Any = None
 
     def __getattr__(self, name: str) -> Any:
+        if _routes:
+            return getattr(_routes[-1], name)
         if self._logger is None:
             with _lock:  # worker threads log too
                 if self._logger is None:
@@ -38,6 +45,7 @@ class _LazyLogger:
 
 
 _before_first_use: list[Callable[[], None]] = []
+_routes: list[Any] = []  # the last routed logger takes the library's lines
 _lock = threading.Lock()
 
 logger: Any = _LazyLogger()
@@ -50,6 +58,38 @@ def before_first_use(hook: Callable[[], None]) -> None:
             _before_first_use.append(hook)
             return
     hook()
+
+
+def route(target: Any) -> Callable[[], None]:
+    """Send the library's own lines to the structlog logger ``target`` until undone.
+
+    Returns the function that undoes it. Routes stack: the latest one that is not undone
+    gets the lines.
+    """
+    with _lock:
+        _routes.append(target)
+
+    def undo() -> None:
+        with _lock:
+            for i in range(len(_routes) - 1, -1, -1):
+                if _routes[i] is target:
+                    del _routes[i]
+                    return
+
+    return undo
+
+
+def say(message: str) -> bool:
+    """Log one of the wrapper's messages to the routed logger; False when there is none.
+
+    ``lifecycle run`` writes its messages (``error: ...``) as console text, unless a route
+    asks for lines in its shape.
+    """
+    if not _routes:
+        return False
+    text = message.removeprefix("error: ")
+    _routes[-1].error(text)
+    return True
 
 
 def log_failure(result: HandlerResult, **context: Any) -> None:
@@ -66,7 +106,8 @@ def log_failure(result: HandlerResult, **context: Any) -> None:
         fields["background"] = True
     if result.exception is not None:
         fields["exc_info"] = result.exception
-        fields["error"] = f"{type(result.exception).__name__}: {result.exception}"
+        # An object, as in the adapters' lines and as ECS and OpenTelemetry expect it.
+        fields["error"] = {"type": type(result.exception).__name__, "message": str(result.exception)}
     message = {
         "error": "handler failed",
         "timeout": "handler timed out",
