@@ -107,7 +107,10 @@ def log_failure(result: HandlerResult, **context: Any) -> None:
     if result.exception is not None:
         fields["exc_info"] = result.exception
         # An object, as in the adapters' lines and as ECS and OpenTelemetry expect it.
-        fields["error"] = {"type": type(result.exception).__name__, "message": str(result.exception)}
+        fields["error"] = {
+            "type": type(result.exception).__name__,
+            "message": str(result.exception),
+        }
     message = {
         "error": "handler failed",
         "timeout": "handler timed out",

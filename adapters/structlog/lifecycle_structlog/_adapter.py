@@ -6,7 +6,7 @@ import json
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 import structlog
 
@@ -174,8 +174,7 @@ class _OpenedFile:
             self.stream: TextIO = open(where, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         except OSError as exc:
             raise OSError(
-                f"file {os.fspath(path)!r} cannot be opened for appending: "
-                f"{exc.strerror or exc}"
+                f"file {os.fspath(path)!r} cannot be opened for appending: {exc.strerror or exc}"
             ) from None
 
     def close(self) -> None:
@@ -266,7 +265,7 @@ def attach(
             f"file must be a path or a text stream, not {type(file).__name__} ({file!r})"
         )
     opened = _OpenedFile(file) if isinstance(file, (str, os.PathLike)) else None
-    stream = opened.stream if opened is not None else file
+    stream = opened.stream if opened is not None else cast("TextIO | None", file)
     routed = logger is None and render is not None
     if logger is None:
         if render == "console":

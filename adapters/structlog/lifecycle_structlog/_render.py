@@ -55,8 +55,8 @@ def json_logger(
     """A structlog logger that writes one JSON object per line to ``file`` (default stderr).
 
     ``fields="ecs"`` writes Elastic Common Schema documents (``@timestamp``, ``log.level``,
-    ``message``, ``error.stack_trace``, dotted names as nested objects), as Elastic's
-    ``ecs-logging`` formatter does. It does not change structlog's global configuration.
+    ``message``, ``error.stack_trace``, other dotted names as nested objects), as Elastic's
+    ``ecs-logging`` formatter writes them. It does not change structlog's global configuration.
 
     .. versionchanged:: 0.2 ``fields``.
     """
@@ -130,7 +130,8 @@ def ecs_document(_logger: Any, method: str, event_dict: MutableMapping[str, Any]
     event_dict.setdefault("ecs.version", ECS_VERSION)
     document: dict[str, Any] = {}
     for key, value in event_dict.items():
-        if key.startswith("@") or "." not in key:
+        # Elastic's formatter keeps these two dotted; both forms mean the same to ECS.
+        if key.startswith("@") or "." not in key or key in ("log.level", "ecs.version"):
             _merge(document, key, value)
             continue
         *parents, last = key.split(".")
