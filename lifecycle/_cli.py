@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ._bus import EventBus
     from ._config import Config
     from ._event import Event
+    from ._quiet import Quiet
 
 __all__ = ["main"]
 
@@ -81,9 +82,11 @@ exit status: the command's own; 124 when it outlived --timeout; 125 when lifecyc
 itself failed (bad options or configuration, or a critical starting handler aborted
 the run); 126 not executable; 127 not found; 128+n when it died of signal n.
 
-Without --config, lifecycle.toml (or [tool.lifecycle] in pyproject.toml) in the
-current directory is used (handler modules are imported from there too); with no
-configuration at all, run events are logged to stderr. SIGTERM, SIGINT and SIGHUP
+Without --config: the file $LIFECYCLE_CONFIG names, else lifecycle.toml (or
+[tool.lifecycle] in pyproject.toml) in the current directory, else lifecycle.toml in
+the user's configuration directory (~/.config/lifecycle/), else in the system's
+(/etc/xdg/lifecycle/); handler modules are imported from the current directory. With
+no configuration at all, run events are logged to stderr. SIGTERM, SIGINT and SIGHUP
 are forwarded to the command, which is killed if it is still alive --grace seconds
 later.
 """
@@ -184,6 +187,13 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
         "--inherit-output",
         action="store_true",
         help="let the command write straight to this terminal (no output tail on exited)",
+    )
+    run.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print nothing if the run succeeds; otherwise print everything, the command's "
+        "output included (for cron; also [run] quiet = true in the configuration)",
     )
     run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
@@ -308,11 +318,19 @@ def _run(args: argparse.Namespace) -> int:
     _log_to_stderr()
     import anyio
 
-    status: int = anyio.run(_run_async, args, command, config)
+    if not (args.quiet or (config is not None and config.quiet)):
+        status: int = anyio.run(_run_async, args, command, config)
+        return status
+    from ._quiet import Quiet
+
+    with Quiet() as quiet:
+        status = anyio.run(_run_async, args, command, config, quiet)
     return status
 
 
-async def _run_async(args: argparse.Namespace, command: list[str], config: Config | None) -> int:
+async def _run_async(
+    args: argparse.Namespace, command: list[str], config: Config | None, quiet: Quiet | None = None
+) -> int:
     from ._bus import EventBus
     from ._exceptions import StartAborted
     from ._subprocess import SubprocessEnvironment
@@ -340,6 +358,8 @@ async def _run_async(args: argparse.Namespace, command: list[str], config: Confi
         except StartAborted as exc:
             _say(f"error: {exc}")
             return STATUS_WRAPPER_FAILED
+        if quiet is not None:
+            quiet.succeeded = result.outcome.value == "succeeded"
         if result.error is not None:
             _say(f"{command[0]}: {result.describe()}")
         return result.exit_status
@@ -371,13 +391,25 @@ def _load_config(path: Path | None) -> Config | None:
 
 
 def _may_have_config(directory: Path) -> bool:
-    """False when :func:`~lifecycle.find_config` would surely find nothing in ``directory``."""
-    if (directory / "lifecycle.toml").is_file():
+    """False when :func:`~lifecycle.find_config` would surely find nothing from ``directory``."""
+    if os.environ.get("LIFECYCLE_CONFIG") or (directory / "lifecycle.toml").is_file():
         return True
     try:
-        return "lifecycle" in (directory / "pyproject.toml").read_text(encoding="utf-8")
+        if "lifecycle" in (directory / "pyproject.toml").read_text(encoding="utf-8"):
+            return True
     except (OSError, UnicodeDecodeError):
-        return False
+        pass
+    if sys.platform != "linux":
+        return True  # platformdirs knows where the configuration directories are there
+    # platformdirs' XDG directories on Linux, looked at without importing it and the
+    # configuration module (a good part of a short run's start-up).
+    user = os.environ.get("XDG_CONFIG_HOME", "").strip() or os.path.expanduser("~/.config")
+    system = os.environ.get("XDG_CONFIG_DIRS", "").strip() or "/etc/xdg"
+    return any(
+        os.path.isfile(os.path.join(d, "lifecycle", "lifecycle.toml"))
+        for d in [user, *system.split(os.pathsep)]
+        if d
+    )
 
 
 def _log_to_stderr() -> None:
@@ -453,21 +485,25 @@ def _attach_default(bus: EventBus) -> _ConsoleLog:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ._config import find_config, load_config
+    from ._config import config_dirs, load_config, locate_config
 
     _import_from_cwd()
     path: Path | None = args.config
-    if path is None:
-        path = find_config()
-        if path is None:
-            # Not a mistake: ``lifecycle run`` works here too, with its default logging.
-            _print(
-                f"no configuration in {Path.cwd()} (looked for lifecycle.toml, and a "
-                "[tool.lifecycle] table in pyproject.toml); lifecycle run would attach the "
-                "default console logger (one line per starting and exited event, on stderr)"
-            )
-            return 0
+    where = "given with --config"
     try:
+        if path is None:
+            located = locate_config()
+            if located is None:
+                # Not a mistake: ``lifecycle run`` works here too, with its default logging.
+                looked = ", ".join(str(d / "lifecycle.toml") for d in config_dirs())
+                _print(
+                    f"no configuration in {Path.cwd()} (looked for lifecycle.toml, and a "
+                    "[tool.lifecycle] table in pyproject.toml), none named by "
+                    f"$LIFECYCLE_CONFIG, and no {looked}; lifecycle run would attach the "
+                    "default console logger (one line per starting and exited event, on stderr)"
+                )
+                return 0
+            path, where = located
         config = load_config(path)
         # Attach for real, to a bus that never emits: an adapter refusing its options
         # shows here, not at the first run.
@@ -480,6 +516,9 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     lines = config.describe()
     _print(f"{path}: ok, {len(lines)} to attach" + (":" if lines else ""))
+    _print(f"  the configuration used here, {where}")
+    if config.quiet:
+        _print("  [run]: quiet (lifecycle run prints nothing for a run that succeeds)")
     for line in lines:
         _print(f"  {line}")
     for name, found in tables.items():

@@ -15,7 +15,7 @@ A ``lifecycle.toml`` (or the ``[tool.lifecycle]`` table of a ``pyproject.toml``)
 
 A top-level table named after an installed ``lifecycle`` command (``[listen]`` for
 ``lifecycle listen`` from lifecycle-nats) is kept, expanded, in :attr:`Config.tables` for
-that command to validate.
+that command to validate; ``[run]`` holds ``lifecycle run``'s own (``quiet = true``).
 
 ``${NAME}`` in any string is replaced by the environment variable ``NAME`` (``${NAME:-x}``
 falls back to ``x``; ``$$`` is a literal ``$``). Loading checks everything it can without
@@ -79,6 +79,7 @@ _KNOWN_ADAPTERS = {
 }
 _TOP_KEYS = frozenset({"adapters", "handlers"})
 _ADAPTER_KEYS = frozenset({"name", "options"})
+_RUN_KEYS = frozenset({"quiet"})
 _HANDLER_KEYS = frozenset(
     {"target", "signal", "timeout", "background", "critical", "labels", "order", "inline", "name"}
 )
@@ -234,6 +235,11 @@ class Config:
     ``${NAME}`` expanded; each command validates its own.
 
     .. versionadded:: 0.2"""
+    quiet: bool = False
+    """``[run] quiet = true``: ``lifecycle run`` shows its output only when a run did not
+    succeed, as ``--quiet`` does.
+
+    .. versionadded:: 0.2"""
 
     def attach(self, bus: EventBus, *, checking: bool = False) -> Attachment:
         """Attach every adapter, then subscribe every handler, to ``bus``.
@@ -328,13 +334,69 @@ class Config:
         return redact_urls(text)
 
 
-def find_config(directory: Path | None = None) -> Path | None:
-    """The configuration file for ``directory`` (default: the current one), or ``None``.
+CONFIG_ENV = "LIFECYCLE_CONFIG"
+"""The environment variable that names the configuration file, before any search."""
 
-    ``lifecycle.toml`` wins; otherwise a ``pyproject.toml`` that has a ``[tool.lifecycle]``
-    table. Only ``directory`` itself is searched, not its parents.
+
+def find_config(directory: Path | None = None) -> Path | None:
+    """The configuration file to use, or ``None``.
+
+    With a ``directory``, only that directory is searched: its ``lifecycle.toml`` wins,
+    otherwise a ``pyproject.toml`` that has a ``[tool.lifecycle]`` table (not its parents).
+    Without one, the file named by ``$LIFECYCLE_CONFIG``, then the working directory, then
+    ``lifecycle.toml`` in the user's configuration directory (``~/.config/lifecycle/`` on
+    Linux), then in the system's (``/etc/xdg/lifecycle/``), as platformdirs names them: a
+    cron job runs in ``$HOME``, not in its project.
+
+    Raises:
+        ConfigError: ``$LIFECYCLE_CONFIG`` names a file that does not exist.
+
+    .. versionchanged:: 0.2 ``$LIFECYCLE_CONFIG``, the user's and the system's directories.
     """
-    directory = Path.cwd() if directory is None else Path(directory)
+    found = locate_config() if directory is None else _find_in(Path(directory))
+    return None if found is None else found[0]
+
+
+def locate_config() -> tuple[Path, str] | None:
+    """The configuration file :func:`find_config` uses, and where it was found, for people.
+
+    Raises:
+        ConfigError: ``$LIFECYCLE_CONFIG`` names a file that does not exist.
+    """
+    named = os.environ.get(CONFIG_ENV, "")
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise ConfigError(str(path), None, f"${CONFIG_ENV} names this file, which is not there")
+        return path, f"named by ${CONFIG_ENV}"
+    found = _find_in(Path.cwd())
+    if found is not None:
+        return found
+    user, *system = config_dirs()
+    for directory, where in [(user, "the user's"), *((d, "the system's") for d in system)]:
+        candidate = directory / "lifecycle.toml"
+        if candidate.is_file():
+            return candidate, f"in {where} configuration directory"
+    return None
+
+
+def config_dirs() -> list[Path]:
+    """Where a configuration is looked for after the working directory: the user's
+    configuration directory for ``lifecycle``, then the system's, as platformdirs names them.
+    """
+    import platformdirs
+
+    dirs = platformdirs.PlatformDirs("lifecycle", appauthor=False, multipath=True)
+    system = [Path(d) for d in dirs.site_config_dir.split(os.pathsep) if d]
+    return [Path(dirs.user_config_dir), *system]
+
+
+def _find_in(directory: Path) -> tuple[Path, str] | None:
+    found = _find_in_directory(directory)
+    return None if found is None else (found, "in the working directory")
+
+
+def _find_in_directory(directory: Path) -> Path | None:
     candidate = directory / "lifecycle.toml"
     if candidate.is_file():
         return candidate
@@ -407,15 +469,20 @@ class _Loader:
 
     def load(self, data: dict[str, Any]) -> Config:
         tables: dict[str, Mapping[str, Any]] = {}
+        quiet = False
         for key, value in data.items():
             if key in _TOP_KEYS:
+                continue
+            if key == "run":  # lifecycle run's own table, as [listen] is lifecycle listen's
+                quiet = self.run_table(value)
                 continue
             # A package that adds ``lifecycle <command>`` may read a table of that name.
             commands = _command_names()
             if key not in commands:
                 also = f", or the table of an installed command ({', '.join(commands)})"
                 raise self.error(
-                    key, "unknown key; expected adapters or handlers" + (also if commands else "")
+                    key,
+                    "unknown key; expected adapters, handlers or run" + (also if commands else ""),
                 )
             if not isinstance(value, dict):
                 raise self.error(key, f"must be a table ([{self.prefix}{key}])", value)
@@ -428,7 +495,14 @@ class _Loader:
             self.handler(f"handlers[{i}]", entry)
             for i, entry in enumerate(self.array(data, "handlers"))
         ]
-        return Config(self.file, adapters, handlers, self.secrets, tables)
+        return Config(self.file, adapters, handlers, self.secrets, tables, quiet=quiet)
+
+    def run_table(self, value: Any) -> bool:
+        """``[run]``: its ``quiet``."""
+        if not isinstance(value, dict):
+            raise self.error("run", f"must be a table ([{self.prefix}run])", value)
+        self.check_keys("run", value, _RUN_KEYS)
+        return self.boolean("run", value, "quiet")
 
     def array(self, data: dict[str, Any], key: str) -> list[dict[str, Any]]:
         entries = data.get(key, [])

@@ -585,7 +585,13 @@ def test_a_run_without_configuration_imports_no_metadata_toml_or_structlog(
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'job'\n")
     imported = imports_of(tmp_path, "run", "--", "true")
     assert "lifecycle._subprocess" in imported  # it did run
-    for module in ("importlib.metadata", "tomllib", "structlog", "lifecycle._config"):
+    for module in (
+        "importlib.metadata",
+        "tomllib",
+        "structlog",
+        "lifecycle._config",
+        "platformdirs",
+    ):
         assert module not in imported
 
 

@@ -320,7 +320,9 @@ def test_unknown_top_level_key_is_an_error(tmp_path: Path) -> None:
     error = error_of(write(tmp_path, "[[hooks]]\ntarget = 'x'\n"))
     assert error.key == "hooks"
     # Installed commands (lifecycle listen, ...) may add their own tables, named after them.
-    assert str(error).split(": ", 2)[-1].startswith("unknown key; expected adapters or handlers")
+    assert (
+        str(error).split(": ", 2)[-1].startswith("unknown key; expected adapters, handlers or run")
+    )
 
 
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
