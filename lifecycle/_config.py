@@ -346,10 +346,8 @@ def find_config(directory: Path | None = None) -> Path | None:
     Without one, the file named by ``$LIFECYCLE_CONFIG``, then the working directory, then
     ``lifecycle.toml`` in the user's configuration directory (``~/.config/lifecycle/`` on
     Linux), then in the system's (``/etc/xdg/lifecycle/``), as platformdirs names them: a
-    cron job runs in ``$HOME``, not in its project.
-
-    Raises:
-        ConfigError: ``$LIFECYCLE_CONFIG`` names a file that does not exist.
+    cron job runs in ``$HOME``, not in its project. A file ``$LIFECYCLE_CONFIG`` names is
+    returned even if it is not there: loading it says so.
 
     .. versionchanged:: 0.2 ``$LIFECYCLE_CONFIG``, the user's and the system's directories.
     """
@@ -358,17 +356,10 @@ def find_config(directory: Path | None = None) -> Path | None:
 
 
 def locate_config() -> tuple[Path, str] | None:
-    """The configuration file :func:`find_config` uses, and where it was found, for people.
-
-    Raises:
-        ConfigError: ``$LIFECYCLE_CONFIG`` names a file that does not exist.
-    """
+    """The configuration file :func:`find_config` uses, and where it was found, for people."""
     named = os.environ.get(CONFIG_ENV, "")
     if named:
-        path = Path(named).expanduser()
-        if not path.is_file():
-            raise ConfigError(str(path), None, f"${CONFIG_ENV} names this file, which is not there")
-        return path, f"named by ${CONFIG_ENV}"
+        return Path(named).expanduser(), f"named by ${CONFIG_ENV}"
     found = _find_in(Path.cwd())
     if found is not None:
         return found
@@ -436,7 +427,11 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(shown, None, f"cannot read the file: {exc.strerror or exc}") from None
+        named = os.environ.get(CONFIG_ENV, "")
+        source = f" (named by ${CONFIG_ENV})" if named and Path(named).expanduser() == file else ""
+        raise ConfigError(
+            shown, None, f"cannot read the file{source}: {exc.strerror or exc}"
+        ) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(shown, None, f"the file is not UTF-8 text: {exc.reason}") from None
     tomllib = _toml()
