@@ -173,12 +173,29 @@ class _OpenedFile:
             # several jobs may share one file (each line is one write).
             self.stream: TextIO = open(where, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         except OSError as exc:
-            raise OSError(
-                f"file {os.fspath(path)!r} cannot be opened for appending: {exc.strerror or exc}"
-            ) from None
+            raise _unopenable(path, exc.strerror or str(exc)) from None
+
+    @staticmethod
+    def check(path: str | os.PathLike[str]) -> None:
+        """Raise as opening would, without creating the file (``lifecycle check``)."""
+        where = Path(path).expanduser()
+        if where.exists():
+            if where.is_dir():
+                raise _unopenable(path, "Is a directory")
+            if not os.access(where, os.W_OK):
+                raise _unopenable(path, "Permission denied")
+        elif not where.parent.is_dir():
+            raise _unopenable(path, "No such file or directory")
+        elif not os.access(where.parent, os.W_OK | os.X_OK):
+            raise _unopenable(path, "Permission denied")
 
     def close(self) -> None:
         self.stream.close()
+
+
+def _unopenable(path: str | os.PathLike[str], reason: str) -> OSError:
+    # Worded from the option's name: the configuration's error names the key from it.
+    return OSError(f"file {os.fspath(path)!r} cannot be opened for appending: {reason}")
 
 
 def attach(
@@ -300,3 +317,14 @@ def attach(
         adapter.detach()
         raise
     return adapter
+
+
+def _check(bus: EventBus, *, file: Any = None, **options: Any) -> None:
+    """``lifecycle check``: refuse what :func:`attach` refuses, without creating ``file``."""
+    if isinstance(file, (str, os.PathLike)):
+        _OpenedFile.check(file)
+        file = None
+    attach(bus, file=file, **options).detach()
+
+
+attach.check = _check  # type: ignore[attr-defined]

@@ -153,3 +153,18 @@ def test_ecs_documents_of_a_real_run(tmp_path: Path) -> None:
     assert failed["error"]["type"] == "RuntimeError"
     assert "handler broke" in failed["error"]["stack_trace"]
     assert all("@timestamp" in line and line["ecs.version"] for line in lines)
+
+
+def test_check_does_not_create_the_log_file(tmp_path: Path) -> None:
+    configure(tmp_path, 'render = "json", file = "run.jsonl"', handlers="")
+    done = lifecycle(tmp_path, "check")
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "run.jsonl").exists()
+
+
+def test_check_refuses_a_file_in_a_missing_directory(tmp_path: Path) -> None:
+    configure(tmp_path, 'render = "json", file = "missing/run.jsonl"', handlers="")
+    done = lifecycle(tmp_path, "check")
+    assert done.returncode == 1
+    assert "adapters[0].options.file:" in done.stderr
+    assert "'missing/run.jsonl' cannot be opened for appending: No such file" in done.stderr
