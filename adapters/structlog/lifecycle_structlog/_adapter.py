@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 import structlog
 
-from lifecycle import EXITED, STARTING, Attachment, ErrorInfo, Outcome, Status
+from lifecycle import EXITED, STARTING, Attachment, BusState, ErrorInfo, Outcome, Status
 from lifecycle._console import TRACEBACK_LIMIT, VALUE_LIMIT, shorten
-from lifecycle._logging import route
+from lifecycle._logging import result_fields, route
 
 from ._render import Fields, console_logger, json_logger, to_ecs
 
@@ -112,22 +112,13 @@ class StructlogAdapter(Attachment):
     def log_result(self, bus: EventBus, *, result: HandlerResult) -> None:
         if result.status is Status.OK:
             return
-        fields: dict[str, Any] = {
-            "handler": result.handler,
-            "signal": result.signal,
-            "run_id": result.run_id,
-            "status": result.status.value,
-            "duration": round(result.duration, 6),
-            "bus": bus.name,
-        }
+        fields = {**result_fields(result), "bus": bus.name}
         seen = self._runs.get(result.run_id or "")
         if seen is not None:
             fields["environment"] = self._fit(seen[0])
             event_id = seen[1].get(result.signal)
             if event_id is not None:
                 fields["event_id"] = event_id  # the event the handler failed on
-        if result.background:
-            fields["background"] = True
         if result.exception is not None and result.status is not Status.TIMEOUT:
             error = ErrorInfo.from_exception(result.exception)
             fields["error"] = self._error(error)
@@ -298,7 +289,8 @@ def attach(
         if opened is not None:
             adapter.add(opened.close)
         if routed:
-            adapter.add(route(logger))
+            # Until detached, or until its bus is closed (lines of the closing included).
+            adapter.add(route(logger, lambda: bus.state is not BusState.CLOSED))
         for signal in dict.fromkeys(signals):
             adapter.add(
                 bus.subscribe(

@@ -397,3 +397,18 @@ def test_bad_fields_or_max_value_are_refused() -> None:
         attach(EventBus(), fields="otel")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_value must be a whole number of characters >= 64"):
         attach(EventBus(), max_value=10)
+
+
+@pytest.mark.anyio
+async def test_the_librarys_lines_follow_render_while_the_bus_is_open() -> None:
+    from lifecycle._logging import logger
+
+    out = io.StringIO()
+    async with EventBus() as bus:
+        attach(bus, render="json", file=out)  # never detached: its bus's end ends it
+        logger.warning("library line", n=1)
+    with structlog.testing.capture_logs() as logs:
+        logger.warning("after the bus closed")
+    (line,) = (json.loads(text) for text in out.getvalue().splitlines())
+    assert (line["event"], line["level"], line["n"]) == ("library line", "warning", 1)
+    assert [entry["event"] for entry in logs] == ["after the bus closed"]
