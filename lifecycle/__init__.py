@@ -19,7 +19,6 @@ if _typing.TYPE_CHECKING:
         find_config,
         installed_adapters,
         load_config,
-        redact_url,
     )
     from ._console import escape, escape_fields, log_to_stderr
     from ._environment import Environment, Run
@@ -47,6 +46,7 @@ if _typing.TYPE_CHECKING:
         StartAborted,
     )
     from ._heartbeat import heartbeats
+    from ._redact import redact_url
     from ._results import CloseReport, EmitReport, HandlerResult, Status
     from ._subprocess import CommandResult, SubprocessEnvironment
     from ._subscription import Subscription
@@ -147,7 +147,7 @@ _MODULES = {
     "installed_adapters": "_config",
     "load_config": "_config",
     "log_to_stderr": "_console",
-    "redact_url": "_config",
+    "redact_url": "_redact",
 }
 """The private module of each public name."""
 

@@ -17,6 +17,7 @@ from lifecycle import (
     find_config,
     installed_adapters,
     load_config,
+    redact_url,
 )
 from lifecycle import _config as config_module
 
@@ -531,7 +532,7 @@ def test_a_secret_option_with_a_fallback_is_masked() -> None:
     ],
 )
 def test_a_url_is_shown_as_scheme_host_and_port(url: str, shown: str) -> None:
-    assert config_module.redact_url(url) == shown
+    assert redact_url(url) == shown
 
 
 def test_a_failed_attach_detaches_what_was_attached(site: Path, tmp_path: Path) -> None:
