@@ -12,12 +12,9 @@ if _typing.TYPE_CHECKING:
     from ._bus import DEFAULT, BusState, EventBus, ResultHook
     from ._config import (
         AdapterSpec,
-        Attachment,
         Config,
         HandlerSpec,
-        InstalledAdapter,
         find_config,
-        installed_adapters,
         load_config,
     )
     from ._console import escape, escape_fields, log_to_stderr
@@ -50,6 +47,7 @@ if _typing.TYPE_CHECKING:
     from ._results import CloseReport, EmitReport, HandlerResult, Status
     from ._subprocess import CommandResult, SubprocessEnvironment
     from ._subscription import Subscription
+    from .plugins import Attachment, InstalledAdapter, installed_adapters
 
 __version__ = "0.1.0"
 
@@ -105,7 +103,7 @@ __all__ = [
 _MODULES = {
     "AbandonedThreadsError": "_exceptions",
     "AdapterSpec": "_config",
-    "Attachment": "_config",
+    "Attachment": "plugins",
     "BusClosedError": "_exceptions",
     "BusState": "_bus",
     "CloseReport": "_results",
@@ -127,7 +125,7 @@ _MODULES = {
     "RECOVERED": "_event",
     "HandlerResult": "_results",
     "HandlerSpec": "_config",
-    "InstalledAdapter": "_config",
+    "InstalledAdapter": "plugins",
     "LifecycleError": "_exceptions",
     "Outcome": "_event",
     "ResultHook": "_bus",
@@ -144,7 +142,7 @@ _MODULES = {
     "escape_fields": "_console",
     "find_config": "_config",
     "heartbeats": "_heartbeat",
-    "installed_adapters": "_config",
+    "installed_adapters": "plugins",
     "load_config": "_config",
     "log_to_stderr": "_console",
     "redact_url": "_redact",

@@ -18,6 +18,7 @@ import lifecycle
 import lifecycle._cli
 import lifecycle._config
 from lifecycle._cli import main
+from lifecycle.plugins import command
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -631,7 +632,7 @@ def _check_checked(config: lifecycle.Config) -> list[str]:
     return [f"size {table.get('size', 1)}"]
 
 
-checked_command.check = _check_checked  # type: ignore[attr-defined]
+command(checked_command, check=_check_checked)
 
 
 @pytest.fixture
@@ -644,7 +645,7 @@ def table_commands(monkeypatch: pytest.MonkeyPatch) -> None:
         for name in ("plain", "checked")
     }
     monkeypatch.setattr(lifecycle._cli, "_plugin_commands", lambda: points)
-    monkeypatch.setattr(lifecycle._config, "_command_names", lambda: sorted(points))
+    monkeypatch.setattr(lifecycle._config, "_command_points", lambda: points)
 
 
 @pytest.mark.usefixtures("table_commands")
@@ -676,7 +677,7 @@ def test_check_names_a_command_that_cannot_be_loaded(
 
     point = EntryPoint(name="broken", value="no_such_module_here:main", group="lifecycle.commands")
     monkeypatch.setattr(lifecycle._cli, "_plugin_commands", lambda: {"broken": point})
-    monkeypatch.setattr(lifecycle._config, "_command_names", lambda: ["broken"])
+    monkeypatch.setattr(lifecycle._config, "_command_points", lambda: {"broken": point})
     config = tmp_path / "lifecycle.toml"
     config.write_text("[broken]\nx = 1\n")
     assert main(["check", "--config", str(config)]) == 1
