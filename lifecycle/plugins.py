@@ -31,6 +31,7 @@ no configuration imports it, and scans no entry point.
 
 from __future__ import annotations
 
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, overload
 
 from ._handle import Handle
@@ -53,6 +54,7 @@ __all__ = [
     "InstalledAdapter",
     "TableCheck",
     "adapter",
+    "claim_exports",
     "command",
     "installed_adapters",
 ]
@@ -184,6 +186,22 @@ def command(
         return run
 
     return declare if run is None else declare(run)
+
+
+def claim_exports(namespace: dict[str, Any]) -> None:
+    """Present a package's public names as the package's own, not its private modules'.
+
+    Call it last in the package's ``__init__.py``: ``claim_exports(globals())``. Each class
+    and function in ``__all__`` that comes from one of the package's private modules gets
+    the package as its ``__module__``, so that it is shown, documented and pickled as
+    ``lifecycle_x.Name`` (``lifecycle_x._impl.Name`` would break when ``_impl`` moves).
+    Names it re-exports from elsewhere are left alone.
+    """
+    package = namespace["__name__"]
+    for name in namespace["__all__"]:
+        value = namespace[name]
+        if isinstance(value, (type, FunctionType)) and value.__module__.startswith(f"{package}."):
+            value.__module__ = package
 
 
 class Attachment(Handle):
