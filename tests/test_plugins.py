@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -177,3 +178,34 @@ async def test_a_declared_check_is_what_lifecycle_check_calls(tmp_path: Path) ->
     async with EventBus() as bus:
         with pytest.raises(ConfigError, match="target must not be empty"):
             config.attach(bus, checking=True)
+
+
+# -- docs/writing-an-adapter.md ------------------------------------------------------------
+
+
+def python_blocks(page: Path) -> list[str]:
+    text = page.read_text(encoding="utf-8")
+    return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+
+
+@pytest.mark.anyio
+async def test_the_adapter_of_the_guide_works_as_its_own_test_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The page's adapter module (its first block) and its test (the last one), as a third
+    # party would copy them into a package of their own.
+    import importlib
+
+    blocks = python_blocks(ROOT / "docs" / "writing-an-adapter.md")
+    package = tmp_path / "site" / "lifecycle_jsonl"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(blocks[0], encoding="utf-8")
+    (tmp_path / "site" / "guide_test_jsonl.py").write_text(blocks[-1], encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in ("lifecycle_jsonl", "guide_test_jsonl"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    guide_test = importlib.import_module("guide_test_jsonl")
+    await guide_test.test_one_line_per_start_and_exit(tmp_path)
+    jsonl = importlib.import_module("lifecycle_jsonl")
+    with pytest.raises(ValueError, match=r"^path '.*' is in a directory that does not exist"):
+        jsonl.attach(EventBus(), path=str(tmp_path / "nope" / "events.jsonl"))
