@@ -24,7 +24,7 @@ import structlog
 from lifecycle_nats import NatsError, jetstream_required
 
 from lifecycle import EXITED, ConfigError, EventBus, escape, log_to_stderr
-from lifecycle.plugins import command
+from lifecycle.plugins import ADAPTER_GROUP, command
 
 from ._config import WatchConfig, describe_watch, load_watch_config
 from ._jetstream import Settings, connect, run_watchdog, status_subject
@@ -106,7 +106,7 @@ def _where(config: WatchConfig, args: argparse.Namespace) -> str:
 
 def _console(bus: EventBus) -> Any:
     """With no ``notify`` configuration: the verdicts as console lines on stderr."""
-    for point in entry_points(group="lifecycle.adapters", name="structlog"):
+    for point in entry_points(group=ADAPTER_GROUP, name="structlog"):
         return point.load()(bus, render="console", signals=VERDICT_SIGNALS)
     log = structlog.get_logger("lifecycle.watchdog")
 
