@@ -26,7 +26,7 @@ attributes without a ``type: ignore``::
 This module imports neither importlib.metadata nor the adapters: ``lifecycle run`` with
 no configuration imports it, and scans no entry point.
 
-.. versionadded:: 0.3
+.. versionadded:: 0.2
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ class Attachment(Handle):
     ``unsubscribe()`` or ``disconnect()`` (a subscription, a result hook), or a callable.
 
     .. versionadded:: 0.1
-    .. versionchanged:: 0.3
+    .. versionchanged:: 0.2
        Also ``lifecycle.plugins.Attachment``, with the rest of the plug-in contract.
     """
 
