@@ -34,6 +34,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._console import escape, log_to_stderr, render, write_line
 from ._exceptions import ConfigError
+from .plugins import (
+    ADAPTER_GROUP,
+    COMMAND_GROUP,
+    _command_points,
+    _commands_by_distribution,
+    _install_hint,
+    installed_adapters,
+)
 
 # Everything else is imported where it is used: a cron wrapper's start-up is mostly imports,
 # and ``lifecycle run -- CMD`` with no configuration needs neither importlib.metadata (an
@@ -47,35 +55,14 @@ if TYPE_CHECKING:
     from ._config import Config
     from ._event import Event
     from ._quiet import Quiet
+    from .plugins import Command
 
 __all__ = ["main"]
 
 STATUS_WRAPPER_FAILED = 125
 """``lifecycle run`` could not run the command at all (options, configuration, abort)."""
 
-ENTRY_POINT_GROUP = "lifecycle.adapters"
-
-COMMAND_GROUP = "lifecycle.commands"
-"""Entry-point group of subcommands that other packages add (``lifecycle listen``, ...).
-
-Each entry point names a callable ``command(argv: list[str]) -> int`` that parses its own
-arguments (``argv`` excludes the subcommand's name) and returns the exit status. It is called
-with the working directory on ``sys.path``, so ``module:function`` handlers import from there. A short
-``help`` attribute on it, if any, is shown in ``lifecycle --help``. A ``check`` attribute, if
-any, is ``check(config: Config) -> list[str]``: ``lifecycle check`` calls it on a configuration
-that has the command's table (``[listen]``), and it returns readable lines about the table or
-raises :exc:`ConfigError` naming the file, key and value. It must not connect anywhere.
-"""
-
 _BUILTIN_COMMANDS = frozenset({"run", "check", "adapters"})
-
-_COMMAND_PACKAGES = {
-    "listen": "lifecycle-nats",
-    "flush": "lifecycle-nats",
-    "watch": "lifecycle-watchdog",
-    "runs": "lifecycle-watchdog",
-}
-"""Where the subcommands that the core does not ship come from, to say what to install."""
 
 _RUN_EPILOG = """\
 exit status: the command's own; 124 when it outlived --timeout; 125 when lifecycle
@@ -132,8 +119,7 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
     parser = _Parser(
         prog="lifecycle",
         description="Reliable lifecycle events for jobs: wrap a command, check a "
-        "configuration. Installed packages add commands (lifecycle-nats: listen, flush; "
-        "lifecycle-watchdog: watch, runs).",
+        f"configuration. Installed packages add commands ({_commands_by_distribution()}).",
         # A mistyped ``lifecycle rnu -- job`` in a cron line must not look like the job's 2.
         error_status=STATUS_WRAPPER_FAILED,
     )
@@ -212,7 +198,7 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
     adapters = commands.add_parser(
         "adapters",
         help="list the installed adapters",
-        description=f"List the adapters installed in the entry-point group {ENTRY_POINT_GROUP}.",
+        description=f"List the adapters installed in the entry-point group {ADAPTER_GROUP}.",
         epilog="exit status: 0; 2 on a usage mistake.",
     )
     adapters.set_defaults(handler=_adapters)
@@ -222,13 +208,9 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
 
 
 def _plugin_commands() -> dict[str, EntryPoint]:
-    from importlib.metadata import entry_points
-
-    found: dict[str, EntryPoint] = {}
-    for point in entry_points(group=COMMAND_GROUP):
-        if point.name not in _BUILTIN_COMMANDS:
-            found.setdefault(point.name, point)
-    return found
+    """The installed commands of :data:`~lifecycle.plugins.COMMAND_GROUP`, less built-in names."""
+    points = _command_points()
+    return {name: point for name, point in points.items() if name not in _BUILTIN_COMMANDS}
 
 
 def _command_help(point: EntryPoint) -> str:
@@ -260,10 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         plugins = _plugin_commands()
         if argv and argv[0] in plugins:
             return _run_plugin(argv[0], plugins[argv[0]], argv[1:])
-        if argv and argv[0] in _COMMAND_PACKAGES:
+        provider = _install_hint(COMMAND_GROUP, argv[0]) if argv else None
+        if provider is not None:
             _say(
-                f"error: 'lifecycle {argv[0]}' comes with the {_COMMAND_PACKAGES[argv[0]]} "
-                f"package, which is not installed (pip install {_COMMAND_PACKAGES[argv[0]]})"
+                f"error: 'lifecycle {argv[0]}' comes with the {provider} "
+                f"package, which is not installed (pip install {provider})"
             )
             return STATUS_WRAPPER_FAILED
     parser, subcommands = _parser(plugins)
@@ -282,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_plugin(name: str, point: EntryPoint, argv: list[str]) -> int:
     try:
-        command: Callable[[list[str]], int] = point.load()
+        command: Command = point.load()
     except ImportError as exc:
         _say(f"error: 'lifecycle {name}' ({point.value}) cannot be loaded: {exc}")
         return STATUS_WRAPPER_FAILED
@@ -572,11 +555,9 @@ async def _attach_and_detach(config: Config) -> None:
 
 
 def _adapters(args: argparse.Namespace) -> int:
-    from ._config import installed_adapters
-
     found = installed_adapters()
     if not found:
-        print(f"no adapters installed (entry-point group {ENTRY_POINT_GROUP})")
+        print(f"no adapters installed (entry-point group {ADAPTER_GROUP})")
         return 0
     width = max(len(name) for name in found)
     for name, adapter in found.items():

@@ -18,6 +18,7 @@ import lifecycle
 import lifecycle._cli
 import lifecycle._config
 from lifecycle._cli import main
+from lifecycle.plugins import COMMAND_GROUP, command
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -471,7 +472,7 @@ def test_a_registered_subcommand_gets_its_arguments_and_sets_the_status(
 ) -> None:
     from importlib.metadata import EntryPoint
 
-    point = EntryPoint(name="echo", value=f"{__name__}:echo_command", group="lifecycle.commands")
+    point = EntryPoint(name="echo", value=f"{__name__}:echo_command", group=COMMAND_GROUP)
     monkeypatch.setattr(lifecycle._cli, "_plugin_commands", lambda: {"echo": point})
     assert main(["echo", "--flag", "x"]) == 7
     assert capsys.readouterr().out == "echo: --flag x\n"
@@ -637,7 +638,7 @@ def _check_checked(config: lifecycle.Config) -> list[str]:
     return [f"size {table.get('size', 1)}"]
 
 
-checked_command.check = _check_checked  # type: ignore[attr-defined]
+command(checked_command, check=_check_checked)
 
 
 @pytest.fixture
@@ -646,11 +647,11 @@ def table_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     from importlib.metadata import EntryPoint
 
     points = {
-        name: EntryPoint(name=name, value=f"{__name__}:{name}_command", group="lifecycle.commands")
+        name: EntryPoint(name=name, value=f"{__name__}:{name}_command", group=COMMAND_GROUP)
         for name in ("plain", "checked")
     }
     monkeypatch.setattr(lifecycle._cli, "_plugin_commands", lambda: points)
-    monkeypatch.setattr(lifecycle._config, "_command_names", lambda: sorted(points))
+    monkeypatch.setattr(lifecycle._config, "_command_points", lambda: points)
 
 
 @pytest.mark.usefixtures("table_commands")
@@ -680,9 +681,9 @@ def test_check_names_a_command_that_cannot_be_loaded(
 ) -> None:
     from importlib.metadata import EntryPoint
 
-    point = EntryPoint(name="broken", value="no_such_module_here:main", group="lifecycle.commands")
+    point = EntryPoint(name="broken", value="no_such_module_here:main", group=COMMAND_GROUP)
     monkeypatch.setattr(lifecycle._cli, "_plugin_commands", lambda: {"broken": point})
-    monkeypatch.setattr(lifecycle._config, "_command_names", lambda: ["broken"])
+    monkeypatch.setattr(lifecycle._config, "_command_points", lambda: {"broken": point})
     config = tmp_path / "lifecycle.toml"
     config.write_text("[broken]\nx = 1\n")
     assert main(["check", "--config", str(config)]) == 1

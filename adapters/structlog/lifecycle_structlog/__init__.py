@@ -13,6 +13,7 @@ have none can ask for a console or a JSON rendering of the adapter's lines alone
 # ``escape`` and ``escape_fields`` (.. versionadded:: 0.2) are lifecycle's own, re-exported:
 # the console lines of ``lifecycle run``, ``listen``, ``watch`` and this adapter escape alike.
 from lifecycle import escape, escape_fields
+from lifecycle.plugins import claim_exports as _claim_exports
 
 from ._adapter import DEFAULT_LEVELS, StructlogAdapter, attach
 from ._render import ECS_VERSION, console_logger, ecs_document, ecs_fields, json_logger, to_ecs
@@ -30,3 +31,5 @@ __all__ = [
     "json_logger",
     "to_ecs",
 ]
+
+_claim_exports(globals())
