@@ -8,9 +8,11 @@ The hierarchy::
     ├── AbandonedThreadsError too many hung sync handlers; a sync handler was not run
     ├── StartAborted          a critical ``environment.starting`` handler failed
     ├── RunTimeoutError       a run outlived its time limit (also a ``TimeoutError``)
-    ├── RunTerminated         SIGTERM or SIGINT ended a run under the blocking runner
-    │                         (also a ``SystemExit``: 128 + n if uncaught)
     └── ConfigError           a configuration file is wrong (file, key and value)
+
+    SystemExit                a stop, not an error: ``except Exception`` lets it through
+    └── RunTerminated         SIGTERM or SIGINT ended a run under the blocking runner
+                              (128 + n if uncaught)
 
 Programmer mistakes (subscribing something that is not callable, a handler whose
 signature cannot take the event, a negative timeout) raise ``TypeError`` or
@@ -113,19 +115,21 @@ class RunTimeoutError(LifecycleError, TimeoutError):
         self.timeout = timeout
 
 
-class RunTerminated(LifecycleError, SystemExit):
+class RunTerminated(SystemExit):
     """Raised by the blocking runner after SIGTERM or SIGINT ended the run.
 
     ``environment.exited`` was emitted with outcome ``terminated``. ``exit_status`` is the
     shell's convention for a process ended by that signal (128 + the signal number).
 
-    It is also a ``SystemExit`` whose ``code`` is ``exit_status``: left uncaught, it ends
-    the program quietly with status 143 (SIGTERM) or 130 (SIGINT), as a supervisor
-    expects of an orderly stop, instead of a traceback and status 1. ``except
-    RunTerminated`` (or ``except LifecycleError``) still catches it.
+    A ``SystemExit`` whose ``code`` is ``exit_status``, and not an ``Exception``: a stop
+    passes through ``except Exception`` (as ``KeyboardInterrupt`` does) and, left
+    uncaught, ends the program quietly with status 143 (SIGTERM) or 130 (SIGINT), as a
+    supervisor expects of an orderly stop. Catch it by name (``except RunTerminated``)
+    or as ``except SystemExit``; ``except LifecycleError`` does not catch it.
 
     .. versionchanged:: 0.2
-       Also a ``SystemExit`` with ``code`` set to ``exit_status``.
+       A ``SystemExit`` with ``code`` set to ``exit_status``, no longer a
+       ``LifecycleError`` (nor, therefore, an ``Exception``).
     """
 
     def __init__(self, environment: str, signum: int) -> None:
