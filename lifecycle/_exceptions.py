@@ -61,26 +61,41 @@ class EmitDepthError(LifecycleError):
 
 
 class AbandonedThreadsError(LifecycleError):
-    """A plain (sync) handler was not run: too many abandoned handler threads still run.
+    """A plain (sync) handler was not run: too many of its calls hang in abandoned threads.
 
     A plain handler given up at its timeout keeps running in its thread, which the bus
-    abandons and replaces. Once ``max_abandoned_threads`` such threads are still running,
-    the bus refuses to start more plain handlers until some return: each one it refuses
-    gets this error as its result (status ``error``) instead of running.
+    abandons and replaces. While ``max_abandoned_per_handler`` calls of one handler still
+    run so, that handler is refused: each of its calls gets this error as its result
+    (status ``error``) instead of running, and ``handler`` names it. As a last resort,
+    once ``max_abandoned_threads`` abandoned threads run on the whole bus, every plain
+    handler is refused so (``handler`` is ``None``). Refusals end as the hung calls return.
 
     .. versionadded:: 0.2
     """
 
-    def __init__(self, bus_name: str, abandoned: int, limit: int) -> None:
-        super().__init__(
-            f"sync handler not run on event bus {bus_name!r}: {abandoned} sync handlers "
-            f"given up at their timeouts are still running in abandoned threads, the most "
-            f"the bus allows (EventBus(max_abandoned_threads={limit})); find the handlers "
-            "that hang (logged as timed out) and give them a way to return"
-        )
+    def __init__(
+        self, bus_name: str, abandoned: int, limit: int, *, handler: str | None = None
+    ) -> None:
+        if handler is None:
+            message = (
+                f"sync handler not run on event bus {bus_name!r}: {abandoned} sync handlers "
+                f"given up at their timeouts are still running in abandoned threads, the "
+                f"most the bus allows (EventBus(max_abandoned_threads={limit})); find the "
+                "handlers that hang (logged as timed out) and give them a way to return"
+            )
+        else:
+            message = (
+                f"sync handler {handler} not run on event bus {bus_name!r}: {abandoned} of "
+                f"its calls, given up at their timeouts, are still running in abandoned "
+                f"threads, the most one handler may hold "
+                f"(EventBus(max_abandoned_per_handler={limit})); it runs again when one "
+                "returns: give it a way to return within its timeout"
+            )
+        super().__init__(message)
         self.bus_name = bus_name
         self.abandoned = abandoned
         self.limit = limit
+        self.handler = handler
 
 
 class StartAborted(LifecycleError):

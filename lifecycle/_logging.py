@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ._exceptions import AbandonedThreadsError
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -54,6 +56,8 @@ def before_first_use(hook: Callable[[], None]) -> None:
 
 def log_failure(result: HandlerResult, **context: Any) -> None:
     """Log a handler result that is not ``ok``, with its traceback where there is one."""
+    if isinstance(result.exception, AbandonedThreadsError):
+        return  # refused, not run: the worker pool logs that once per handler, not per call
     fields: dict[str, Any] = {
         "handler": result.handler,
         "signal": result.signal,
