@@ -2,12 +2,14 @@
 
 Nothing here needs lifecycle-dask on the scheduler or the workers: resources come from the
 scheduler's identity, worker counters from a probe sent by value with ``Client.run``,
-worker arrivals and departures from the scheduler's ``all`` event topic, read there by a
-function sent by value with ``Client.run_on_scheduler``.
+worker arrivals and departures from the scheduler's ``all`` event topic, and the tasks
+finished during the run from a scheduler plugin counting their transitions, both put
+there and read by functions sent by value with ``Client.run_on_scheduler``.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +20,15 @@ if TYPE_CHECKING:
 
     from distributed import Client
 
-__all__ = ["Baseline", "at_exit", "baseline", "log_tail", "make_probe", "resources"]
+__all__ = [
+    "Baseline",
+    "at_exit",
+    "baseline",
+    "forget_task_counter",
+    "log_tail",
+    "make_probe",
+    "resources",
+]
 
 PROBE_NAME = "lifecycle_dask_probe"
 """The probe's name, as workers log it when ``Client.run`` calls it."""
@@ -118,6 +128,9 @@ class Baseline:
     scheduler_time: float | None
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)
     probe_error: str | None = None
+    # The name of the run's task counter on the scheduler, until it is read and removed.
+    task_counter: str | None = None
+    task_counter_error: str | None = None
 
     def since(self) -> dict[str, int]:
         """Each worker's monitor sample count at the start (peaks are read from there)."""
@@ -182,6 +195,57 @@ def make_membership_reader() -> Callable[..., Any]:
     return lifecycle_dask_membership
 
 
+def make_task_counter() -> Callable[..., Any]:
+    """Build the function ``Client.run_on_scheduler`` sends to count the tasks of a run.
+
+    Called with a ``name``, it adds a scheduler plugin of that name that counts, per
+    worker, the tasks that finished there: the transitions ``processing -> memory``, and
+    ``processing -> erred`` when the worker reported the task's own error (not a
+    ``KilledWorker``, which ran nowhere to the end). Called with ``read=True``, it removes
+    the plugin and returns the counts (``None`` if there is no such plugin). Counted
+    where the tasks finish, on the scheduler, the figure survives the workers: a worker
+    killed mid-run takes its own counters with it, not the run's. Made in a function so
+    that it, and the plugin class it makes, travel by value, like the probe.
+    """
+
+    def lifecycle_dask_tasks(dask_scheduler: Any, name: str, read: bool = False) -> Any:
+        if read:
+            plugin = dask_scheduler.plugins.get(name)
+            if plugin is None:
+                return None
+            dask_scheduler.remove_plugin(name=name)
+            return dict(plugin.finished)
+
+        from distributed.diagnostics.plugin import SchedulerPlugin
+
+        class LifecycleDaskTasks(SchedulerPlugin):
+            def __init__(self) -> None:
+                self.finished: dict[str, int] = {}
+
+            def transition(
+                self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any
+            ) -> None:
+                if start != "processing" or not (
+                    finish == "memory"
+                    or (finish == "erred" and kwargs.get("exception_text") is not None)
+                ):
+                    return
+                worker = str(kwargs.get("worker") or "")
+                self.finished[worker] = self.finished.get(worker, 0) + 1
+
+        dask_scheduler.add_plugin(LifecycleDaskTasks(), name=name)
+        return True
+
+    return lifecycle_dask_tasks
+
+
+async def forget_task_counter(client: Client, start: Baseline) -> None:
+    """Remove the run's task counter from the scheduler if the exit did not read it."""
+    name, start.task_counter = start.task_counter, None
+    if name is not None:
+        await _client(client).run_on_scheduler(make_task_counter(), name=name, read=True)
+
+
 async def _gather(**calls: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
     """Await the calls concurrently; each result, or the exception it raised."""
     results: dict[str, Any] = {}
@@ -209,10 +273,12 @@ async def baseline(client: Client) -> tuple[dict[str, Any], Baseline]:
         Exception: the scheduler's identity could not be read.
     """
     remote = _client(client)
+    counter = f"lifecycle-dask-tasks-{uuid.uuid4().hex}"
     got = await _gather(
         identity=lambda: remote.scheduler.identity(),
         clock=lambda: remote.run_on_scheduler(make_membership_reader()),
         probes=lambda: probe_workers(client),
+        counter=lambda: remote.run_on_scheduler(make_task_counter(), name=counter),
     )
     identity = got["identity"]
     if isinstance(identity, BaseException):
@@ -222,12 +288,15 @@ async def baseline(client: Client) -> tuple[dict[str, Any], Baseline]:
     probes, error = (
         ({}, _why(got["probes"])) if isinstance(got["probes"], BaseException) else got["probes"]
     )
+    counted = not isinstance(got["counter"], BaseException)
     return identity, Baseline(
         workers=set(workers),
         # Refused when the scheduler does not run pickled functions: sets only, then.
         scheduler_time=None if isinstance(clock, BaseException) else clock,
         probes=probes,
         probe_error=error,
+        task_counter=counter if counted else None,
+        task_counter_error=None if counted else _why(got["counter"]),
     )
 
 
@@ -241,8 +310,20 @@ async def at_exit(client: Client, start: Baseline) -> tuple[dict[str, Any], list
     if start.scheduler_time is not None:
         since = start.scheduler_time
         calls["events"] = lambda: remote.run_on_scheduler(make_membership_reader(), since=since)
+    counter = start.task_counter
+    if counter is not None:
+        calls["tasks"] = lambda: remote.run_on_scheduler(
+            make_task_counter(), name=counter, read=True
+        )
     got = await _gather(**calls)
     errors = [_why(value) for value in got.values() if isinstance(value, BaseException)]
+    tasks = got.get("tasks")
+    if isinstance(tasks, dict):
+        start.task_counter = None  # read, and removed
+    else:
+        why = start.task_counter_error or "the scheduler's task counter could not be read"
+        errors.append(f"tasks_run counted by the workers alive at exit only ({why})")
+        tasks = None
     identity = got["identity"]
     if isinstance(identity, BaseException):
         return {}, errors
@@ -254,7 +335,7 @@ async def at_exit(client: Client, start: Baseline) -> tuple[dict[str, Any], list
     events = got.get("events")
     if isinstance(events, BaseException) or events is None:
         events = []
-    return run_metrics(start, identity, probes, events), errors
+    return run_metrics(start, identity, probes, events, tasks), errors
 
 
 def _membership(
@@ -293,19 +374,27 @@ def run_metrics(
     identity: Mapping[str, Any],
     probes: Mapping[str, Mapping[str, Any]],
     events: Iterable[Any],
+    tasks: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The ``exited`` attributes: what the workers did between ``start`` and now."""
+    """The ``exited`` attributes: what the workers did between ``start`` and now.
+
+    ``tasks`` are the scheduler's counts of tasks finished per worker, lost workers
+    included; without them, ``tasks_run`` is read from the live workers' own counters.
+    """
     end_workers = identity.get("workers") or {}
     added, removed, lost = _membership(start, end_workers, events)
     per_worker: dict[str, dict[str, Any]] = {}
-    for address in sorted(set(probes) | set(end_workers)):
+    known = set(probes) | set(end_workers) | {address for address in tasks or () if address}
+    for address in sorted(known):
         probe = probes.get(address)
         before = start.probes.get(address, {})
         worker = end_workers.get(address) or {}
         entry: dict[str, Any] = {"name": str(worker.get("name", address))}
+        if tasks is not None:
+            entry["tasks_run"] = int(tasks.get(address, 0))
         if probe is not None:
             executed = probe.get("executed")
-            if isinstance(executed, int):
+            if tasks is None and isinstance(executed, int):
                 entry["tasks_run"] = executed - int(before.get("executed") or 0)
             entry["memory_peak"] = probe.get("memory_peak")
             entry["spilled_bytes"] = int(probe.get("spilled_bytes") or 0) - int(
@@ -315,7 +404,11 @@ def run_metrics(
         per_worker[address] = entry
     peaks = [w["memory_peak"] for w in per_worker.values() if w.get("memory_peak") is not None]
     return {
-        "tasks_run": sum(int(w.get("tasks_run", 0)) for w in per_worker.values()),
+        "tasks_run": (
+            sum(int(w.get("tasks_run", 0)) for w in per_worker.values())
+            if tasks is None
+            else sum(int(count) for count in tasks.values())
+        ),
         "memory_peak": max(peaks, default=None),
         "spilled_bytes": sum(int(w.get("spilled_bytes", 0)) for w in per_worker.values()),
         "workers_added": added,
