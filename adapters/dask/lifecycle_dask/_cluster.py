@@ -9,6 +9,7 @@ there and read by functions sent by value with ``Client.run_on_scheduler``.
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -158,20 +159,54 @@ async def probe_workers(
     return probes, "; ".join(errors) or None
 
 
-def make_membership_reader() -> Callable[..., Any]:
-    """Build the function ``Client.run_on_scheduler`` sends to read worker arrivals and departures.
+def make_scheduler_reader() -> Callable[..., Any]:
+    """Build the function ``Client.run_on_scheduler`` sends at the start and the exit of a run.
 
-    Made in a function so that it travels by value, like the probe. Without ``since`` it
-    returns the scheduler's clock; with it, the ``add-worker`` and ``remove-worker``
-    entries of the scheduler's ``all`` topic from that time on, read newest first and
-    stopping at ``since``, so only they cross the wire, however long the log is.
+    Made in a function so that it, and the plugin class it makes, travel by value, like
+    the probe. One call at each end, so the run costs the scheduler no more round trips:
+
+    - at the start (no ``since``), it adds a scheduler plugin named ``counter`` that counts,
+      per worker, the tasks that finish there (the transitions ``processing -> memory``,
+      and ``processing -> erred`` when the worker reported the task's own error, not a
+      ``KilledWorker``, which ran nowhere to the end), and returns the scheduler's clock;
+    - at the exit (``since``, the clock at the start), it removes the plugin and returns
+      its counts (``None`` if it is gone) and the ``add-worker`` and ``remove-worker``
+      entries of the scheduler's ``all`` topic from ``since`` on, read newest first and
+      stopping at ``since``, so only they cross the wire, however long the log is.
+
+    Counted where tasks finish, on the scheduler, the figure survives the workers: a
+    worker killed mid-run takes its own counters with it, not the run's.
     """
 
-    def lifecycle_dask_membership(dask_scheduler: Any, since: float | None = None) -> Any:
+    def lifecycle_dask_scheduler(
+        dask_scheduler: Any, counter: str, since: float | None = None
+    ) -> Any:
         import time
 
         if since is None:
+            from distributed.diagnostics.plugin import SchedulerPlugin
+
+            class LifecycleDaskTasks(SchedulerPlugin):
+                def __init__(self) -> None:
+                    self.finished: dict[str, int] = {}
+
+                def transition(
+                    self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any
+                ) -> None:
+                    if start != "processing" or not (
+                        finish == "memory"
+                        or (finish == "erred" and kwargs.get("exception_text") is not None)
+                    ):
+                        return
+                    worker = str(kwargs.get("worker") or "")
+                    self.finished[worker] = self.finished.get(worker, 0) + 1
+
+            dask_scheduler.add_plugin(LifecycleDaskTasks(), name=counter)
             return time.time()
+
+        plugin = dask_scheduler.plugins.get(counter)
+        if plugin is not None:
+            dask_scheduler.remove_plugin(name=counter)
         found = []
         for stamp, message in reversed(dask_scheduler.get_events("all")):
             if stamp < since:
@@ -190,60 +225,22 @@ def make_membership_reader() -> Callable[..., Any]:
                         },
                     )
                 )
-        return found[::-1]
+        return {
+            "tasks": None if plugin is None else dict(plugin.finished),
+            "membership": found[::-1],
+        }
 
-    return lifecycle_dask_membership
-
-
-def make_task_counter() -> Callable[..., Any]:
-    """Build the function ``Client.run_on_scheduler`` sends to count the tasks of a run.
-
-    Called with a ``name``, it adds a scheduler plugin of that name that counts, per
-    worker, the tasks that finished there: the transitions ``processing -> memory``, and
-    ``processing -> erred`` when the worker reported the task's own error (not a
-    ``KilledWorker``, which ran nowhere to the end). Called with ``read=True``, it removes
-    the plugin and returns the counts (``None`` if there is no such plugin). Counted
-    where the tasks finish, on the scheduler, the figure survives the workers: a worker
-    killed mid-run takes its own counters with it, not the run's. Made in a function so
-    that it, and the plugin class it makes, travel by value, like the probe.
-    """
-
-    def lifecycle_dask_tasks(dask_scheduler: Any, name: str, read: bool = False) -> Any:
-        if read:
-            plugin = dask_scheduler.plugins.get(name)
-            if plugin is None:
-                return None
-            dask_scheduler.remove_plugin(name=name)
-            return dict(plugin.finished)
-
-        from distributed.diagnostics.plugin import SchedulerPlugin
-
-        class LifecycleDaskTasks(SchedulerPlugin):
-            def __init__(self) -> None:
-                self.finished: dict[str, int] = {}
-
-            def transition(
-                self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any
-            ) -> None:
-                if start != "processing" or not (
-                    finish == "memory"
-                    or (finish == "erred" and kwargs.get("exception_text") is not None)
-                ):
-                    return
-                worker = str(kwargs.get("worker") or "")
-                self.finished[worker] = self.finished.get(worker, 0) + 1
-
-        dask_scheduler.add_plugin(LifecycleDaskTasks(), name=name)
-        return True
-
-    return lifecycle_dask_tasks
+    return lifecycle_dask_scheduler
 
 
 async def forget_task_counter(client: Client, start: Baseline) -> None:
     """Remove the run's task counter from the scheduler if the exit did not read it."""
     name, start.task_counter = start.task_counter, None
     if name is not None:
-        await _client(client).run_on_scheduler(make_task_counter(), name=name, read=True)
+        # From the end of time: no log entry to read, only the plugin to remove.
+        await _client(client).run_on_scheduler(
+            make_scheduler_reader(), counter=name, since=math.inf
+        )
 
 
 async def _gather(**calls: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
@@ -276,9 +273,8 @@ async def baseline(client: Client) -> tuple[dict[str, Any], Baseline]:
     counter = f"lifecycle-dask-tasks-{uuid.uuid4().hex}"
     got = await _gather(
         identity=lambda: remote.scheduler.identity(),
-        clock=lambda: remote.run_on_scheduler(make_membership_reader()),
+        clock=lambda: remote.run_on_scheduler(make_scheduler_reader(), counter=counter),
         probes=lambda: probe_workers(client),
-        counter=lambda: remote.run_on_scheduler(make_task_counter(), name=counter),
     )
     identity = got["identity"]
     if isinstance(identity, BaseException):
@@ -288,15 +284,16 @@ async def baseline(client: Client) -> tuple[dict[str, Any], Baseline]:
     probes, error = (
         ({}, _why(got["probes"])) if isinstance(got["probes"], BaseException) else got["probes"]
     )
-    counted = not isinstance(got["counter"], BaseException)
+    # Refused when the scheduler does not run pickled functions: worker sets and the
+    # live workers' counters only, then.
+    refused = isinstance(clock, BaseException)
     return identity, Baseline(
         workers=set(workers),
-        # Refused when the scheduler does not run pickled functions: sets only, then.
-        scheduler_time=None if isinstance(clock, BaseException) else clock,
+        scheduler_time=None if refused else clock,
         probes=probes,
         probe_error=error,
-        task_counter=counter if counted else None,
-        task_counter_error=None if counted else _why(got["counter"]),
+        task_counter=None if refused else counter,
+        task_counter_error=_why(clock) if refused else None,
     )
 
 
@@ -307,23 +304,22 @@ async def at_exit(client: Client, start: Baseline) -> tuple[dict[str, Any], list
         "identity": lambda: remote.scheduler.identity(),
         "probes": lambda: probe_workers(client, start.since()),
     }
-    if start.scheduler_time is not None:
-        since = start.scheduler_time
-        calls["events"] = lambda: remote.run_on_scheduler(make_membership_reader(), since=since)
-    counter = start.task_counter
-    if counter is not None:
-        calls["tasks"] = lambda: remote.run_on_scheduler(
-            make_task_counter(), name=counter, read=True
+    counter, since = start.task_counter, start.scheduler_time
+    if counter is not None and since is not None:
+        calls["scheduler"] = lambda: remote.run_on_scheduler(
+            make_scheduler_reader(), counter=counter, since=since
         )
     got = await _gather(**calls)
     errors = [_why(value) for value in got.values() if isinstance(value, BaseException)]
-    tasks = got.get("tasks")
-    if isinstance(tasks, dict):
+    read = got.get("scheduler")
+    if isinstance(read, dict):
         start.task_counter = None  # read, and removed
     else:
+        read = {}
+    events, tasks = read.get("membership") or [], read.get("tasks")
+    if tasks is None:
         why = start.task_counter_error or "the scheduler's task counter could not be read"
         errors.append(f"tasks_run counted by the workers alive at exit only ({why})")
-        tasks = None
     identity = got["identity"]
     if isinstance(identity, BaseException):
         return {}, errors
@@ -332,9 +328,6 @@ async def at_exit(client: Client, start: Baseline) -> tuple[dict[str, Any], list
         probes, probe_error = got["probes"]
         if probe_error:
             errors.append(probe_error)
-    events = got.get("events")
-    if isinstance(events, BaseException) or events is None:
-        events = []
     return run_metrics(start, identity, probes, events, tasks), errors
 
 
