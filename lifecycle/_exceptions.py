@@ -5,7 +5,8 @@ The hierarchy::
     LifecycleError
     ├── BusClosedError        emitting or subscribing on a closed bus
     ├── EmitDepthError        a handler's emit nested deeper than the bus allows
-    ├── AbandonedThreadsError too many hung sync handlers; a sync handler was not run
+    ├── AbandonedThreadsError a sync handler was not run: too many of its calls (or of
+    │                         all handlers) hang in abandoned threads
     ├── StartAborted          a critical ``environment.starting`` handler failed
     ├── RunTimeoutError       a run outlived its time limit (also a ``TimeoutError``)
     └── ConfigError           a configuration file is wrong (file, key and value)
