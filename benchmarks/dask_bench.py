@@ -16,9 +16,10 @@ fixed cost), on an in-process ``LocalCluster`` (2 workers, 2 threads each):
 
 Baseline and environment alternate run by run in one process and one event loop; each
 figure is a median over the rounds, the added time and the ratio of each round's pair. What the environment adds per run: before
-``starting``, the scheduler's identity, its clock and a probe of every worker; after the
-body, the same again plus the worker arrivals and departures from the scheduler's event
-log (and the workers' logs on a failure); each round of reads is done concurrently.
+``starting``, the scheduler's identity, its clock (the call that also installs the run's
+task counter) and a probe of every worker; after the body, the same again plus the worker
+arrivals and departures from the scheduler's event log and the task counts (and the
+workers' logs on a failure); each round of reads is done concurrently.
 """
 
 from __future__ import annotations

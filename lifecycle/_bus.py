@@ -150,11 +150,17 @@ class EventBus:
         max_depth: how deep handlers may emit from handlers before ``EmitDepthError``.
         max_threads: worker threads for plain (sync) handlers. A plain handler given up
             at its timeout runs on in an abandoned thread that no longer counts here.
-        max_abandoned_threads: how many abandoned threads (plain handlers given up but
-            still running) the bus tolerates; while that many are alive, new plain
-            handlers are not run but fail with :exc:`~lifecycle.AbandonedThreadsError`.
-            Hung handlers thus hold fewer than ``max_abandoned_threads + max_threads``
-            threads.
+        max_abandoned_per_handler: how many of one handler's calls may hang in abandoned
+            threads (given up at their timeouts, still running). While that many do, the
+            handler is not run: its calls fail at once with
+            :exc:`~lifecycle.AbandonedThreadsError`, and the other handlers run as usual.
+            2 lets a handler that overran its timeout once be called again meanwhile, and
+            holds a handler that hangs on every event to two threads.
+        max_abandoned_threads: the last resort, for many handlers hanging at once: while
+            that many abandoned threads are alive on the bus, every plain handler is
+            refused so. Hung handlers thus hold fewer than
+            ``max_abandoned_threads + max_threads`` threads. Refusals are logged once per
+            handler (and once when it runs again), and counted in :attr:`refused_calls`.
         close_grace: seconds ``aclose`` waits for background handlers by default.
 
     .. versionadded:: 0.1
@@ -168,7 +174,8 @@ class EventBus:
         max_background: int = 1000,
         max_depth: int = 8,
         max_threads: int = 32,
-        max_abandoned_threads: int = 32,
+        max_abandoned_threads: int = 128,
+        max_abandoned_per_handler: int = 2,
         close_grace: float | None = 30.0,
     ) -> None:
         self.name = name or f"bus-{id(self):x}"
@@ -185,7 +192,9 @@ class EventBus:
         self._results = blinker.Signal("Announces every handler result: receiver(bus, result=...)")
         # Result hooks connected with logs_failures=True; while any is, the bus stays quiet.
         self._failure_loggers = 0
-        self._pool = WorkerPool(max_threads, max_abandoned_threads, self.name)
+        self._pool = WorkerPool(
+            max_threads, max_abandoned_threads, self.name, max_abandoned_per_handler
+        )
         # The deadlines of blocking handlers still running, one timer for all (asyncio).
         self._deadlines: Deadlines | None = None
         # Background handlers in flight: future (asyncio) or cancel scope (trio) -> entry.
@@ -506,6 +515,18 @@ class EventBus:
         .. versionadded:: 0.2
         """
         return self._pool.abandoned
+
+    @property
+    def refused_calls(self) -> int:
+        """How many plain handler calls were refused (not run) since the bus was created.
+
+        A call is refused while its handler has ``max_abandoned_per_handler`` calls hung
+        in abandoned threads, or the bus ``max_abandoned_threads``; its result is an
+        :exc:`~lifecycle.AbandonedThreadsError`.
+
+        .. versionadded:: 0.2
+        """
+        return self._pool.refused
 
     @property
     def background_in_flight(self) -> int:

@@ -5,12 +5,15 @@ The hierarchy::
     LifecycleError
     ├── BusClosedError        emitting or subscribing on a closed bus
     ├── EmitDepthError        a handler's emit nested deeper than the bus allows
-    ├── AbandonedThreadsError too many hung sync handlers; a sync handler was not run
+    ├── AbandonedThreadsError a sync handler was not run: too many of its calls (or of
+    │                         all handlers) hang in abandoned threads
     ├── StartAborted          a critical ``environment.starting`` handler failed
     ├── RunTimeoutError       a run outlived its time limit (also a ``TimeoutError``)
-    ├── RunTerminated         SIGTERM or SIGINT ended a run under the blocking runner
-    │                         (also a ``SystemExit``: 128 + n if uncaught)
     └── ConfigError           a configuration file is wrong (file, key and value)
+
+    SystemExit                a stop, not an error: ``except Exception`` lets it through
+    └── RunTerminated         SIGTERM or SIGINT ended a run under the blocking runner
+                              (128 + n if uncaught)
 
 Programmer mistakes (subscribing something that is not callable, a handler whose
 signature cannot take the event, a negative timeout) raise ``TypeError`` or
@@ -59,26 +62,41 @@ class EmitDepthError(LifecycleError):
 
 
 class AbandonedThreadsError(LifecycleError):
-    """A plain (sync) handler was not run: too many abandoned handler threads still run.
+    """A plain (sync) handler was not run: too many of its calls hang in abandoned threads.
 
     A plain handler given up at its timeout keeps running in its thread, which the bus
-    abandons and replaces. Once ``max_abandoned_threads`` such threads are still running,
-    the bus refuses to start more plain handlers until some return: each one it refuses
-    gets this error as its result (status ``error``) instead of running.
+    abandons and replaces. While ``max_abandoned_per_handler`` calls of one handler still
+    run so, that handler is refused: each of its calls gets this error as its result
+    (status ``error``) instead of running, and ``handler`` names it. As a last resort,
+    once ``max_abandoned_threads`` abandoned threads run on the whole bus, every plain
+    handler is refused so (``handler`` is ``None``). Refusals end as the hung calls return.
 
     .. versionadded:: 0.2
     """
 
-    def __init__(self, bus_name: str, abandoned: int, limit: int) -> None:
-        super().__init__(
-            f"sync handler not run on event bus {bus_name!r}: {abandoned} sync handlers "
-            f"given up at their timeouts are still running in abandoned threads, the most "
-            f"the bus allows (EventBus(max_abandoned_threads={limit})); find the handlers "
-            "that hang (logged as timed out) and give them a way to return"
-        )
+    def __init__(
+        self, bus_name: str, abandoned: int, limit: int, *, handler: str | None = None
+    ) -> None:
+        if handler is None:
+            message = (
+                f"sync handler not run on event bus {bus_name!r}: {abandoned} sync handlers "
+                f"given up at their timeouts are still running in abandoned threads, the "
+                f"most the bus allows (EventBus(max_abandoned_threads={limit})); find the "
+                "handlers that hang (logged as timed out) and give them a way to return"
+            )
+        else:
+            message = (
+                f"sync handler {handler} not run on event bus {bus_name!r}: {abandoned} of "
+                f"its calls, given up at their timeouts, are still running in abandoned "
+                f"threads, the most one handler may hold "
+                f"(EventBus(max_abandoned_per_handler={limit})); it runs again when one "
+                "returns: give it a way to return within its timeout"
+            )
+        super().__init__(message)
         self.bus_name = bus_name
         self.abandoned = abandoned
         self.limit = limit
+        self.handler = handler
 
 
 class StartAborted(LifecycleError):
@@ -113,19 +131,21 @@ class RunTimeoutError(LifecycleError, TimeoutError):
         self.timeout = timeout
 
 
-class RunTerminated(LifecycleError, SystemExit):
+class RunTerminated(SystemExit):
     """Raised by the blocking runner after SIGTERM or SIGINT ended the run.
 
     ``environment.exited`` was emitted with outcome ``terminated``. ``exit_status`` is the
     shell's convention for a process ended by that signal (128 + the signal number).
 
-    It is also a ``SystemExit`` whose ``code`` is ``exit_status``: left uncaught, it ends
-    the program quietly with status 143 (SIGTERM) or 130 (SIGINT), as a supervisor
-    expects of an orderly stop, instead of a traceback and status 1. ``except
-    RunTerminated`` (or ``except LifecycleError``) still catches it.
+    A ``SystemExit`` whose ``code`` is ``exit_status``, and not an ``Exception``: a stop
+    passes through ``except Exception`` (as ``KeyboardInterrupt`` does) and, left
+    uncaught, ends the program quietly with status 143 (SIGTERM) or 130 (SIGINT), as a
+    supervisor expects of an orderly stop. Catch it by name (``except RunTerminated``)
+    or as ``except SystemExit``; ``except LifecycleError`` does not catch it.
 
     .. versionchanged:: 0.2
-       Also a ``SystemExit`` with ``code`` set to ``exit_status``.
+       A ``SystemExit`` with ``code`` set to ``exit_status``, no longer a
+       ``LifecycleError`` (nor, therefore, an ``Exception``).
     """
 
     def __init__(self, environment: str, signum: int) -> None:

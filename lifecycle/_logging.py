@@ -15,6 +15,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ._exceptions import AbandonedThreadsError
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -127,6 +129,8 @@ def result_fields(result: HandlerResult) -> dict[str, Any]:
 
 def log_failure(result: HandlerResult, **context: Any) -> None:
     """Log a handler result that is not ``ok``, with its traceback where there is one."""
+    if isinstance(result.exception, AbandonedThreadsError):
+        return  # refused, not run: the worker pool logs that once per handler, not per call
     fields = {**result_fields(result), **context}
     if result.exception is not None:
         fields["exc_info"] = result.exception

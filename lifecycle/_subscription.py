@@ -215,4 +215,6 @@ def _drop_event(handler: Handler) -> Callable[[Event], Any]:
     def call(event: Event) -> Any:
         return handler()
 
+    # What names the handler where only its call is at hand (the worker threads' logs).
+    functools.update_wrapper(call, handler, assigned=(), updated=())
     return call

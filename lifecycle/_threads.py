@@ -7,13 +7,22 @@ past their timeout are abandoned by design, hence daemon threads of our own.
 A thread cannot be stopped from outside, so a handler given up at its timeout (or when its
 emitter is cancelled) runs on in its thread. That thread is *abandoned*: it no longer
 counts against ``max_threads``, and a new worker takes its place, so hung handlers cannot
-starve the handlers after them. Abandoned threads are counted; once
-``max_abandoned_threads`` of them are still running, sync handlers are not started at all
-(those already queued included) but fail at once with
-:exc:`~lifecycle.AbandonedThreadsError`. That bounds the threads, and the memory, that hung
-handlers can hold: fewer than ``max_abandoned_threads + max_threads`` abandoned ones (the
-handlers running when the limit is reached may hang too). The count goes down as
-abandoned handlers return.
+starve the handlers after them.
+
+Abandoned threads are counted per handler (the callable run, so one subscription) and in
+all. Two bulkheads bound them:
+
+- a handler with ``max_abandoned_per_handler`` of its own calls still hanging is not
+  started again until one of them returns: its calls fail at once with
+  :exc:`~lifecycle.AbandonedThreadsError`, and only its calls. A handler that hangs on
+  every event thus holds a few threads, never the others' share;
+- as a last resort, once ``max_abandoned_threads`` abandoned threads are running in all
+  (many handlers hanging at once), every sync handler is refused.
+
+Both hold for jobs already queued too. Hung handlers thus hold fewer than
+``max_abandoned_threads + max_threads`` threads (the handlers running when the limit is
+reached may hang too). Refusals are counted (:attr:`WorkerPool.refused`) and logged once
+per handler when they begin, and once when the handler runs again, never once per event.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import anyio.to_thread
 
 from ._exceptions import AbandonedThreadsError
 from ._logging import logger
+from ._subscription import handler_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,6 +72,24 @@ def _deliver(future: asyncio.Future[Any], result: Any, exc: BaseException | None
 Outcome = tuple["asyncio.Future[Any]", Any, "BaseException | None"]
 
 
+class _Hung:
+    """The calls of one handler that were abandoned and still run."""
+
+    __slots__ = ("count", "fn", "refused")
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        # Held, so that the id it is filed under cannot be reused while it is.
+        self.fn = fn
+        self.count = 0
+        # Calls refused since the handler reached its limit; 0 while it is not refused.
+        self.refused = 0
+
+    @property
+    def name(self) -> str:
+        # _drop_event's wrapper names the handler it wraps.
+        return handler_name(getattr(self.fn, "__wrapped__", self.fn))
+
+
 class _JobFuture(asyncio.Future):  # type: ignore[type-arg]
     """The future of one job; cancelling it (giving up on it) tells the pool.
 
@@ -69,10 +97,11 @@ class _JobFuture(asyncio.Future):  # type: ignore[type-arg]
     it as cheap to make as a plain future.
     """
 
-    __slots__ = ("arg", "pool", "state")
+    __slots__ = ("arg", "fn", "pool", "state")
 
     pool: WorkerPool
     state: int
+    fn: Callable[[Any], Any]
     arg: Any
 
     def cancel(self, msg: Any | None = None) -> bool:
@@ -95,19 +124,34 @@ class WorkerPool:
     """Runs callables in up to ``max_workers`` daemon threads, growing on demand.
 
     Threads whose job was given up while running are abandoned (see the module
-    docstring): the pool forgets them and starts others.
+    docstring): the pool forgets them and starts others. Calls of one callable share its
+    bulkhead: ``fn`` is the handler, the same object on every call of one subscription.
     """
 
-    def __init__(self, max_workers: int, max_abandoned: int = 32, name: str = "") -> None:
+    def __init__(
+        self,
+        max_workers: int,
+        max_abandoned: int = 128,
+        name: str = "",
+        max_per_handler: int = 2,
+    ) -> None:
         for option, value in (
             ("max_threads", max_workers),
             ("max_abandoned_threads", max_abandoned),
+            ("max_abandoned_per_handler", max_per_handler),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{option} must be an int >= 1, not {value!r}")
         self._max_workers = max_workers
         self.max_abandoned = max_abandoned
+        self.max_per_handler = max_per_handler
         self.name = name
+        # Handlers with abandoned calls still running, by id of the callable. Empty
+        # exactly when no abandoned thread runs, which keeps the usual submit to one test.
+        self._hung: dict[int, _Hung] = {}
+        # Calls refused in all, and since the last time the whole pool was at its limit.
+        self.refused = 0
+        self._refused_at_limit = 0
         self._cond = threading.Condition(threading.Lock())
         self._jobs: deque[tuple[Callable[[Any], Any], Any, _JobFuture]] = deque()
         self._idle = 0
@@ -132,27 +176,76 @@ class WorkerPool:
         self._limiter = anyio.CapacityLimiter(max_workers)
         self._unbounded = anyio.CapacityLimiter(math.inf)
 
-    def _refused(self) -> AbandonedThreadsError:
-        return AbandonedThreadsError(self.name, self.abandoned, self.max_abandoned)
+    def _refuse_locked(self, fn: Callable[[Any], Any]) -> tuple[AbandonedThreadsError, bool] | None:
+        """None if ``fn`` may run now; else the refusal (counted), and whether to log it.
+
+        Only the first refusal of a handler, or the first at the pool's limit, is logged:
+        a handler that hangs on every event must not add a line to every event.
+        """
+        hung = self._hung.get(id(fn))
+        if hung is not None and hung.count >= self.max_per_handler:
+            self.refused += 1
+            hung.refused += 1
+            error = AbandonedThreadsError(
+                self.name, hung.count, self.max_per_handler, handler=hung.name
+            )
+            return error, hung.refused == 1
+        if self.abandoned >= self.max_abandoned:
+            self.refused += 1
+            self._refused_at_limit += 1
+            error = AbandonedThreadsError(self.name, self.abandoned, self.max_abandoned)
+            return error, self._refused_at_limit == 1
+        return None
+
+    def _refusal(
+        self, refusal: tuple[AbandonedThreadsError, bool], event: Any
+    ) -> AbandonedThreadsError:
+        """Out of the lock: log a refusal if it is the first of its kind; return its error."""
+        error, first = refusal
+        if first:
+            if error.handler is not None:
+                message = (
+                    "sync handler refused: its calls given up at their timeouts still run; "
+                    "it is not run again until one of them returns"
+                )
+                option = "max_abandoned_per_handler"
+            else:
+                message = (
+                    "sync handlers refused: too many abandoned threads still run on the bus; "
+                    "none is run until some of them return"
+                )
+                option = "max_abandoned_threads"
+            logger.warning(
+                message,
+                bus=self.name,
+                handler=error.handler,
+                signal=getattr(event, "name", None),
+                run_id=getattr(event, "run_id", None),
+                abandoned_threads=error.abandoned,
+                **{option: error.limit},
+            )
+        return error
 
     def submit(
         self, fn: Callable[[Any], Any], arg: Any, loop: asyncio.AbstractEventLoop
     ) -> asyncio.Future[Any]:
         """Run ``fn(arg)`` in a worker, in a copy of the caller's context; return its future.
 
-        Past the limit of abandoned threads, the future fails at once and ``fn`` never runs.
+        Past a limit of abandoned threads (``fn``'s own, or the pool's), the future fails
+        at once and ``fn`` never runs.
         """
         future = _JobFuture(loop=loop)
-        future.pool, future.state, future.arg = self, _QUEUED, arg
+        future.pool, future.state, future.fn, future.arg = self, _QUEUED, fn, arg
         context = contextvars.copy_context()
         with self._cond:
-            if self.abandoned < self.max_abandoned:
+            refusal = self._refuse_locked(fn) if self._hung else None
+            if refusal is None:
                 self._jobs.append((context.run, (fn, arg), future))
                 if not self._waking:
                     self._wake_one()
                 return future
         future.state = _DROPPED
-        future.set_exception(self._refused())
+        future.set_exception(self._refusal(refusal, arg))
         return future
 
     def _wake_one(self) -> None:
@@ -174,25 +267,64 @@ class WorkerPool:
                 return
             if future.state != _RUNNING:
                 return
-            self._abandon_locked(future)
+            hung = self._abandon_locked(future, future.fn)
             self._threads -= 1  # its place goes to a new worker
             if self._jobs and not self._waking:
                 self._wake_one()
-            abandoned = self.abandoned
-        self._warn(future.arg, abandoned)
+            counts = self.abandoned, hung.count
+        self._warn(future.arg, hung, *counts)
 
-    def _abandon_locked(self, job: _JobFuture | _Job) -> None:
+    def _abandon_locked(self, job: _JobFuture | _Job, fn: Callable[[Any], Any]) -> _Hung:
+        """Count ``job``, a call of ``fn``, as abandoned; return ``fn``'s hung calls."""
         job.state = _ABANDONED
         self.abandoned += 1
+        hung = self._hung.get(id(fn))
+        if hung is None:
+            hung = self._hung[id(fn)] = _Hung(fn)
+        hung.count += 1
+        return hung
 
-    def _warn(self, event: Any, abandoned: int) -> None:
+    def _returned_locked(self, fn: Callable[[Any], Any]) -> list[tuple[str, dict[str, Any]]]:
+        """An abandoned call of ``fn`` returned: uncount it; say what runs again, if any."""
+        self.abandoned -= 1
+        hung = self._hung[id(fn)]
+        hung.count -= 1
+        lines: list[tuple[str, dict[str, Any]]] = []
+        if hung.refused and hung.count < self.max_per_handler:
+            lines.append(
+                (
+                    "sync handler runs again: one of its abandoned calls returned",
+                    {"handler": hung.name, "refused_calls": hung.refused},
+                )
+            )
+            hung.refused = 0
+        if not hung.count:
+            del self._hung[id(fn)]
+        if self._refused_at_limit and self.abandoned < self.max_abandoned:
+            lines.append(
+                (
+                    "sync handlers run again: abandoned threads returned",
+                    {"refused_calls": self._refused_at_limit},
+                )
+            )
+            self._refused_at_limit = 0
+        return lines
+
+    def _recovered(self, lines: list[tuple[str, dict[str, Any]]]) -> None:
+        for message, fields in lines:
+            logger.info(message, bus=self.name, abandoned_threads=self.abandoned, **fields)
+
+    def _warn(self, event: Any, hung: _Hung, abandoned: int, of_handler: int) -> None:
         logger.warning(
             "sync handler given up while running; its thread is abandoned and replaced",
             bus=self.name,
+            handler=hung.name,
             signal=getattr(event, "name", None),
             run_id=getattr(event, "run_id", None),
             abandoned_threads=abandoned,
             max_abandoned_threads=self.max_abandoned,
+            handler_abandoned_threads=of_handler,
+            max_abandoned_per_handler=self.max_per_handler,
         )
 
     def _work(self) -> None:
@@ -204,8 +336,8 @@ class WorkerPool:
                     if future.state == _ABANDONED:
                         # Given up while it ran: the pool started another worker in our
                         # place, so this thread leaves.
-                        self.abandoned -= 1
-                        return
+                        lines = self._returned_locked(future.fn)
+                        break
                     future.state = _DONE
                     future = None
                 if started:
@@ -223,14 +355,14 @@ class WorkerPool:
                     if future.state == _QUEUED:
                         break
                     future = None  # given up while queued: never run it
-                # Queued before the limit was reached, it is refused all the same.
-                refused = self.abandoned >= self.max_abandoned
-                future.state = _DROPPED if refused else _RUNNING
+                # Queued before a limit was reached, it is refused all the same.
+                refusal = self._refuse_locked(fn) if self._hung else None
+                future.state = _DROPPED if refusal is not None else _RUNNING
                 if self._jobs and not self._waking:
                     self._wake_one()
             outcome: Outcome
-            if refused:
-                outcome = (future, None, self._refused())
+            if refusal is not None:
+                outcome = (future, None, self._refusal(refusal, arg))
             else:
                 try:
                     result = run(fn, arg)  # type: ignore[call-arg]
@@ -256,6 +388,7 @@ class WorkerPool:
                     with self._finished_lock:
                         self._finished.pop(loop, None)
             del outcome, batch, loop
+        self._recovered(lines)
 
     def _deliver_finished(self, loop: asyncio.AbstractEventLoop) -> None:
         """In the loop: resolve the futures of every job finished since the last call."""
@@ -270,10 +403,11 @@ class WorkerPool:
         """Run ``fn(arg)`` in one of anyio's threads, with the same limits and abandonment.
 
         Raises:
-            AbandonedThreadsError: too many abandoned threads; ``fn`` did not run.
+            AbandonedThreadsError: too many abandoned threads (``fn``'s own, or the
+                pool's); ``fn`` did not run.
         """
-        if self.abandoned >= self.max_abandoned:
-            raise self._refused()
+        if self._hung:
+            self._check(fn, arg)
         job = _Job()
         cond = self._cond
 
@@ -282,30 +416,39 @@ class WorkerPool:
                 if job.state != _QUEUED:
                     return None  # given up before its thread started
                 job.state = _RUNNING
+            lines = None
             try:
                 return fn(arg)
             finally:
                 with cond:
                     if job.state == _ABANDONED:
-                        self.abandoned -= 1
+                        lines = self._returned_locked(fn)
                     else:
                         job.state = _DONE
+                if lines:
+                    self._recovered(lines)
 
         async with self._limiter:
-            if self.abandoned >= self.max_abandoned:
-                raise self._refused()  # reached while this job waited for a thread
+            if self._hung:
+                self._check(fn, arg)  # a limit reached while this job waited for a thread
             try:
                 return await anyio.to_thread.run_sync(
                     call, abandon_on_cancel=True, limiter=self._unbounded
                 )
             except BaseException:
                 with cond:
-                    running = job.state == _RUNNING
-                    if running:
-                        self._abandon_locked(job)
+                    hung = None
+                    if job.state == _RUNNING:
+                        hung = self._abandon_locked(job, fn)
+                        counts = self.abandoned, hung.count
                     elif job.state == _QUEUED:
                         job.state = _DROPPED
-                    abandoned = self.abandoned
-                if running:
-                    self._warn(arg, abandoned)
+                if hung is not None:
+                    self._warn(arg, hung, *counts)
                 raise
+
+    def _check(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        with self._cond:
+            refusal = self._refuse_locked(fn)
+        if refusal is not None:
+            raise self._refusal(refusal, arg)

@@ -41,6 +41,25 @@ def reaped(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
         process.communicate()
 
 
+def stopped(tmp_path: Path, source: str, sent: signal.Signals) -> tuple[int, str, str]:
+    """Run a Python program, send it ``sent`` once it prints "ready"; its status and output."""
+    program = tmp_path / "job.py"
+    program.write_text(textwrap.dedent(source))
+    with reaped(
+        subprocess.Popen(
+            [sys.executable, str(program)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    ) as process:
+        wait_until_ready(process)
+        process.send_signal(sent)
+        out, err = process.communicate(timeout=WIDE)
+    return process.returncode, out, err
+
+
 HUNG_STARTING = """
 import threading
 
@@ -112,21 +131,8 @@ env.run_sync(body)
 def test_run_sync_ends_the_process_with_128_plus_n_and_no_traceback(
     tmp_path: Path, sent: signal.Signals
 ) -> None:
-    program = tmp_path / "job.py"
-    program.write_text(textwrap.dedent(RUN_SYNC_PROGRAM))
-    with reaped(
-        subprocess.Popen(
-            [sys.executable, str(program)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    ) as process:
-        wait_until_ready(process)
-        process.send_signal(sent)
-        out, err = process.communicate(timeout=WIDE)
-    assert process.returncode == 128 + sent
+    returncode, out, err = stopped(tmp_path, RUN_SYNC_PROGRAM, sent)
+    assert returncode == 128 + sent
     assert exited_lines(out) == [f"exited terminated {128 + sent}"]
     assert "Traceback" not in err
 
@@ -150,20 +156,8 @@ env.run_sync(lambda: print("body ran", flush=True))
 def test_run_sync_a_signal_during_starting_cancels_a_hung_starting_handler(
     tmp_path: Path,
 ) -> None:
-    program = tmp_path / "job.py"
-    program.write_text(textwrap.dedent(RUN_SYNC_HUNG_STARTING))
-    with reaped(
-        subprocess.Popen(
-            [sys.executable, str(program)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-    ) as process:
-        wait_until_ready(process)
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=WIDE)
-    assert process.returncode == 143, err
+    returncode, out, err = stopped(tmp_path, RUN_SYNC_HUNG_STARTING, signal.SIGTERM)
+    assert returncode == 143, err
     assert exited_lines(out) == ["exited terminated"]
 
 

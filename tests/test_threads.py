@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -23,7 +23,7 @@ from lifecycle import (
 from .helpers import starting
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, MutableMapping
 
 pytestmark = pytest.mark.anyio
 
@@ -201,7 +201,142 @@ async def test_a_sync_handler_given_up_before_it_started_never_runs(
     assert not ran.is_set()
 
 
-@pytest.mark.parametrize("option", ["max_threads", "max_abandoned_threads"])
+class Hang:
+    """A plain handler that blocks on ``release`` on every call, and says when it entered."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+        self.entered = threading.Event()
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        self.entered.set()
+        self.release.wait()
+
+
+async def abandon_call(bus: EventBus, hang: Hang) -> None:
+    """Emit ``HANG`` until ``hang`` is running, then cancel the emitter: one call abandoned."""
+    hang.entered.clear()
+    with anyio.fail_after(FOREVER / 4):
+        async with anyio.create_task_group() as group:
+            group.start_soon(bus.emit, hang_event())
+            await anyio.to_thread.run_sync(hang.entered.wait, abandon_on_cancel=True)
+            group.cancel_scope.cancel()
+
+
+async def wait_for_log(logs: list[MutableMapping[str, Any]], text: str) -> MutableMapping[str, Any]:
+    """The log line containing ``text``; abandoned threads log after their count drops."""
+    with anyio.fail_after(FOREVER / 4):
+        while True:
+            found = [log for log in logs if text in str(log["event"])]
+            if found:
+                (line,) = found
+                return line
+            await anyio.sleep(0.01)
+
+
+def refusals(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    return [log for log in logs if "refused" in str(log["event"])]
+
+
+async def test_a_handler_hanging_on_every_event_never_disables_the_other_handlers(
+    release: threading.Event,
+) -> None:
+    """Issue 19: one handler hangs on each of 40 events; a quick plain one keeps running.
+
+    Before, the bus-wide cap (32 hung threads) refused every plain handler from then on.
+    """
+    bus = EventBus(name="listener")
+    hang = Hang(release)
+    bus.subscribe(STARTING, hang, timeout=SHORT)
+    ran: list[bool] = []
+    quick = bus.subscribe(STARTING, lambda: ran.append(True), timeout=FOREVER / 4)
+    hung_statuses: list[Status] = []
+    with capture_logs() as logs, anyio.fail_after(FOREVER / 2):
+        for _ in range(40):
+            report = await bus.emit(starting())
+            hung, ok = report.results
+            assert (ok.handler, ok.status) == (quick.name, Status.OK)
+            hung_statuses.append(hung.status)
+            if hung.status is Status.ERROR:
+                assert isinstance(hung.exception, AbandonedThreadsError)
+                assert hung.exception.handler == "tests.test_threads.Hang"
+                assert "max_abandoned_per_handler=2" in str(hung.exception)
+    # A call given up before a thread took it never ran and holds no thread: only calls
+    # that ran hang, and after two of them the handler is refused, and only it.
+    timed_out = hung_statuses.count(Status.TIMEOUT)
+    assert hung_statuses == [Status.TIMEOUT] * timed_out + [Status.ERROR] * (40 - timed_out)
+    assert hang.calls == bus.abandoned_threads == 2
+    assert len(ran) == 40
+    assert bus.refused_calls == 40 - timed_out
+    (refused,) = refusals(logs)  # once, not once per event
+    assert (refused["log_level"], refused["handler"], refused["signal"]) == (
+        "warning",
+        "tests.test_threads.Hang",
+        STARTING,
+    )
+    # Refused calls are not logged one by one as failures either.
+    handler_lines = [log["event"] for log in logs if str(log["event"]).startswith("handler")]
+    assert handler_lines == ["handler timed out"] * timed_out
+
+
+async def test_a_refused_handler_runs_again_once_its_hung_calls_return(
+    release: threading.Event,
+) -> None:
+    bus = EventBus(name="bulkhead", max_abandoned_per_handler=1)
+    hang = Hang(release)
+    bus.subscribe(HANG, hang, timeout=None)
+    other = Hang(threading.Event())
+    other.release.set()  # never hangs
+    bus.subscribe(HANG, other, timeout=FOREVER / 4)
+    await abandon_call(bus, hang)  # both called; hang's call abandoned
+    with capture_logs() as logs, anyio.fail_after(FOREVER / 4):
+        refused, ok = (await bus.emit(hang_event())).results
+        assert refused.status is Status.ERROR
+        assert isinstance(refused.exception, AbandonedThreadsError)
+        assert "max_abandoned_per_handler=1" in str(refused.exception)
+        assert ok.status is Status.OK
+        assert (hang.calls, other.calls) == (1, 2)
+        release.set()
+        recovered = await wait_for_log(logs, "runs again")
+        assert (recovered["handler"], recovered["refused_calls"]) == (
+            "tests.test_threads.Hang",
+            1,
+        )
+        report = await bus.emit(hang_event())
+    assert [r.status for r in report.results] == [Status.OK, Status.OK]
+    assert (hang.calls, bus.refused_calls, bus.abandoned_threads) == (2, 1, 0)
+    (warning,) = refusals(logs)
+    assert warning["max_abandoned_per_handler"] == 1
+
+
+async def test_past_max_abandoned_threads_even_a_handler_that_never_hung_is_refused(
+    release: threading.Event,
+) -> None:
+    """The bus-wide cap is the last resort, for many handlers hanging at once."""
+    bus = EventBus(max_abandoned_threads=2)
+    first, second = Hang(release), Hang(release)
+    for hang in (first, second):
+        with bus.subscribe(HANG, hang, timeout=None):
+            await abandon_call(bus, hang)
+    bus.subscribe(STARTING, lambda: None, timeout=FOREVER / 4)
+    with capture_logs() as logs, anyio.fail_after(FOREVER / 4):
+        for _ in range(3):
+            (result,) = (await bus.emit(starting())).results
+            assert isinstance(result.exception, AbandonedThreadsError)
+            assert result.exception.handler is None
+            assert "max_abandoned_threads=2" in str(result.exception)
+        release.set()
+        await wait_for_log(logs, "run again")
+    assert bus.refused_calls == 3
+    (warning,) = refusals(logs)
+    assert warning["max_abandoned_threads"] == 2
+
+
+@pytest.mark.parametrize(
+    "option", ["max_threads", "max_abandoned_threads", "max_abandoned_per_handler"]
+)
 def test_thread_limits_must_be_positive(option: str) -> None:
     with pytest.raises(ValueError, match=f"{option} must be an int >= 1, not 0"):
         EventBus(**{option: 0})  # type: ignore[arg-type]

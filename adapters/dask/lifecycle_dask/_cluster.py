@@ -2,12 +2,15 @@
 
 Nothing here needs lifecycle-dask on the scheduler or the workers: resources come from the
 scheduler's identity, worker counters from a probe sent by value with ``Client.run``,
-worker arrivals and departures from the scheduler's ``all`` event topic, read there by a
-function sent by value with ``Client.run_on_scheduler``.
+worker arrivals and departures from the scheduler's ``all`` event topic, and the tasks
+finished during the run from a scheduler plugin counting their transitions, both put
+there and read by functions sent by value with ``Client.run_on_scheduler``.
 """
 
 from __future__ import annotations
 
+import math
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +21,15 @@ if TYPE_CHECKING:
 
     from distributed import Client
 
-__all__ = ["Baseline", "at_exit", "baseline", "log_tail", "make_probe", "resources"]
+__all__ = [
+    "Baseline",
+    "at_exit",
+    "baseline",
+    "forget_task_counter",
+    "log_tail",
+    "make_probe",
+    "resources",
+]
 
 PROBE_NAME = "lifecycle_dask_probe"
 """The probe's name, as workers log it when ``Client.run`` calls it."""
@@ -118,6 +129,9 @@ class Baseline:
     scheduler_time: float | None
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)
     probe_error: str | None = None
+    # The name of the run's task counter on the scheduler, until it is read and removed.
+    task_counter: str | None = None
+    task_counter_error: str | None = None
 
     def since(self) -> dict[str, int]:
         """Each worker's monitor sample count at the start (peaks are read from there)."""
@@ -145,20 +159,54 @@ async def probe_workers(
     return probes, "; ".join(errors) or None
 
 
-def make_membership_reader() -> Callable[..., Any]:
-    """Build the function ``Client.run_on_scheduler`` sends to read worker arrivals and departures.
+def make_scheduler_reader() -> Callable[..., Any]:
+    """Build the function ``Client.run_on_scheduler`` sends at the start and the exit of a run.
 
-    Made in a function so that it travels by value, like the probe. Without ``since`` it
-    returns the scheduler's clock; with it, the ``add-worker`` and ``remove-worker``
-    entries of the scheduler's ``all`` topic from that time on, read newest first and
-    stopping at ``since``, so only they cross the wire, however long the log is.
+    Made in a function so that it, and the plugin class it makes, travel by value, like
+    the probe. One call at each end, so the run costs the scheduler no more round trips:
+
+    - at the start (no ``since``), it adds a scheduler plugin named ``counter`` that counts,
+      per worker, the tasks that finish there (the transitions ``processing -> memory``,
+      and ``processing -> erred`` when the worker reported the task's own error, not a
+      ``KilledWorker``, which ran nowhere to the end), and returns the scheduler's clock;
+    - at the exit (``since``, the clock at the start), it removes the plugin and returns
+      its counts (``None`` if it is gone) and the ``add-worker`` and ``remove-worker``
+      entries of the scheduler's ``all`` topic from ``since`` on, read newest first and
+      stopping at ``since``, so only they cross the wire, however long the log is.
+
+    Counted where tasks finish, on the scheduler, the figure survives the workers: a
+    worker killed mid-run takes its own counters with it, not the run's.
     """
 
-    def lifecycle_dask_membership(dask_scheduler: Any, since: float | None = None) -> Any:
+    def lifecycle_dask_scheduler(
+        dask_scheduler: Any, counter: str, since: float | None = None
+    ) -> Any:
         import time
 
         if since is None:
+            from distributed.diagnostics.plugin import SchedulerPlugin
+
+            class LifecycleDaskTasks(SchedulerPlugin):
+                def __init__(self) -> None:
+                    self.finished: dict[str, int] = {}
+
+                def transition(
+                    self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any
+                ) -> None:
+                    if start != "processing" or not (
+                        finish == "memory"
+                        or (finish == "erred" and kwargs.get("exception_text") is not None)
+                    ):
+                        return
+                    worker = str(kwargs.get("worker") or "")
+                    self.finished[worker] = self.finished.get(worker, 0) + 1
+
+            dask_scheduler.add_plugin(LifecycleDaskTasks(), name=counter)
             return time.time()
+
+        plugin = dask_scheduler.plugins.get(counter)
+        if plugin is not None:
+            dask_scheduler.remove_plugin(name=counter)
         found = []
         for stamp, message in reversed(dask_scheduler.get_events("all")):
             if stamp < since:
@@ -177,9 +225,22 @@ def make_membership_reader() -> Callable[..., Any]:
                         },
                     )
                 )
-        return found[::-1]
+        return {
+            "tasks": None if plugin is None else dict(plugin.finished),
+            "membership": found[::-1],
+        }
 
-    return lifecycle_dask_membership
+    return lifecycle_dask_scheduler
+
+
+async def forget_task_counter(client: Client, start: Baseline) -> None:
+    """Remove the run's task counter from the scheduler if the exit did not read it."""
+    name, start.task_counter = start.task_counter, None
+    if name is not None:
+        # From the end of time: no log entry to read, only the plugin to remove.
+        await _client(client).run_on_scheduler(
+            make_scheduler_reader(), counter=name, since=math.inf
+        )
 
 
 async def _gather(**calls: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
@@ -209,9 +270,10 @@ async def baseline(client: Client) -> tuple[dict[str, Any], Baseline]:
         Exception: the scheduler's identity could not be read.
     """
     remote = _client(client)
+    counter = f"lifecycle-dask-tasks-{uuid.uuid4().hex}"
     got = await _gather(
         identity=lambda: remote.scheduler.identity(),
-        clock=lambda: remote.run_on_scheduler(make_membership_reader()),
+        clock=lambda: remote.run_on_scheduler(make_scheduler_reader(), counter=counter),
         probes=lambda: probe_workers(client),
     )
     identity = got["identity"]
@@ -222,12 +284,16 @@ async def baseline(client: Client) -> tuple[dict[str, Any], Baseline]:
     probes, error = (
         ({}, _why(got["probes"])) if isinstance(got["probes"], BaseException) else got["probes"]
     )
+    # Refused when the scheduler does not run pickled functions: worker sets and the
+    # live workers' counters only, then.
+    refused = isinstance(clock, BaseException)
     return identity, Baseline(
         workers=set(workers),
-        # Refused when the scheduler does not run pickled functions: sets only, then.
-        scheduler_time=None if isinstance(clock, BaseException) else clock,
+        scheduler_time=None if refused else clock,
         probes=probes,
         probe_error=error,
+        task_counter=None if refused else counter,
+        task_counter_error=_why(clock) if refused else None,
     )
 
 
@@ -238,11 +304,22 @@ async def at_exit(client: Client, start: Baseline) -> tuple[dict[str, Any], list
         "identity": lambda: remote.scheduler.identity(),
         "probes": lambda: probe_workers(client, start.since()),
     }
-    if start.scheduler_time is not None:
-        since = start.scheduler_time
-        calls["events"] = lambda: remote.run_on_scheduler(make_membership_reader(), since=since)
+    counter, since = start.task_counter, start.scheduler_time
+    if counter is not None and since is not None:
+        calls["scheduler"] = lambda: remote.run_on_scheduler(
+            make_scheduler_reader(), counter=counter, since=since
+        )
     got = await _gather(**calls)
     errors = [_why(value) for value in got.values() if isinstance(value, BaseException)]
+    read = got.get("scheduler")
+    if isinstance(read, dict):
+        start.task_counter = None  # read, and removed
+    else:
+        read = {}
+    events, tasks = read.get("membership") or [], read.get("tasks")
+    if tasks is None:
+        why = start.task_counter_error or "the scheduler's task counter could not be read"
+        errors.append(f"tasks_run counted by the workers alive at exit only ({why})")
     identity = got["identity"]
     if isinstance(identity, BaseException):
         return {}, errors
@@ -251,10 +328,7 @@ async def at_exit(client: Client, start: Baseline) -> tuple[dict[str, Any], list
         probes, probe_error = got["probes"]
         if probe_error:
             errors.append(probe_error)
-    events = got.get("events")
-    if isinstance(events, BaseException) or events is None:
-        events = []
-    return run_metrics(start, identity, probes, events), errors
+    return run_metrics(start, identity, probes, events, tasks), errors
 
 
 def _membership(
@@ -293,19 +367,27 @@ def run_metrics(
     identity: Mapping[str, Any],
     probes: Mapping[str, Mapping[str, Any]],
     events: Iterable[Any],
+    tasks: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The ``exited`` attributes: what the workers did between ``start`` and now."""
+    """The ``exited`` attributes: what the workers did between ``start`` and now.
+
+    ``tasks`` are the scheduler's counts of tasks finished per worker, lost workers
+    included; without them, ``tasks_run`` is read from the live workers' own counters.
+    """
     end_workers = identity.get("workers") or {}
     added, removed, lost = _membership(start, end_workers, events)
     per_worker: dict[str, dict[str, Any]] = {}
-    for address in sorted(set(probes) | set(end_workers)):
+    known = set(probes) | set(end_workers) | {address for address in tasks or () if address}
+    for address in sorted(known):
         probe = probes.get(address)
         before = start.probes.get(address, {})
         worker = end_workers.get(address) or {}
         entry: dict[str, Any] = {"name": str(worker.get("name", address))}
+        if tasks is not None:
+            entry["tasks_run"] = int(tasks.get(address, 0))
         if probe is not None:
             executed = probe.get("executed")
-            if isinstance(executed, int):
+            if tasks is None and isinstance(executed, int):
                 entry["tasks_run"] = executed - int(before.get("executed") or 0)
             entry["memory_peak"] = probe.get("memory_peak")
             entry["spilled_bytes"] = int(probe.get("spilled_bytes") or 0) - int(
@@ -315,7 +397,11 @@ def run_metrics(
         per_worker[address] = entry
     peaks = [w["memory_peak"] for w in per_worker.values() if w.get("memory_peak") is not None]
     return {
-        "tasks_run": sum(int(w.get("tasks_run", 0)) for w in per_worker.values()),
+        "tasks_run": (
+            sum(int(w.get("tasks_run", 0)) for w in per_worker.values())
+            if tasks is None
+            else sum(int(count) for count in tasks.values())
+        ),
         "memory_peak": max(peaks, default=None),
         "spilled_bytes": sum(int(w.get("spilled_bytes", 0)) for w in per_worker.values()),
         "workers_added": added,

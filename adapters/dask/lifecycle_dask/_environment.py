@@ -7,8 +7,9 @@ Where things run (the design note's "awareness" consequence)::
                                      worker thread of it for plain handlers)
     WorkerPlugin.setup / teardown    on every worker: those present when ``broadcast`` is
                                      called, and those that join later in the run
-    the resource and metric reads    the scheduler (identity, event log) and each worker
-                                     (a probe sent with ``Client.run``)
+    the resource and metric reads    the scheduler (identity, event log, a plugin counting
+                                     the run's finished tasks) and each worker (a probe
+                                     sent with ``Client.run``)
 
 Every event's ``environment`` names the main process (host, pid), and its attributes
 name the scheduler it talked to (``attributes["dask"]["scheduler"]``).
@@ -30,7 +31,7 @@ from distributed.diagnostics.plugin import NannyPlugin, SchedulerPlugin, WorkerP
 
 from lifecycle import Environment, EventBus, Outcome, Run
 
-from ._cluster import Baseline, at_exit, baseline, log_tail, resources
+from ._cluster import Baseline, at_exit, baseline, forget_task_counter, log_tail, resources
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -254,7 +255,8 @@ class DaskEnvironment(Environment):
     size work from them. ``on_start`` handlers may :func:`broadcast` worker plugins.
 
     When the body ends, however it ends, ``attributes["dask"]`` gains what the workers did
-    during the run: ``tasks_run``, ``memory_peak`` (the largest worker process's peak
+    during the run: ``tasks_run`` (counted on the scheduler, so a worker lost during the
+    run still counts), ``memory_peak`` (the largest worker process's peak
     resident memory, bytes), ``spilled_bytes`` (written to disk), ``workers_added``,
     ``workers_removed``, ``workers_lost`` (removed unexpectedly: killed, crashed),
     ``worker_metrics`` (the same per worker, with its ``pid``) and ``plugins``; on a run
@@ -385,6 +387,7 @@ class DaskEnvironment(Environment):
             stack.push_async_callback(self._unregister, session)
             with anyio.fail_after(self.probe_timeout):
                 identity, start = await baseline(session.client)
+            stack.push_async_callback(self._forget_task_counter, session, start)
             info = resources(identity)
             info["scheduler"] = info["scheduler"] or session.scheduler_address
             run.attributes["dask"] = info
@@ -426,6 +429,20 @@ class DaskEnvironment(Environment):
             info["metrics_error"] = "; ".join(errors)
         info["plugins"] = list(session.plugins)
         run.attributes["dask"] = info
+
+    async def _forget_task_counter(self, session: DaskSession, start: Baseline) -> None:
+        # Read and removed at exit, unless collect was cut off: then removed here, so
+        # that no run leaves a plugin counting on a long-lived scheduler.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.probe_timeout):
+            try:
+                await forget_task_counter(session.client, start)
+            except Exception as exc:
+                logger.warning(
+                    "dask task counter not removed from the scheduler",
+                    environment=self.name,
+                    scheduler=session.scheduler_address,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
 
     async def _unregister(self, session: DaskSession) -> None:
         with anyio.CancelScope(shield=True):

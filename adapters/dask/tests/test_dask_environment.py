@@ -196,6 +196,36 @@ async def test_exited_counts_the_tasks_the_workers_ran(cluster: LocalCluster) ->
     assert "metrics_error" not in dask_info
 
 
+def task_counters(cluster: LocalCluster) -> list[str]:
+    """The run task counters on the (in-process) scheduler."""
+    scheduler: Any = cluster.scheduler
+    return [name for name in scheduler.plugins if name.startswith("lifecycle-dask-tasks-")]
+
+
+async def test_the_task_counter_lives_on_the_scheduler_for_the_run_only(
+    cluster: LocalCluster,
+) -> None:
+    async with DaskEnvironment(cluster).running():
+        assert len(task_counters(cluster)) == 1
+    assert task_counters(cluster) == []
+
+
+async def test_without_the_scheduler_s_count_tasks_run_comes_from_the_live_workers(
+    cluster: LocalCluster,
+) -> None:
+    """Said in metrics_error, since a worker lost during the run took its count with it."""
+    async with EventBus() as bus:
+        events = recorder(bus)
+        async with DaskEnvironment(cluster, bus=bus).running():
+            (counter,) = task_counters(cluster)
+            untyped(cluster.scheduler).remove_plugin(name=counter)
+            client: Any = current_client()
+            await client.gather(client.map(abs, range(-4, 0)))
+    dask_info = exited_of(events).attributes["dask"]
+    assert dask_info["tasks_run"] == 4
+    assert "tasks_run counted by the workers alive at exit only" in dask_info["metrics_error"]
+
+
 async def test_a_plugin_broadcast_on_start_reaches_every_worker_even_one_added_later(
     cluster: LocalCluster, client: Client
 ) -> None:

@@ -7,6 +7,7 @@ The cluster is shared by the module, on one asyncio loop (Dask's async API needs
 
 from __future__ import annotations
 
+import operator
 import os
 import signal
 from typing import TYPE_CHECKING, Any
@@ -98,15 +99,28 @@ async def test_a_plugin_broadcast_on_start_reaches_a_worker_process(client: Clie
     assert set((await untyped(client).run(read_setting)).values()) == {None}
 
 
+async def run_tasks(client: Any, count: int) -> None:
+    """Run ``count`` tasks to the end, then let the scheduler forget them.
+
+    Forgotten, they are not recomputed when the worker that holds their results dies,
+    so the test knows exactly how many tasks ran.
+    """
+    futures = client.map(operator.neg, range(count), pure=False)
+    assert await client.gather(futures) == [-i for i in range(count)]
+    await client.cancel(futures)
+
+
 async def test_a_worker_killed_mid_run_is_reported_lost_and_the_outcome_follows_the_body(
     cluster: LocalCluster,
 ) -> None:
+    """Its tasks still count: issue 19 found ``tasks_run`` 6 of 8 when one worker died."""
     events: list[Event] = []
     async with EventBus() as bus:
         bus.subscribe(EXITED, events.append, inline=True)
         async with DaskEnvironment(cluster, bus=bus).running():
             run_client: Any = current_client()
             ((victim, pid),) = (await worker_pids(run_client)).items()
+            await run_tasks(run_client, 3)
             os.kill(pid, signal.SIGKILL)
             # The nanny starts a new worker process, at a new address; wait for both the
             # loss and the replacement to reach the scheduler.
@@ -117,7 +131,14 @@ async def test_a_worker_killed_mid_run_is_reported_lost_and_the_outcome_follows_
                         break
                     await anyio.sleep(0.05)
             (replacement,) = workers
+            await run_tasks(run_client, 5)
     (exited,) = events
     assert exited.outcome is Outcome.SUCCEEDED
-    assert exited.attributes["dask"]["workers_lost"] == (victim,)
-    assert exited.attributes["dask"]["workers_added"] == (replacement,)
+    dask_info = exited.attributes["dask"]
+    assert dask_info["workers_lost"] == (victim,)
+    assert dask_info["workers_added"] == (replacement,)
+    # Counted on the scheduler: the killed worker's own counter died with it.
+    assert dask_info["tasks_run"] == 8
+    metrics = dask_info["worker_metrics"]
+    assert (metrics[victim]["tasks_run"], metrics[replacement]["tasks_run"]) == (3, 5)
+    assert "metrics_error" not in dask_info

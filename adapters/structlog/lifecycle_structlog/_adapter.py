@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 import structlog
 
-from lifecycle import EXITED, STARTING, Attachment, BusState, ErrorInfo, Outcome, Status
+from lifecycle import (
+    EXITED,
+    STARTING,
+    AbandonedThreadsError,
+    Attachment,
+    BusState,
+    ErrorInfo,
+    Outcome,
+    Status,
+)
 from lifecycle._console import TRACEBACK_LIMIT, VALUE_LIMIT, shorten
 from lifecycle._logging import result_fields, route
 
@@ -110,7 +119,9 @@ class StructlogAdapter(Attachment):
         getattr(self.logger, level)(event.name, **self.fields(event))
 
     def log_result(self, bus: EventBus, *, result: HandlerResult) -> None:
-        if result.status is Status.OK:
+        if result.status is Status.OK or isinstance(result.exception, AbandonedThreadsError):
+            # A refused call did not run: the worker pool says so once per handler, in the
+            # library's own line (routed here), not once per event.
             return
         fields = {**result_fields(result), "bus": bus.name}
         seen = self._runs.get(result.run_id or "")

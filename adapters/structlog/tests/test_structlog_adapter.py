@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -41,6 +42,31 @@ async def _fail(env: Environment) -> None:
 
 def lines(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
     return [entry for entry in logs if entry["event"] == name]
+
+
+@pytest.mark.anyio
+async def test_a_refused_call_of_a_hung_handler_is_no_failure_line_per_event() -> None:
+    release = threading.Event()
+
+    def hang() -> None:
+        release.wait(10)
+
+    bus = EventBus(max_abandoned_per_handler=1)
+    try:
+        attach(bus)
+        bus.subscribe(STARTING, hang, timeout=0.01)
+        with structlog.testing.capture_logs() as logs:
+            for run in range(3):
+                async with Environment("nightly", bus=bus).running(run_id=f"run-{run}"):
+                    pass
+    finally:
+        release.set()
+        await bus.aclose()
+    # The first call timed out; the two after it were refused, which the pool says once.
+    names = [str(line["event"]) for line in logs]
+    assert names.count("lifecycle.handler_timed_out") == 1
+    assert "lifecycle.handler_failed" not in names
+    assert sum(name.startswith("sync handler refused") for name in names) == 1
 
 
 @pytest.mark.anyio
