@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx
 import structlog
 
@@ -14,6 +15,7 @@ from ._delivery import Policy, Request, post
 from ._exceptions import WebhookDeliveryError
 from ._fields import DEFAULT_TEMPLATE, check_template
 from ._formats import FORMATS, LABEL_NAME, PAGERDUTY_URL, SEVERITIES, FormatOptions
+from ._order import Sequencer
 from ._redact import Redactor, log_filter
 
 if TYPE_CHECKING:
@@ -57,6 +59,7 @@ class WebhookAdapter(Attachment):
         self.signals = signals
         self.outcomes = outcomes
         self.policy = policy
+        self._sequencer = Sequencer(patience=policy.deadline)
 
     def __repr__(self) -> str:
         return f"<WebhookAdapter {self.target} format={self.format!r}>"
@@ -78,8 +81,12 @@ class WebhookAdapter(Attachment):
         request = self._format.request(event)
         return None if request is None else request.body
 
-    async def deliver(self, event: Event) -> None:
-        """POST ``event`` if it is wanted, retrying; the bus calls this in the background.
+    async def deliver(self, event: Event, *, deadline: float | None = None) -> None:
+        """POST ``event`` if it is wanted, retrying.
+
+        Args:
+            deadline: when to give up, on ``anyio.current_time()``'s clock; by default
+                the ``deadline`` option's seconds from now.
 
         Raises:
             WebhookDeliveryError: the last attempt failed, a non-retryable status came
@@ -91,7 +98,12 @@ class WebhookAdapter(Attachment):
         if request is None:
             return
         failure = await post(
-            request, event, policy=self.policy, headers=self._headers, redactor=self._redactor
+            request,
+            event,
+            policy=self.policy,
+            headers=self._headers,
+            redactor=self._redactor,
+            deadline=deadline,
         )
         if failure is not None:
             logger.error(
@@ -108,6 +120,13 @@ class WebhookAdapter(Attachment):
             raise WebhookDeliveryError(
                 self.target, failure.attempts, failure.reason, failure.status
             )
+
+    async def _deliver_in_order(self, event: Event) -> None:
+        # The bus's background handler: after the deliveries of this environment's earlier
+        # events, within one deadline counted from now, waiting included.
+        deadline = anyio.current_time() + self.policy.deadline
+        async with self._sequencer.turn(event):
+            await self.deliver(event, deadline=deadline)
 
 
 def _seconds(name: str, value: Any, *, zero: bool = False) -> float:
@@ -289,12 +308,24 @@ def attach(
     )
     log_filter.redactors.add(redactor)
     adapter.add(lambda: log_filter.redactors.discard(redactor))
+    labels = tuple(labels)
     try:
         for signal in adapter.signals:
+            # Inline, so in emit order: the ticket that keeps one environment's deliveries
+            # in that order.
             adapter.add(
                 bus.subscribe(
                     signal,
-                    adapter.deliver,
+                    adapter._sequencer.issue,
+                    inline=True,
+                    labels=labels,
+                    name=f"lifecycle_webhook:{adapter.target} (order)",
+                )
+            )
+            adapter.add(
+                bus.subscribe(
+                    signal,
+                    adapter._deliver_in_order,
                     background=True,
                     timeout=policy.deadline + policy.timeout,
                     labels=labels,

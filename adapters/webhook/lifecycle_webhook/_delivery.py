@@ -97,10 +97,13 @@ async def post(
     policy: Policy,
     headers: Mapping[str, str],
     redactor: Redactor,
+    deadline: float | None = None,
 ) -> Failure | None:
-    """Try to deliver ``request``; None when delivered, else why not."""
+    """Try to deliver ``request`` before ``deadline`` (``anyio.current_time()`` based;
+    ``policy.deadline`` from now by default); None when delivered, else why not."""
     target = redactor.target
-    deadline = anyio.current_time() + policy.deadline
+    if deadline is None:
+        deadline = anyio.current_time() + policy.deadline
     headers = {**headers, "Content-Type": request.content_type}
     async with httpx.AsyncClient(
         timeout=policy.timeout, follow_redirects=False, verify=_tls_context()

@@ -142,7 +142,7 @@ async def deliver(bus: EventBus, *, fail: bool = True) -> list[HandlerResult]:
         await run(bus, fail=fail)
         report = await bus.drain()
     assert report.ok
-    return [r for r in results if r.handler.startswith("lifecycle_webhook")]
+    return [r for r in results if r.background]
 
 
 def fast(**options: Any) -> dict[str, Any]:
