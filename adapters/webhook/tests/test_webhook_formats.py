@@ -462,6 +462,20 @@ async def test_pagerduty_routing_key_is_never_logged(
     assert "short-s3cret-key" not in shown
 
 
+def test_pagerduty_routing_key_is_masked_by_lifecycle_check(tmp_path: Path) -> None:
+    from lifecycle import load_config
+
+    path = tmp_path / "lifecycle.toml"
+    path.write_text(
+        "[[adapters]]\n"
+        'name = "webhook"\n'
+        f'options = {{ format = "pagerduty", routing_key = "{ROUTING_KEY}" }}\n'
+    )
+    (line,) = load_config(path).describe()
+    assert "format='pagerduty'" in line
+    assert ROUTING_KEY not in line
+
+
 def test_pagerduty_needs_a_routing_key_and_defaults_to_pagerdutys_endpoint() -> None:
     with pytest.raises(ValueError, match="needs routing_key"):
         attach(EventBus(), format="pagerduty")
