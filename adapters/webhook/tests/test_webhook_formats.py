@@ -28,7 +28,7 @@ import anyio
 import httpx
 import pytest
 import structlog
-from lifecycle_webhook import attach
+from lifecycle_webhook import WebhookAdapter, attach
 
 from lifecycle import (
     MISSED,
@@ -367,19 +367,25 @@ def delivered(results: list[HandlerResult]) -> list[Status]:
 # -- PagerDuty ----------------------------------------------------------------------------
 
 
+def attach_pagerduty(
+    bus: EventBus, vendors: Vendors, routing_key: str = ROUTING_KEY
+) -> WebhookAdapter:
+    return attach(
+        bus,
+        format="pagerduty",
+        url=vendors.url("/pagerduty/v2/enqueue"),
+        routing_key=routing_key,
+        **FAST,
+    )
+
+
 @pytest.mark.anyio
 async def test_pagerduty_triggers_on_failure_and_the_next_success_resolves(
     vendors: Vendors,
 ) -> None:
     async with EventBus() as bus:
         results = results_of(bus)
-        attach(
-            bus,
-            format="pagerduty",
-            url=vendors.url("/pagerduty/v2/enqueue"),
-            routing_key=ROUTING_KEY,
-            **FAST,
-        )
+        attach_pagerduty(bus, vendors)
         await run(bus, "etl", error="disk full", tail="writing part 7\nOSError: disk full")
         assert vendors.incidents == {"lifecycle/etl": "triggered"}
         await run(bus, "etl")
@@ -404,13 +410,7 @@ async def test_pagerduty_triggers_on_failure_and_the_next_success_resolves(
 @pytest.mark.anyio
 async def test_pagerduty_dedup_key_is_per_environment(vendors: Vendors) -> None:
     async with EventBus() as bus:
-        attach(
-            bus,
-            format="pagerduty",
-            url=vendors.url("/pagerduty/v2/enqueue"),
-            routing_key=ROUTING_KEY,
-            **FAST,
-        )
+        attach_pagerduty(bus, vendors)
         await run(bus, "etl", error="boom")
         await run(bus, "report")  # another job succeeding resolves nothing of etl's
     assert vendors.incidents == {"lifecycle/etl": "triggered"}
@@ -420,13 +420,7 @@ async def test_pagerduty_dedup_key_is_per_environment(vendors: Vendors) -> None:
 async def test_pagerduty_recovered_resolves_the_lost_run(vendors: Vendors) -> None:
     info = EnvironmentInfo("etl", frozenset(), "worker-1", 41)
     async with EventBus() as bus:
-        attach(
-            bus,
-            format="pagerduty",
-            url=vendors.url("/pagerduty/v2/enqueue"),
-            routing_key=ROUTING_KEY,
-            **FAST,
-        )
+        attach_pagerduty(bus, vendors)
         with anyio.fail_after(10):
             await bus.emit(Event(MISSED, "slot-1", info))
             await bus.drain()
@@ -445,13 +439,7 @@ async def test_pagerduty_routing_key_is_never_logged(
     async with EventBus() as bus:
         results = results_of(bus)
         # The stand-in refuses a key of the wrong length: the failure path is logged too.
-        handle = attach(
-            bus,
-            format="pagerduty",
-            url=vendors.url("/pagerduty/v2/enqueue"),
-            routing_key="short-s3cret-key",
-            **FAST,
-        )
+        handle = attach_pagerduty(bus, vendors, routing_key="short-s3cret-key")
         with structlog.testing.capture_logs() as logs:
             await run(bus, "etl", error="boom")
     vendors.refused.clear()
