@@ -529,6 +529,43 @@ async def test_healthchecks_pings_start_then_the_exit_status_with_the_output_tai
     assert sorted(end[3].splitlines()) == ["<!channel> quota", "copied 3 files"]
 
 
+def test_lifecycle_run_pings_healthchecks_with_the_exit_status(
+    vendors: Vendors, tmp_path: Path
+) -> None:
+    # The way a cron job uses it: `lifecycle run` with the adapter in lifecycle.toml.
+    config = tmp_path / "lifecycle.toml"
+    config.write_text(
+        "[[adapters]]\n"
+        'name = "webhook"\n'
+        f'options = {{ format = "healthchecks", url = "{vendors.url("/hc/" + CHECK)}" }}\n'
+    )
+    code = "import sys; print('3 rows rejected'); sys.exit(4)"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lifecycle",
+            "run",
+            "--config",
+            str(config),
+            "--name",
+            "load",
+            "--",
+            sys.executable,
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 4, done.stderr
+    assert [(kind, body) for _, kind, _, body in vendors.pings] == [
+        ("start", ""),
+        ("4", "3 rows rejected"),
+    ]
+
+
 @pytest.mark.anyio
 async def test_healthchecks_success_and_failure_without_an_exit_code(vendors: Vendors) -> None:
     async with EventBus() as bus:
