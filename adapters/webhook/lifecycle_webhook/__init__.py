@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ._adapter import VERSION, WebhookAdapter, attach
 from ._exceptions import WebhookDeliveryError
-from ._fields import DEFAULT_TEMPLATE, NOT_SUCCEEDED, template_fields
+from ._fields import DEFAULT_TEMPLATE, NOT_SUCCEEDED, check_template, template_fields
 from ._formats import FORMATS, slack_escape, teams_escape
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "WebhookAdapter",
     "WebhookDeliveryError",
     "attach",
+    "check_template",
     "slack_escape",
     "teams_escape",
     "template_fields",

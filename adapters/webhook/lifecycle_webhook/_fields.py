@@ -116,7 +116,13 @@ class _AnyKey(dict[str, str]):
 
 
 def check_template(template: str, option: str = "template") -> None:
-    """Raise ``ValueError`` naming ``option`` if ``template`` cannot render an event."""
+    """Raise ``ValueError`` naming ``option`` if ``template`` cannot render an event.
+
+    Its fields are :func:`template_fields`; any ``{attributes[key]}`` passes (attributes
+    differ from run to run). For adapters that word their messages the same way.
+
+    .. versionadded:: 0.2
+    """
     if not isinstance(template, str):
         raise TypeError(f"{option} must be a string, not {template!r}")
     sample = template_fields(_sample_event())
