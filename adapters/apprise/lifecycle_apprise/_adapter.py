@@ -447,9 +447,10 @@ def _check(bus: EventBus, *, urls: str | Iterable[str], **options: Any) -> None:
         ValueError: a URL Apprise does not understand, named by its position.
     """
     url_list = _check_urls(urls)
-    attach(bus, urls=url_list, **options).detach()
+    # The URLs first: attaching starts a loader that would log the same refusal again.
     for index, url in enumerate(url_list):
         _Service(index, url, 1.0)
+    attach(bus, urls=url_list, **options).detach()
 
 
 attach.check = _check  # type: ignore[attr-defined]
