@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
-import random
 import threading
 import urllib.parse
 import weakref
@@ -14,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 import structlog
-from lifecycle_webhook import DEFAULT_TEMPLATE, check_template, template_fields
+from lifecycle_webhook import DEFAULT_TEMPLATE, Policy, Selection, check_template, template_fields
 
 from lifecycle import EXITED, STARTING, Attachment, Outcome, redact_url
 
@@ -193,37 +191,24 @@ class AppriseAdapter(Attachment):
         *,
         template: str,
         title: str,
-        signals: tuple[str, ...],
-        outcomes: frozenset[Outcome] | None,
-        attempts: int,
-        timeout: float,
-        deadline: float,
-        backoff: float,
-        backoff_max: float,
-        jitter: bool,
+        selection: Selection,
+        policy: Policy,
     ) -> None:
         super().__init__()
         self._loader = loader
         self.targets = targets
         self.template = template
         self.title = title
-        self.signals = signals
-        self.outcomes = outcomes
-        self.attempts = attempts
-        self.timeout = timeout
-        self.deadline = deadline
-        self.backoff = backoff
-        self.backoff_max = backoff_max
-        self.jitter = jitter
+        self.selection = selection
+        self.signals = selection.signals
+        self.policy = policy
 
     def __repr__(self) -> str:
         return f"<AppriseAdapter {', '.join(self.targets)}>"
 
     def wants(self, event: Event) -> bool:
         """Whether ``event`` is one to notify about."""
-        if event.name not in self.signals:
-            return False
-        return self.outcomes is None or event.outcome is None or event.outcome in self.outcomes
+        return self.selection.wants(event)
 
     def render(self, event: Event) -> tuple[str, str]:
         """The title and body for ``event``; the summary where a template fails on it."""
@@ -252,8 +237,8 @@ class AppriseAdapter(Attachment):
             return
         title, body = self.render(event)
         kind = _notify_type(event)
-        deadline = anyio.current_time() + self.deadline
-        services = await self._loader.wait(self.deadline)
+        deadline = anyio.current_time() + self.policy.deadline
+        services = await self._loader.wait(self.policy.deadline)
         if isinstance(services, str):
             raise AppriseDeliveryError({", ".join(self.targets): services}, 0)
         failures: dict[str, str] = {}
@@ -291,7 +276,7 @@ class AppriseAdapter(Attachment):
         while True:
             attempt += 1
             left = deadline - anyio.current_time()
-            limit = min(self.timeout, max(0.0, left))
+            limit = min(self.policy.timeout, max(0.0, left))
             reason = f"no answer within {limit:g} s"
             call = functools.partial(
                 service.notifier.notify, body=body, title=title, notify_type=kind, timeout=limit
@@ -310,10 +295,8 @@ class AppriseAdapter(Attachment):
                     )
                     return None, attempt
                 reason = _reason(result, service)
-            wait = min(self.backoff_max, self.backoff * 2 ** (attempt - 1))
-            if self.jitter:
-                wait *= random.uniform(0.5, 1.0)
-            if attempt >= self.attempts:
+            wait = self.policy.delay(attempt)
+            if attempt >= self.policy.attempts:
                 return reason, attempt
             if wait >= deadline - anyio.current_time():
                 return f"{reason}; the next attempt would pass the deadline", attempt
@@ -322,7 +305,7 @@ class AppriseAdapter(Attachment):
                 service=service.target,
                 run_id=event.run_id,
                 attempt=attempt,
-                attempts=self.attempts,
+                attempts=self.policy.attempts,
                 reason=reason,
                 retry_in=round(wait, 3),
             )
@@ -337,14 +320,6 @@ def _reason(result: Any, service: _Service) -> str:
     if messages:
         return service.scrub(str(messages[-1]))
     return f"Apprise status {result.status.name}"
-
-
-def _seconds(name: str, value: Any, *, zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if value < 0 or (value == 0 and not zero) or not math.isfinite(value):
-        raise ValueError(f"{name} must be greater than 0 seconds, not {value!r}")
-    return float(value)
 
 
 def attach(
@@ -387,23 +362,18 @@ def attach(
             quoted), a template with an unknown field, or an option out of range.
     """
     url_list = _check_urls(urls)
-    if isinstance(signals, str):
-        raise TypeError(f"signals must be a list of signal names, not the string {signals!r}")
-    if isinstance(outcomes, str):
-        raise TypeError(f"outcomes must be a list of outcome names, not the string {outcomes!r}")
-    wanted: frozenset[Outcome] | None = None
-    if outcomes is not None:
-        known = ", ".join(o.value for o in Outcome)
-        try:
-            wanted = frozenset(Outcome(o) for o in outcomes)
-        except ValueError as exc:
-            raise ValueError(f"{exc}; outcomes are {known}") from None
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-        raise ValueError(f"attempts must be an int of at least 1, not {attempts!r}")
+    selection = Selection.checked(signals, outcomes)
     check_template(template)
     check_template(title, "title")
-    attempt_timeout = _seconds("timeout", timeout)
-    loader = _Loader(url_list, attempt_timeout)
+    policy = Policy.checked(
+        attempts=attempts,
+        timeout=timeout,
+        deadline=deadline,
+        backoff=backoff,
+        backoff_max=backoff_max,
+        jitter=jitter,
+    )
+    loader = _Loader(url_list, policy.timeout)
     # Until Apprise has read the URLs, only the scheme is safe to show (a slack:// URL
     # has a token where a host would be).
     targets = tuple(f"{url.partition('://')[0]}://***" for url in url_list)
@@ -412,14 +382,8 @@ def attach(
         targets,
         template=template,
         title=title,
-        signals=tuple(dict.fromkeys(signals)),
-        outcomes=wanted,
-        attempts=attempts,
-        timeout=attempt_timeout,
-        deadline=_seconds("deadline", deadline),
-        backoff=_seconds("backoff", backoff, zero=True),
-        backoff_max=_seconds("backoff_max", backoff_max, zero=True),
-        jitter=bool(jitter),
+        selection=selection,
+        policy=policy,
     )
     adapter.add(loader.close)
     try:
@@ -429,7 +393,7 @@ def attach(
                     signal,
                     adapter.deliver,
                     background=True,
-                    timeout=adapter.deadline + adapter.timeout + 1.0,
+                    timeout=policy.deadline + policy.timeout + 1.0,
                     labels=labels,
                     name=f"lifecycle_apprise:{', '.join(adapter.targets)}",
                 )

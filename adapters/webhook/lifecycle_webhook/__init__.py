@@ -17,14 +17,17 @@ in no log line and no error message.
 from __future__ import annotations
 
 from ._adapter import VERSION, WebhookAdapter, attach
+from ._delivery import Policy
 from ._exceptions import WebhookDeliveryError
-from ._fields import DEFAULT_TEMPLATE, NOT_SUCCEEDED, check_template, template_fields
+from ._fields import DEFAULT_TEMPLATE, NOT_SUCCEEDED, Selection, check_template, template_fields
 from ._formats import FORMATS, slack_escape, teams_escape
 
 __all__ = [
     "DEFAULT_TEMPLATE",
     "FORMATS",
     "NOT_SUCCEEDED",
+    "Policy",
+    "Selection",
     "WebhookAdapter",
     "WebhookDeliveryError",
     "attach",

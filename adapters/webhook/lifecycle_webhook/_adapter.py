@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
 import structlog
 
-from lifecycle import Attachment, Outcome
+from lifecycle import Attachment
 
-from ._delivery import Policy, Request, post
+from ._delivery import Policy, Request, post, seconds
 from ._exceptions import WebhookDeliveryError
-from ._fields import DEFAULT_TEMPLATE, check_template
+from ._fields import DEFAULT_TEMPLATE, Selection, check_template
 from ._formats import FORMATS, LABEL_NAME, PAGERDUTY_URL, SEVERITIES, FormatOptions
 from ._order import Sequencer
 from ._redact import Redactor, log_filter
@@ -46,8 +45,7 @@ class WebhookAdapter(Attachment):
         *,
         headers: Mapping[str, str],
         redactor: Redactor,
-        signals: tuple[str, ...],
-        outcomes: frozenset[Outcome] | None,
+        selection: Selection,
         policy: Policy,
     ) -> None:
         super().__init__()
@@ -56,8 +54,9 @@ class WebhookAdapter(Attachment):
         self._redactor = redactor
         self.target = redactor.target
         self.format = format.name
-        self.signals = signals
-        self.outcomes = outcomes
+        self.selection = selection
+        self.signals = selection.signals
+        self.outcomes = selection.outcomes
         self.policy = policy
         self._sequencer = Sequencer(patience=policy.deadline)
 
@@ -66,9 +65,7 @@ class WebhookAdapter(Attachment):
 
     def wants(self, event: Event) -> bool:
         """Whether ``event`` is one to notify about."""
-        if event.name not in self.signals:
-            return False
-        return self.outcomes is None or event.outcome is None or event.outcome in self.outcomes
+        return self.selection.wants(event)
 
     def render(self, event: Event) -> bytes | None:
         """The request body for ``event``, or None when the format sends nothing for it.
@@ -129,14 +126,6 @@ class WebhookAdapter(Attachment):
             await self.deliver(event, deadline=deadline)
 
 
-def _seconds(name: str, value: Any, *, zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
-    if value < 0 or (value == 0 and not zero) or not math.isfinite(value):
-        raise ValueError(f"{name} must be greater than 0 seconds, not {value!r}")
-    return float(value)
-
-
 def _parse_url(url: str | None, format: type[Format]) -> httpx.URL:
     if url is None and not format.needs_url:
         url = PAGERDUTY_URL
@@ -187,7 +176,7 @@ def _format_options(
         dedup_key=dedup_key,
         routing_key=routing_key,
         alert_labels=labels,
-        expires=_seconds("expires", expires),
+        expires=seconds("expires", expires),
     )
 
 
@@ -263,19 +252,7 @@ def attach(
         raise ValueError(f"format must be one of {', '.join(map(repr, FORMATS))}, not {format!r}")
     kind = FORMATS[format]
     parsed = _parse_url(url, kind)
-    if isinstance(signals, str):
-        raise TypeError(f"signals must be a list of signal names, not the string {signals!r}")
-    if isinstance(outcomes, str):
-        raise TypeError(f"outcomes must be a list of outcome names, not the string {outcomes!r}")
-    wanted: frozenset[Outcome] | None = None
-    if outcomes is not None:
-        known = ", ".join(o.value for o in Outcome)
-        try:
-            wanted = frozenset(Outcome(o) for o in outcomes)
-        except ValueError as exc:
-            raise ValueError(f"{exc}; outcomes are {known}") from None
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-        raise ValueError(f"attempts must be an int of at least 1, not {attempts!r}")
+    selection = Selection.checked(kind.signals if signals is None else signals, outcomes)
     options = _format_options(
         kind,
         template=template,
@@ -290,20 +267,19 @@ def attach(
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError(f"headers must map strings to strings; header {name!r} does not")
     redactor = Redactor(parsed, header_map, [routing_key] if routing_key else [])
-    policy = Policy(
+    policy = Policy.checked(
         attempts=attempts,
-        timeout=_seconds("timeout", timeout),
-        deadline=_seconds("deadline", deadline),
-        backoff=_seconds("backoff", backoff, zero=True),
-        backoff_max=_seconds("backoff_max", backoff_max, zero=True),
-        jitter=bool(jitter),
+        timeout=timeout,
+        deadline=deadline,
+        backoff=backoff,
+        backoff_max=backoff_max,
+        jitter=jitter,
     )
     adapter = WebhookAdapter(
         kind(parsed, options, redactor.target),
         headers=header_map,
         redactor=redactor,
-        signals=tuple(dict.fromkeys(kind.signals if signals is None else signals)),
-        outcomes=wanted,
+        selection=selection,
         policy=policy,
     )
     log_filter.redactors.add(redactor)

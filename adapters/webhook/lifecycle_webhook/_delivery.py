@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import math
 import random
 import ssl
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import certifi
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
     from ._redact import Redactor
 
-__all__ = ["Failure", "Policy", "Request", "post"]
+__all__ = ["Failure", "Policy", "Request", "post", "seconds"]
 
 logger = structlog.get_logger("lifecycle.webhook")
 
@@ -36,9 +37,23 @@ class Request:
     content_type: str = "application/json"
 
 
+def seconds(name: str, value: Any, *, zero: bool = False) -> float:
+    """``value`` as seconds, or a ``TypeError``/``ValueError`` naming option ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    if value < 0 or (value == 0 and not zero) or not math.isfinite(value):
+        raise ValueError(f"{name} must be greater than 0 seconds, not {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Policy:
-    """How hard to try: attempts, per-attempt timeout, total deadline and backoff."""
+    """How hard to try: attempts, per-attempt timeout, total deadline and backoff.
+
+    Shared by adapters that deliver like this one (``lifecycle_apprise``).
+
+    .. versionadded:: 0.2
+    """
 
     attempts: int
     timeout: float
@@ -46,6 +61,33 @@ class Policy:
     backoff: float
     backoff_max: float
     jitter: bool
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        attempts: Any,
+        timeout: Any,
+        deadline: Any,
+        backoff: Any,
+        backoff_max: Any,
+        jitter: Any,
+    ) -> Policy:
+        """A policy from options as a user wrote them.
+
+        Raises:
+            TypeError, ValueError: an option is out of range; the message names it.
+        """
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"attempts must be an int of at least 1, not {attempts!r}")
+        return cls(
+            attempts=attempts,
+            timeout=seconds("timeout", timeout),
+            deadline=seconds("deadline", deadline),
+            backoff=seconds("backoff", backoff, zero=True),
+            backoff_max=seconds("backoff_max", backoff_max, zero=True),
+            jitter=bool(jitter),
+        )
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (from 1)."""

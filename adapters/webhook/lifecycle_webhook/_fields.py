@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -9,11 +10,12 @@ import structlog
 from lifecycle import EXITED, EnvironmentInfo, ErrorInfo, Event, Outcome
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
 __all__ = [
     "DEFAULT_TEMPLATE",
     "NOT_SUCCEEDED",
+    "Selection",
     "check_template",
     "escaped",
     "render_template",
@@ -29,6 +31,49 @@ NOT_SUCCEEDED: tuple[str, ...] = tuple(o.value for o in Outcome if o is not Outc
 logger = structlog.get_logger("lifecycle.webhook")
 
 _TEMPLATE_ERRORS = (KeyError, IndexError, AttributeError, ValueError, TypeError)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which events to notify about: these signals, runs that ended in these outcomes.
+
+    Shared by adapters that notify like this one (``lifecycle_apprise``).
+
+    .. versionadded:: 0.2
+    """
+
+    signals: tuple[str, ...]
+    outcomes: frozenset[Outcome] | None = None
+    """None for every outcome; events without one (``starting``) always pass."""
+
+    @classmethod
+    def checked(cls, signals: Iterable[str], outcomes: Iterable[str] | None) -> Selection:
+        """A selection from options as a user wrote them.
+
+        Raises:
+            TypeError, ValueError: a bare string where a list belongs, or an unknown
+                outcome; the message names the option and lists the outcomes.
+        """
+        if isinstance(signals, str):
+            raise TypeError(f"signals must be a list of signal names, not the string {signals!r}")
+        if isinstance(outcomes, str):
+            raise TypeError(
+                f"outcomes must be a list of outcome names, not the string {outcomes!r}"
+            )
+        wanted: frozenset[Outcome] | None = None
+        if outcomes is not None:
+            known = ", ".join(o.value for o in Outcome)
+            try:
+                wanted = frozenset(Outcome(o) for o in outcomes)
+            except ValueError as exc:
+                raise ValueError(f"{exc}; outcomes are {known}") from None
+        return cls(tuple(dict.fromkeys(signals)), wanted)
+
+    def wants(self, event: Event) -> bool:
+        """Whether ``event`` is one to notify about."""
+        if event.name not in self.signals:
+            return False
+        return self.outcomes is None or event.outcome is None or event.outcome in self.outcomes
 
 
 def template_fields(event: Event) -> dict[str, Any]:
