@@ -33,7 +33,8 @@ class Sequencer:
 
     def __init__(self, patience: float) -> None:
         self.patience = patience
-        self._tickets: dict[str, tuple[str, int]] = {}
+        # Per event id, in case one event is emitted twice (each emit gets its own ticket).
+        self._tickets: dict[str, list[tuple[str, int]]] = {}
         self._issued: dict[str, int] = {}
         self._served: dict[str, int] = {}
         self._changed: anyio.Event | None = None
@@ -43,7 +44,7 @@ class Sequencer:
         key = event.environment.name
         number = self._issued.get(key, 0)
         self._issued[key] = number + 1
-        self._tickets[event.event_id] = (key, number)
+        self._tickets.setdefault(event.event_id, []).append((key, number))
         self._wake()
 
     def _wake(self) -> None:
@@ -52,10 +53,10 @@ class Sequencer:
             self._changed = None
 
     def _ready(self, event: Event) -> bool:
-        ticket = self._tickets.get(event.event_id)
-        if ticket is None:
+        tickets = self._tickets.get(event.event_id)
+        if not tickets:
             return False  # the emit that issues it has not got there yet
-        key, number = ticket
+        key, number = tickets[0]
         return self._served.get(key, 0) >= number
 
     @contextlib.asynccontextmanager
@@ -66,7 +67,10 @@ class Sequencer:
                 if self._changed is None:
                     self._changed = anyio.Event()
                 await self._changed.wait()
-        ticket = self._tickets.pop(event.event_id, None)
+        tickets = self._tickets.get(event.event_id)
+        ticket = tickets.pop(0) if tickets else None
+        if tickets == []:
+            del self._tickets[event.event_id]
         try:
             yield
         finally:

@@ -593,6 +593,21 @@ async def test_a_retried_start_ping_still_comes_before_the_end(vendors: Vendors)
 
 
 @pytest.mark.anyio
+async def test_an_event_emitted_twice_is_delivered_twice_without_waiting(vendors: Vendors) -> None:
+    # Each emit gets its own place in the order; the second must not wait for a turn
+    # that the first already took (that wait would be the whole deadline).
+    event = Event(MISSED, "slot-1", EnvironmentInfo("etl", frozenset(), "worker-1", 41))
+    async with EventBus() as bus:
+        results = results_of(bus)
+        attach_pagerduty(bus, vendors)
+        with anyio.fail_after(5):
+            await bus.emit(event)
+            await bus.emit(event)
+            await bus.drain()
+    assert delivered(results) == [Status.OK, Status.OK]
+
+
+@pytest.mark.anyio
 async def test_cronitor_telemetry_run_then_fail(vendors: Vendors) -> None:
     async with EventBus() as bus:
         results = results_of(bus)
