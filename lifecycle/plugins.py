@@ -67,6 +67,7 @@ COMMAND_GROUP = "lifecycle.commands"
 
 _PROJECT_PLUGINS = {
     ADAPTER_GROUP: {
+        "apprise": "lifecycle-apprise",
         "nats": "lifecycle-nats",
         "prometheus": "lifecycle-prometheus",
         "structlog": "lifecycle-structlog",

@@ -8,6 +8,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import lifecycle_apprise
 import lifecycle_nats
 import lifecycle_nats._cli
 import lifecycle_prometheus
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # tests below check that these are all the installed entry points, so a new one must be
 # added here, and so checked.
 ADAPTERS: dict[str, Attach] = {
+    "apprise": lifecycle_apprise.attach,
     "nats": lifecycle_nats.attach,
     "prometheus": lifecycle_prometheus.attach,
     "structlog": lifecycle_structlog.attach,

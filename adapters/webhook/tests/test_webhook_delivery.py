@@ -31,9 +31,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    backend: str = request.param
+    return backend
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ async def deliver(bus: EventBus, *, fail: bool = True) -> list[HandlerResult]:
         await run(bus, fail=fail)
         report = await bus.drain()
     assert report.ok
-    return [r for r in results if r.handler.startswith("lifecycle_webhook")]
+    return [r for r in results if r.background]
 
 
 def fast(**options: Any) -> dict[str, Any]:
@@ -168,16 +169,6 @@ async def test_exited_event_is_posted_as_its_json_form(webhook_server: WebhookSe
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
-async def test_delivery_works_on_both_backends(webhook_server: WebhookServer) -> None:
-    async with EventBus() as bus:
-        attach(bus, url=webhook_server.url)
-        results = await deliver(bus)
-    assert [r.status for r in results] == [Status.OK]
-    assert len(webhook_server.requests) == 1
-
-
-@pytest.mark.anyio
 async def test_slack_format_posts_text_from_the_template(webhook_server: WebhookServer) -> None:
     async with EventBus() as bus:
         attach(
@@ -199,6 +190,45 @@ async def test_default_slack_text_summarises_the_run(webhook_server: WebhookServ
     text = json.loads(webhook_server.requests[0].body)["text"]
     assert text.startswith("nightly failed on ")
     assert "ValueError: boom (run run-1)" in text
+
+
+@pytest.mark.anyio
+async def test_slack_text_escapes_what_the_run_says(webhook_server: WebhookServer) -> None:
+    # Slack reads <!channel> as a mention of everyone and <url|text> as a disguised link;
+    # the template's own markup stays as written.
+    async with EventBus() as bus:
+        attach(bus, url=webhook_server.url, format="slack", template="*{environment}*: {error}")
+        env = Environment("etl <!channel>", ["a&b"], bus=bus)
+        with anyio.fail_after(5):
+            with pytest.raises(RuntimeError):
+                async with env.running(run_id="run-1"):
+                    raise RuntimeError("see <https://evil.example|the docs> & <!here>")
+            await bus.drain()
+    text = json.loads(webhook_server.requests[0].body)["text"]
+    assert text == (
+        "*etl &lt;!channel&gt;*: RuntimeError: "
+        "see &lt;https://evil.example|the docs&gt; &amp; &lt;!here&gt;"
+    )
+
+
+@pytest.mark.anyio
+async def test_slack_escapes_attributes_and_the_summary(webhook_server: WebhookServer) -> None:
+    async with EventBus() as bus:
+        attach(
+            bus,
+            url=webhook_server.url,
+            format="slack",
+            template="{summary} | {attributes[note]} | {output_tail}",
+        )
+        env = Environment("etl", bus=bus)
+        with anyio.fail_after(5):
+            async with env.running(run_id="<@U123>") as running:
+                running.attributes["note"] = "<!subteam^S1>"
+                running.attributes["output_tail"] = "done <!everyone>\n"
+            await bus.drain()
+    text = json.loads(webhook_server.requests[0].body)["text"]
+    assert "<" not in text
+    assert text.endswith("(run &lt;@U123&gt;) | &lt;!subteam^S1&gt; | done &lt;!everyone&gt;\n")
 
 
 @pytest.mark.anyio
