@@ -64,6 +64,18 @@ def promtool_check_metrics(text: str) -> None:
     assert (done.returncode, done.stdout + done.stderr) == (0, ""), text
 
 
+def promtool_check_rules(path: Path) -> None:
+    """``promtool check rules`` on a rule file: the test fails unless it is valid."""
+    done = subprocess.run(
+        [binary("promtool"), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 @dataclass
 class Stack:
     """The servers' addresses and the directories the tests write into."""

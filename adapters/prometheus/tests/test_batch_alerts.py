@@ -11,11 +11,13 @@ modes each run has a bus and an adapter of its own, as each cron run is a new pr
 
 from __future__ import annotations
 
+import re
 import urllib.request
 import uuid
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta, timezone
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -27,6 +29,7 @@ from lifecycle import EXITED, STARTING, Environment, Event, EventBus, Outcome
 
 from .prometheus_servers import (  # type: ignore[import-not-found,unused-ignore]
     promtool_check_metrics,
+    promtool_check_rules,
     running_stack,
 )
 
@@ -162,3 +165,15 @@ async def test_two_jobs_on_one_pushgateway_keep_their_own_groups(stack: Stack) -
         f'lifecycle_run_last_outcome{{instance="",job="lifecycle",lifecycle_environment="{second}",outcome="failed"}} 1'
         in pushed
     )
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_readmes_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    """The rules users copy from the README are valid rule files."""
+    readme = Path(__file__).parent.parent / "README.md"
+    blocks = re.findall(r"```yaml\n(.*?)```", readme.read_text(), flags=re.DOTALL)
+    assert len(blocks) == 2  # batch jobs and the listener
+    for index, block in enumerate(blocks):
+        rules = tmp_path / f"rules-{index}.yml"
+        rules.write_text(block)
+        promtool_check_rules(rules)
