@@ -12,6 +12,7 @@ modes each run has a bus and an adapter of its own, as each cron run is a new pr
 from __future__ import annotations
 
 import re
+import sys
 import urllib.request
 import uuid
 from contextlib import AbstractContextManager, contextmanager
@@ -28,9 +29,11 @@ from lifecycle_prometheus import attach
 from lifecycle import EXITED, STARTING, Environment, Event, EventBus, Outcome
 
 from .prometheus_servers import (  # type: ignore[import-not-found,unused-ignore]
+    parse,
     promtool_check_metrics,
     promtool_check_rules,
     running_stack,
+    value,
 )
 
 if TYPE_CHECKING:
@@ -177,3 +180,33 @@ async def test_the_readmes_alert_rules_pass_promtool(tmp_path: Path) -> None:
         rules = tmp_path / f"rules-{index}.yml"
         rules.write_text(block)
         promtool_check_rules(rules)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_lifecycle_run_exports_per_name_and_keeps_the_last_success(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Two cron-like ``lifecycle run --name`` processes: a success, then a failure."""
+    name = f"cron-{uuid.uuid4().hex[:8]}"
+    textfile = stack.textfile_dir / f"{name}.prom"
+    config = tmp_path / "lifecycle.toml"
+    config.write_text(
+        '[[adapters]]\nname = "prometheus"\n'
+        f'options = {{ pushgateway = "{stack.pushgateway}", textfile = "{textfile}" }}\n'
+    )
+    wrapper = [sys.executable, "-m", "lifecycle", "run", "--config", str(config), "--name", name]
+    for code in (0, 3):
+        command = [*wrapper, "--", sys.executable, "-c", f"raise SystemExit({code})"]
+        done = await anyio.run_process(command, check=False)
+        assert done.returncode == code, done.stderr.decode()
+    samples = parse(await anyio.to_thread.run_sync(_get, f"{stack.pushgateway}/metrics"))
+    written = parse(textfile.read_text())
+    group = {"job": "lifecycle", "instance": "", "lifecycle_environment": name}
+    for found, labels in ((samples, group), (written, {"lifecycle_environment": name})):
+        success = value(found, "lifecycle_run_last_success_timestamp_seconds", **labels)
+        completion = value(found, "lifecycle_run_last_completion_timestamp_seconds", **labels)
+        assert success is not None
+        assert completion is not None
+        assert completion > success  # the failed run is the last; the success is kept
+        assert value(found, "lifecycle_run_last_exit_code", **labels) == 3
+        assert value(found, "lifecycle_run_last_outcome", outcome="failed", **labels) == 1

@@ -16,12 +16,14 @@ import anyio.to_thread
 import pytest
 from lifecycle_prometheus import attach
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from lifecycle import EXITED, STARTING, Environment, EventBus, Outcome, load_config
 
 from .prometheus_servers import (  # type: ignore[import-not-found,unused-ignore]
+    Samples,
+    parse,
     promtool_check_metrics,
+    value,
 )
 
 if TYPE_CHECKING:
@@ -37,23 +39,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    """Exposition text as {(sample name, labels): value}."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 NIGHTLY = {"lifecycle_environment": "nightly"}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
 
 
 def _get(url: str) -> str:
