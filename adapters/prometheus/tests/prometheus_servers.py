@@ -100,7 +100,9 @@ class Stack:
     prometheus: str
     pushgateway: str
     textfile_dir: Path
-    targets_dir: Path
+    listen_port: int
+    """A free port Prometheus scrapes from the start (job lifecycle-listen), for an endpoint
+    under test: a target discovered later waits for the next target update, up to 5 s."""
 
     def api(self, path: str, **params: str) -> Any:
         url = f"{self.prometheus}/api/v1/{path}?{urllib.parse.urlencode(params)}"
@@ -121,12 +123,6 @@ class Stack:
     def query(self, expr: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.api("query", query=expr)["result"]
         return result
-
-    def scrape_target(self, name: str, port: int) -> None:
-        """Have Prometheus scrape 127.0.0.1:port (file-based discovery, renamed into place)."""
-        temporary = self.targets_dir / f"{name}.tmp"
-        temporary.write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"]}]))
-        temporary.rename(self.targets_dir / f"{name}.json")
 
 
 def _free_port() -> int:
@@ -153,10 +149,10 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 def running_stack() -> Iterator[Stack]:
     """Start the three servers, each on a free port; stop them and clean up on exit."""
     root = Path(tempfile.mkdtemp(prefix="lc-prom-"))
-    textfile_dir, targets_dir = root / "textfile", root / "targets"
+    textfile_dir = root / "textfile"
     textfile_dir.mkdir()
-    targets_dir.mkdir()
     pushgateway_port, node_port, prometheus_port = _free_port(), _free_port(), _free_port()
+    listen_port = _free_port()
     (root / "rules.yml").write_text(RULES)
     (root / "prometheus.yml").write_text(
         json.dumps(  # JSON is YAML
@@ -179,9 +175,7 @@ def running_stack() -> Iterator[Stack]:
                     },
                     {
                         "job_name": "lifecycle-listen",
-                        "file_sd_configs": [
-                            {"files": [str(targets_dir / "*.json")], "refresh_interval": "1s"}
-                        ],
+                        "static_configs": [{"targets": [f"127.0.0.1:{listen_port}"]}],
                     },
                 ],
             }
@@ -226,7 +220,7 @@ def running_stack() -> Iterator[Stack]:
             prometheus=f"http://127.0.0.1:{prometheus_port}",
             pushgateway=f"http://127.0.0.1:{pushgateway_port}",
             textfile_dir=textfile_dir,
-            targets_dir=targets_dir,
+            listen_port=listen_port,
         )
     finally:
         for process in processes:

@@ -142,15 +142,12 @@ async def test_listener_endpoint_alert_fires_on_failures_and_clears_on_success(
     """The scrape endpoint of a long-lived ``lifecycle listen``, scraped by Prometheus."""
     name = f"listen-{uuid.uuid4().hex[:8]}"
     async with EventBus() as listener:
-        with attach(listener, port=0, addr="127.0.0.1") as handle:
-            assert handle.port is not None
-            stack.scrape_target(name, handle.port)
-            await until(lambda: bool(stack.query(f'up{{instance="127.0.0.1:{handle.port}"}} == 1')))
+        with attach(listener, port=stack.listen_port, addr="127.0.0.1") as handle:
+            await until(lambda: bool(stack.query('up{job="lifecycle-listen"} == 1')))
             # Every run reaches the one long-lived bus, as events reach lifecycle listen.
             await fires_then_clears(stack, lambda bus: _forward(bus, listener), name)
             assert handle.url is not None
             promtool_check_metrics(await anyio.to_thread.run_sync(_get, handle.url))
-    (stack.targets_dir / f"{name}.json").unlink()
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
