@@ -6,11 +6,12 @@ import re
 import sys
 import threading
 import weakref
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from lifecycle import EXITED, STARTING, Attachment, Outcome, Status
+from lifecycle import EXITED, STARTING, Attachment, Outcome, Status, escape
 
 from ._export import Export
 from ._last_run import LastRuns
@@ -295,16 +296,36 @@ def attach(
 
 def check(bus: EventBus, **options: Any) -> None:
     """``lifecycle check``: every option as :func:`attach` checks it, without binding the
-    port, which the job itself may be holding while it runs; and a word on ``port``, which
-    a wrapped command's metrics cannot use."""
+    port, which the job itself may be holding while it runs; and a warning for what would
+    work but export nothing anyone sees (a ``port`` under ``lifecycle run``, a textfile
+    node-exporter does not read)."""
     port = options.pop("port", None)
     attach(bus, **options).detach()
     check_port(port)
+    for warning in _warnings(port, options.get("textfile")):
+        sys.stderr.write(f"lifecycle: warning: prometheus {warning}\n")
+
+
+def _warnings(port: int | None, textfile: str | os.PathLike[str] | None) -> list[str]:
+    found = []
     if port is not None:
         # A warning, not an error: the same configuration may be lifecycle listen's.
-        sys.stderr.write(
-            f"lifecycle: warning: prometheus port={port} serves metrics only while the "
-            "process lives: right for lifecycle listen or a service, not under lifecycle "
-            "run, where the endpoint closes with the command and no scrape sees the run's "
-            "end; for batch jobs use pushgateway= or textfile=\n"
+        found.append(
+            f"port={port} serves metrics only while the process lives: right for lifecycle "
+            "listen or a service, not under lifecycle run, where the endpoint closes with "
+            "the command and no scrape sees the run's end; for batch jobs use pushgateway= "
+            "or textfile="
         )
+    if textfile is not None:
+        path = Path(textfile)
+        if path.suffix != ".prom":
+            found.append(
+                f"textfile={escape(str(path))}: node-exporter's textfile collector reads only "
+                "files ending in .prom"
+            )
+        if not path.parent.is_dir():
+            found.append(
+                f"textfile={escape(str(path))}: its directory does not exist (yet): every "
+                "export will fail until it does"
+            )
+    return found

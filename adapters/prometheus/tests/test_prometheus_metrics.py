@@ -434,6 +434,26 @@ def test_check_warns_that_a_port_dies_with_a_wrapped_command(
     assert "warning" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("textfile", "warning"),
+    [
+        ("jobs.txt", "reads only files ending in .prom"),
+        ("missing/jobs.prom", "its directory does not exist"),
+    ],
+)
+def test_check_warns_about_a_textfile_node_exporter_would_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], textfile: str, warning: str
+) -> None:
+    from lifecycle._cli import main
+
+    config = tmp_path / "lifecycle.toml"
+    config.write_text(
+        f'[[adapters]]\nname = "prometheus"\noptions = {{ textfile = "{tmp_path / textfile}" }}\n'
+    )
+    assert main(["check", "--config", str(config)]) == 0
+    assert warning in capsys.readouterr().err
+
+
 def test_a_port_in_use_is_an_error_naming_the_address() -> None:
     import socket
 
