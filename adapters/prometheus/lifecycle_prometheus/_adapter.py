@@ -73,8 +73,8 @@ class PrometheusAdapter(Attachment):
         self._in_progress: set[str] = set()
         self._lock = threading.Lock()
         ns, name = namespace, name_label
-        self.last_runs = LastRuns(namespace, name_label)
-        registry.register(self.last_runs)
+        self._last_runs = LastRuns(namespace, name_label)
+        registry.register(self._last_runs)
         self.runs_started = Counter(
             "runs_started", "Runs started.", [name], namespace=ns, registry=registry
         )
@@ -127,7 +127,7 @@ class PrometheusAdapter(Attachment):
 
     def record_starting(self, event: Event) -> None:
         environment = event.environment.name
-        self.last_runs.started(event)
+        self._last_runs.started(event)
         self.runs_started.labels(environment).inc()
         with self._lock:
             if event.run_id in self._in_progress:
@@ -138,7 +138,7 @@ class PrometheusAdapter(Attachment):
     def record_exited(self, event: Event) -> None:
         environment = event.environment.name
         outcome = (event.outcome or Outcome.FAILED).value
-        self.last_runs.exited(event)
+        self._last_runs.exited(event)
         self.runs_finished.labels(environment, outcome).inc()
         if event.duration is not None:
             self.run_duration.labels(environment, outcome).observe(event.duration)
@@ -268,7 +268,7 @@ def attach(
         adapter.add(bus.on_result(adapter.record_result))
         if pushgateway is not None or textfile is not None:
             export = Export(
-                adapter.last_runs,
+                adapter._last_runs,
                 pushgateway=pushgateway,
                 job=job,
                 grouping_key=grouping_key,
