@@ -198,6 +198,8 @@ class Publisher:
         """Messages the server refused for good (too large, say)."""
         self.spooled = 0
         """Messages written to the spool at close."""
+        self.lost = 0
+        """Messages neither acknowledged nor spooled: the spool could not be written at close."""
         self._outbox: deque[_Entry] = deque()
         self._in_flight = 0
         self._spool_loaded = not spool_first
@@ -585,12 +587,14 @@ class Publisher:
         try:
             self.spool.write([entry.message for entry in fresh])
         except OSError as exc:
+            self.lost += len(fresh)
             logger.error(
-                "cannot write the spool: these events are lost",
+                "events neither sent to NATS nor spooled (the spool cannot be written): lost",
                 spool=str(self.spool.directory),
                 count=len(fresh),
                 msg_ids=[entry.message.msg_id for entry in fresh],
                 error=f"{type(exc).__name__}: {exc}",
+                reason=self._outage or "not acknowledged before close",
             )
         else:
             self.spooled += len(fresh)
