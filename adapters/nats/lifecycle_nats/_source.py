@@ -13,6 +13,10 @@ before the ack, so a listener killed between the two does not make any listener 
 that event again. The gaps (the adapter's README lists them): a kill before the bucket
 stored the id, a handler outliving ``ack_wait``, an event stored twice in the stream
 (first deliveries are not looked up in the bucket).
+
+Up to ``concurrency`` messages are handled at once: the messages of one run go through one
+lane, in stream order, and each message is acknowledged when it is done, so one hanging
+handler holds up its own run's events only.
 """
 
 from __future__ import annotations
@@ -162,6 +166,7 @@ class Source:
         batch: int,
         deliver: str,
         reconnect_wait: float,
+        concurrency: int = 16,
     ) -> None:
         self.bus = bus
         self.options = options
@@ -175,6 +180,7 @@ class Source:
         self.handled_ttl = handled_ttl
         self.ack_wait = ack_wait
         self.batch = batch
+        self.concurrency = concurrency
         self.deliver = deliver
         self.reconnect_wait = reconnect_wait
         self.handled = 0
@@ -244,14 +250,7 @@ class Source:
                         sub = await self._subscribe()
                         logger.info("listening again", servers=self.options.shown_servers)
                         wait, outage = 0.05, None
-                    try:
-                        messages = await sub.fetch(self.batch, timeout=_FETCH_WAIT)
-                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                        # No message within the wait (nats-py raises either kind).
-                        if self._client is None or not self._client.is_connected:
-                            raise NatsError("the connection to NATS was lost") from None
-                        continue
-                    await self._handle(messages, handled)
+                    await self._consume(sub, handled)
                 except (NatsError, nats.errors.Error, OSError) as exc:
                     if isinstance(exc, StreamConfigError):
                         raise
@@ -329,86 +328,120 @@ class Source:
             await message.term()
             return None
 
-    async def _handle(self, messages: list[Msg], handled: _Handled) -> None:
-        """Handle one fetched batch, in order, and acknowledge what was recorded.
+    async def _consume(self, sub: JetStreamContext.PullSubscription, handled: _Handled) -> None:
+        """Fetch and handle messages until :meth:`stop` or a failure.
 
-        Without the shared record each message is acknowledged as soon as it is handled.
-        With it, a *redelivered* message whose id this listener does not know is looked
-        up there (all of the batch's at once, before the first is handled); the id of
-        each handled event is sent to the record right after its emit report is complete
-        (the writes are in flight while the next messages are handled), and the batch's
-        messages are acknowledged once the record has stored their ids.
+        Up to ``concurrency`` messages are handled at once, each in its own task, so that
+        a handler hanging to its timeout holds up only the events of its own run: the
+        messages of one run (environment and run id) go through one lane, in the order
+        the stream delivered them. Each message is acknowledged once its own handlers
+        finished and its id is recorded, in the order they complete. At most ``batch +
+        concurrency`` messages are in hand (fetched, not yet acknowledged).
+
+        Returns once every message in hand is done (handled and acknowledged, or handed
+        back when stopping).
 
         Raises:
-            NatsError: the shared record could not be read or written; what was not
-                recorded is not acknowledged (it comes again after ``ack_wait``).
+            NatsError, nats.errors.Error, OSError: the connection or the shared record
+                failed; what was not recorded is not acknowledged (it comes again after
+                ``ack_wait``), and the messages not started yet are handed back.
         """
-        events = [(message, await self._parse(message)) for message in messages]
-        shared = self._shared
-        if shared is None:
-            for index, (message, event) in enumerate(events):
-                if self._stopping:
-                    await _give_back(events[index:])
-                    return
-                if event is not None:
-                    await self._handle_one(event, handled)
-                    await message.ack()
-            return
-        stream, durable = self.options.stream, self.durable
-        elsewhere: set[str] = set()
-        failures: list[NatsError] = []
-        unknown = {
-            event.event_id
-            for message, event in events
-            if event is not None
-            and message.metadata.num_delivered > 1
-            and event.event_id not in handled.ids
-            and self.wants(event)
-        }
-        if unknown:
-            async with anyio.create_task_group() as group:
-                for event_id in unknown:
-                    key = record_key(stream, durable, event_id)
-                    group.start_soon(_look_up, shared, key, event_id, elsewhere, failures)
-            if failures:
-                raise failures[0]
-        acks: list[tuple[Msg, asyncio.Future[Any] | None]] = []
-        try:
-            for index, (message, event) in enumerate(events):
-                if self._stopping:
-                    await _give_back(events[index:])
-                    break
-                if event is None:
+        held = anyio.Semaphore(self.batch + self.concurrency)
+        running = anyio.Semaphore(self.concurrency)
+        lanes: dict[tuple[str, str], anyio.Event] = {}
+        failures: list[Exception] = []
+        async with anyio.create_task_group() as group:
+            while not self._stopping and not failures:
+                await held.acquire()
+                try:
+                    messages = await sub.fetch(min(self.batch, held.value + 1), timeout=_FETCH_WAIT)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    # No message within the wait (nats-py raises either kind).
+                    held.release()
+                    if self._client is None or not self._client.is_connected:
+                        failures.append(NatsError("the connection to NATS was lost"))
                     continue
-                if event.event_id in elsewhere and event.event_id not in handled.ids:
-                    self.duplicates += 1
-                    self.shared_duplicates += 1
-                    logger.debug(
-                        "handled by another listener; acknowledged", event_id=event.event_id
-                    )
-                    handled.add(event.event_id)
-                    acks.append((message, None))
-                elif (await self._handle_one(event, handled)) is None:
-                    acks.append((message, None))
-                else:
-                    # Handled now, or (rare, a redelivery to this listener) before: in
-                    # case writing the shared record failed then, write it (again).
-                    key = record_key(stream, durable, event.event_id)
-                    acks.append((message, await shared.send(key)))
-        finally:
-            # Even when cancelled or failing: acknowledge what is recorded, so that a
-            # handled message is not delivered again needlessly.
-            with anyio.CancelScope(shield=True):
-                for message, sent in acks:
-                    if sent is not None:
-                        try:
-                            await shared.stored(sent)
-                        except NatsError as exc:
-                            failures.append(exc)
-                            break
-                    await message.ack()
+                except (nats.errors.Error, OSError) as exc:
+                    held.release()
+                    failures.append(exc)
+                    break
+                for _ in messages[1:]:
+                    held.acquire_nowait()  # fetch() returned at most what was free
+                if not messages:
+                    held.release()
+                for message in messages:
+                    event = await self._parse(message)
+                    if event is None:
+                        held.release()
+                        continue
+                    lane = (event.environment.name, event.run_id)
+                    after = lanes.get(lane)
+                    done = lanes[lane] = anyio.Event()
+                    group.start_soon(
+                        self._process, message, event, handled, after, done, lanes, running,
+                        held, failures,
+                    )  # fmt: skip
         if failures:
             raise failures[0]
+
+    async def _process(
+        self,
+        message: Msg,
+        event: Event,
+        handled: _Handled,
+        after: anyio.Event | None,
+        done: anyio.Event,
+        lanes: dict[tuple[str, str], anyio.Event],
+        running: anyio.Semaphore,
+        held: anyio.Semaphore,
+        failures: list[Exception],
+    ) -> None:
+        """Handle one message after the one before it in its lane; then record and ack it."""
+        shared = self._shared
+        sent: asyncio.Future[Any] | None = None
+        try:
+            try:
+                if after is not None:
+                    await after.wait()
+                async with running:
+                    if self._stopping or failures:
+                        await _give_back(message)
+                        return
+                    key = record_key(self.options.stream, self.durable, event.event_id)
+                    if (
+                        shared is not None
+                        and message.metadata.num_delivered > 1
+                        and event.event_id not in handled.ids
+                        and self.wants(event)
+                        and await shared.contains(key)
+                    ):
+                        self.duplicates += 1
+                        self.shared_duplicates += 1
+                        logger.debug(
+                            "handled by another listener; acknowledged", event_id=event.event_id
+                        )
+                        handled.add(event.event_id)
+                    elif (await self._handle_one(event, handled)) is not None and shared:
+                        # Handled now, or (rare, a redelivery to this listener) before: in
+                        # case writing the shared record failed then, write it (again).
+                        sent = await shared.send(key)
+            finally:
+                # The next message of the run may be handled now: its handlers run while
+                # this one's id is being stored.
+                done.set()
+                if lanes.get((event.environment.name, event.run_id)) is done:
+                    del lanes[(event.environment.name, event.run_id)]
+            # Even when cancelled: acknowledge what is recorded, so that a handled message
+            # is not delivered again needlessly.
+            with anyio.CancelScope(shield=True):
+                if sent is not None:
+                    assert shared is not None
+                    await shared.stored(sent)
+                await message.ack()
+        except (NatsError, nats.errors.Error, OSError) as exc:
+            failures.append(exc)
+        finally:
+            held.release()
 
     async def _handle_one(self, event: Event, handled: _Handled) -> bool | None:
         """Emit ``event`` unless known or filtered; ``None`` if filtered, else whether emitted.
@@ -436,20 +469,9 @@ class Source:
                     await client.close()
 
 
-async def _give_back(events: list[tuple[Msg, Event | None]]) -> None:
-    for message, _ in events:
-        with contextlib.suppress(Exception):
-            await message.nak()
-
-
-async def _look_up(
-    shared: SharedRecord, key: str, event_id: str, found: set[str], failures: list[NatsError]
-) -> None:
-    try:
-        if await shared.contains(key):
-            found.add(event_id)
-    except NatsError as exc:
-        failures.append(exc)
+async def _give_back(message: Msg) -> None:
+    with contextlib.suppress(Exception):
+        await message.nak()
 
 
 _SOURCE_OPTIONS = (
@@ -463,6 +485,7 @@ _SOURCE_OPTIONS = (
     "handled_ttl",
     "ack_wait",
     "batch",
+    "concurrency",
     "deliver",
     "reconnect_wait",
 )
@@ -482,6 +505,7 @@ def source(
     handled_ttl: float = 3600.0,
     ack_wait: float = 30.0,
     batch: int = 64,
+    concurrency: int = 16,
     deliver: str = "all",
     reconnect_wait: float = 2.0,
     **nats_options: Any,
@@ -508,6 +532,9 @@ def source(
         ack_wait: seconds the server waits for an acknowledgement before redelivering;
             keep it above your handlers' timeouts.
         batch: messages fetched at once.
+        concurrency: messages handled at once (each run's events still one after the
+            other, in order): a handler that hangs to its timeout holds up only the
+            events of its own run. 1 handles one message at a time.
         deliver: ``all`` (a new consumer starts at the stream's first message) or ``new``.
         reconnect_wait: the longest wait between reconnection attempts, in seconds.
         nats_options: see :class:`NatsOptions` (``servers``, ``stream``, ...).
@@ -530,7 +557,11 @@ def source(
         raise ValueError(
             f"durable must be a consumer name (no '.', '*', '>', '/', '\\' or spaces), not {durable!r}"
         )
-    for name, value in (("idempotency_window", idempotency_window), ("batch", batch)):
+    for name, value in (
+        ("idempotency_window", idempotency_window),
+        ("batch", batch),
+        ("concurrency", concurrency),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, not {value!r}")
     if deliver not in _DELIVER:
@@ -564,6 +595,7 @@ def source(
         handled_ttl=_seconds("handled_ttl", handled_ttl),
         ack_wait=_seconds("ack_wait", ack_wait),
         batch=batch,
+        concurrency=concurrency,
         deliver=deliver,
         reconnect_wait=_seconds("reconnect_wait", reconnect_wait),
     )
