@@ -22,6 +22,11 @@ process and one asyncio loop, the alternatives alternating round by round:
   up side by side): ``bus.emit`` on one bus to the handler on the bus of
   ``lifecycle_nats.source``; against raw ``js.publish`` to a raw pull subscriber's
   ``fetch`` (acking each message).
+- listener lag behind a hanging handler (issue 19): 6 ``exited`` events of 6 runs sent at
+  once to a running ``source``, whose bus has a quick handler and one that hangs to its
+  2 s timeout on every event; the lag of the last event (when the quick handler saw it,
+  when its handlers were done), handling one message at a time (``concurrency=1``, as
+  before) and with the default ``concurrency=16``.
 - ``--scale``: 10,000 simulated runs, each a heartbeat a second, published through the
   adapter by child processes (4, each with its share of the runs), consumed by one
   ``source`` here for a bounded time;
@@ -296,6 +301,64 @@ async def latency(
     return ours, raw
 
 
+# -- listener lag behind a hanging handler (issue 19) -------------------------------------
+
+HANG_EVENTS = 6
+HANG_TIMEOUT = 2.0
+
+
+async def hanging_lag(url: str, concurrency: int, spool: Path, state: Path) -> dict[str, float]:
+    """Issue 19's scenario: 6 ``exited`` events of 6 runs, sent at once to a running listener
+    whose bus has a quick handler and one that hangs to its 2 s timeout on every event.
+
+    Returns the lag of the last event (seconds after it was sent): when the quick handler
+    saw it, and when its handlers were all done (the hanging one timed out).
+    """
+    import lifecycle_nats
+    from lifecycle import EXITED
+
+    tag = f"lag{concurrency}x{time.time_ns()}"
+    seen: dict[str, float] = {}
+
+    def quick(event: Event) -> None:
+        seen[event.event_id] = time.perf_counter()
+
+    async def hang(event: Event) -> None:
+        await anyio.sleep(3600)
+
+    bus = EventBus(name="lag")
+    bus.subscribe(EXITED, quick, inline=True)
+    bus.subscribe(EXITED, hang, timeout=HANG_TIMEOUT)
+    source = lifecycle_nats.source(
+        bus, servers=url, stream=tag.upper(), subject_prefix=tag, durable=tag,
+        state_dir=state, concurrency=concurrency,
+    )  # fmt: skip
+    sent = [
+        Event(name=EXITED, run_id=f"run{i}", environment=EnvironmentInfo.current(f"job{i}"))
+        for i in range(HANG_EVENTS)
+    ]
+    sent_at: dict[str, float] = {}
+    async with anyio.create_task_group() as group:
+        await group.start(source.run)
+        async with lifecycle_nats.Publisher(
+            servers=url, stream=tag.upper(), subject_prefix=tag, spool_dir=spool
+        ) as publisher:
+            for event in sent:
+                sent_at[event.event_id] = time.perf_counter()
+                await publisher.publish(event)
+        with anyio.fail_after(HANG_EVENTS * HANG_TIMEOUT * 3):
+            while source.handled < HANG_EVENTS:
+                await anyio.sleep(0.005)
+        done = time.perf_counter()
+        source.stop()
+    await bus.aclose()
+    last = sent[-1].event_id
+    return {
+        "last_seen_s": round(seen[last] - sent_at[last], 3),
+        "last_done_s": round(done - sent_at[last], 3),
+    }
+
+
 # -- scale -----------------------------------------------------------------------------
 
 SCALE_CHILD = """
@@ -503,6 +566,11 @@ async def run(args: argparse.Namespace, url: str, server_pid: int, work: Path) -
         "raw_p99_ms": round(1000 * percentile(raw_all, 0.99), 3),
         "p99_ratio": round(percentile(ours_all, 0.99) / percentile(raw_all, 0.99), 2),
         "median_ratio": round(statistics.median(ours_all) / statistics.median(raw_all), 2),
+    }
+    say("listener lag behind a hanging handler")
+    results["hanging_handler_lag"] = {
+        f"concurrency_{n}": await hanging_lag(url, n, work / "spool-lag", work / "state")
+        for n in (1, 16)
     }
     if args.scale:
         say(f"scale: {args.scale_runs} runs for {args.scale_seconds:g} s")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +129,50 @@ class _Handled:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class _Room:
+    """How many more messages the listener may hold (fetched, not yet acknowledged)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.free = capacity
+        self._changed = anyio.Event()
+
+    def take(self, count: int) -> None:
+        self.free -= count
+
+    def release(self) -> None:
+        self.free += 1
+        self._changed.set()
+
+    async def wait_for(self, count: int) -> None:
+        while self.free < count:
+            self._changed = anyio.Event()
+            await self._changed.wait()
+
+
+class _Storing:
+    """Handled messages whose ids are on their way to the shared record, oldest first."""
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[Msg, asyncio.Future[Any]]] = deque()
+        self.closed = False
+        self._wake = anyio.Event()
+
+    def put(self, message: Msg, sent: asyncio.Future[Any]) -> None:
+        self.queue.append((message, sent))
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def wait(self) -> bool:
+        """Wait for a message to acknowledge; False once closed with none left."""
+        while not self.queue and not self.closed:
+            self._wake = anyio.Event()
+            await self._wake.wait()
+        return bool(self.queue)
 
 
 class Source:
@@ -331,117 +375,149 @@ class Source:
     async def _consume(self, sub: JetStreamContext.PullSubscription, handled: _Handled) -> None:
         """Fetch and handle messages until :meth:`stop` or a failure.
 
-        Up to ``concurrency`` messages are handled at once, each in its own task, so that
-        a handler hanging to its timeout holds up only the events of its own run: the
-        messages of one run (environment and run id) go through one lane, in the order
-        the stream delivered them. Each message is acknowledged once its own handlers
-        finished and its id is recorded, in the order they complete. At most ``batch +
-        concurrency`` messages are in hand (fetched, not yet acknowledged).
+        The messages of one run (environment and run id) go through one lane, in the
+        order the stream delivered them; up to ``concurrency`` lanes are handled at once,
+        so that a handler hanging to its timeout holds up only the events of its own run.
+        A handled message goes to the acknowledging task, which acknowledges it once its
+        id is stored (the writes are in flight while the next messages are handled): in
+        order of completion, never before its own handlers finished. At most ``2 x batch +
+        concurrency`` messages are in hand (fetched, not yet acknowledged); the next
+        batch is fetched once there is room for a whole one.
 
-        Returns once every message in hand is done (handled and acknowledged, or handed
-        back when stopping).
+        Returns once every message in hand is done (acknowledged, or handed back when
+        stopping or after a failure).
 
         Raises:
             NatsError, nats.errors.Error, OSError: the connection or the shared record
                 failed; what was not recorded is not acknowledged (it comes again after
-                ``ack_wait``), and the messages not started yet are handed back.
+                ``ack_wait``).
         """
-        held = anyio.Semaphore(self.batch + self.concurrency)
+        held = _Room(2 * self.batch + self.concurrency)
         running = anyio.Semaphore(self.concurrency)
-        lanes: dict[tuple[str, str], anyio.Event] = {}
+        lanes: dict[tuple[str, str], deque[tuple[Msg, Event]]] = {}
         failures: list[Exception] = []
+        storing = _Storing()
         async with anyio.create_task_group() as group:
-            while not self._stopping and not failures:
-                await held.acquire()
-                try:
-                    messages = await sub.fetch(min(self.batch, held.value + 1), timeout=_FETCH_WAIT)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                    # No message within the wait (nats-py raises either kind).
-                    held.release()
-                    if self._client is None or not self._client.is_connected:
-                        failures.append(NatsError("the connection to NATS was lost"))
-                    continue
-                except (nats.errors.Error, OSError) as exc:
-                    held.release()
-                    failures.append(exc)
-                    break
-                for _ in messages[1:]:
-                    held.acquire_nowait()  # fetch() returned at most what was free
-                if not messages:
-                    held.release()
-                for message in messages:
-                    event = await self._parse(message)
-                    if event is None:
-                        held.release()
-                        continue
-                    lane = (event.environment.name, event.run_id)
-                    after = lanes.get(lane)
-                    done = lanes[lane] = anyio.Event()
-                    group.start_soon(
-                        self._process, message, event, handled, after, done, lanes, running,
-                        held, failures,
-                    )  # fmt: skip
+            group.start_soon(self._acknowledge, storing, held, failures)
+            try:
+                async with anyio.create_task_group() as lane_group:
+                    while not self._stopping and not failures:
+                        # Whole batches: a fetch costs a round trip, whatever its size.
+                        await held.wait_for(self.batch)
+                        try:
+                            messages = await sub.fetch(self.batch, timeout=_FETCH_WAIT)
+                        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                            # No message within the wait (nats-py raises either kind).
+                            if self._client is None or not self._client.is_connected:
+                                failures.append(NatsError("the connection to NATS was lost"))
+                            continue
+                        except (nats.errors.Error, OSError) as exc:
+                            failures.append(exc)
+                            break
+                        held.take(len(messages))
+                        for message in messages:
+                            event = await self._parse(message)
+                            if event is None:
+                                held.release()
+                                continue
+                            lane = (event.environment.name, event.run_id)
+                            queue = lanes.get(lane)
+                            if queue is not None:
+                                queue.append((message, event))
+                                continue
+                            lanes[lane] = deque([(message, event)])
+                            lane_group.start_soon(
+                                self._lane, lane, lanes, handled, running, held, storing,
+                                failures,
+                            )  # fmt: skip
+            finally:
+                storing.close()
         if failures:
             raise failures[0]
 
-    async def _process(
+    async def _lane(
         self,
-        message: Msg,
-        event: Event,
+        lane: tuple[str, str],
+        lanes: dict[tuple[str, str], deque[tuple[Msg, Event]]],
         handled: _Handled,
-        after: anyio.Event | None,
-        done: anyio.Event,
-        lanes: dict[tuple[str, str], anyio.Event],
         running: anyio.Semaphore,
-        held: anyio.Semaphore,
+        held: _Room,
+        storing: _Storing,
         failures: list[Exception],
     ) -> None:
-        """Handle one message after the one before it in its lane; then record and ack it."""
+        """Handle the messages of one run in order, while any come; then end."""
+        queue = lanes[lane]
+        async with running:
+            while queue:
+                message, event = queue.popleft()
+                if self._stopping or failures:
+                    await _give_back(message)
+                    held.release()
+                    continue
+                try:
+                    sent = await self._settle(message, event, handled)
+                    if sent is None:
+                        await message.ack()
+                        held.release()
+                        continue
+                except (NatsError, nats.errors.Error, OSError) as exc:
+                    failures.append(exc)
+                    held.release()
+                    continue
+                storing.put(message, sent)
+            # No await since the queue was seen empty: nothing was added meanwhile.
+            del lanes[lane]
+
+    async def _settle(
+        self, message: Msg, event: Event, handled: _Handled
+    ) -> asyncio.Future[Any] | None:
+        """Handle ``event`` unless known; the shared record's write to await, if any."""
         shared = self._shared
-        sent: asyncio.Future[Any] | None = None
-        try:
-            try:
-                if after is not None:
-                    await after.wait()
-                async with running:
-                    if self._stopping or failures:
-                        await _give_back(message)
-                        return
-                    key = record_key(self.options.stream, self.durable, event.event_id)
-                    if (
-                        shared is not None
-                        and message.metadata.num_delivered > 1
-                        and event.event_id not in handled.ids
-                        and self.wants(event)
-                        and await shared.contains(key)
-                    ):
-                        self.duplicates += 1
-                        self.shared_duplicates += 1
-                        logger.debug(
-                            "handled by another listener; acknowledged", event_id=event.event_id
-                        )
-                        handled.add(event.event_id)
-                    elif (await self._handle_one(event, handled)) is not None and shared:
-                        # Handled now, or (rare, a redelivery to this listener) before: in
-                        # case writing the shared record failed then, write it (again).
-                        sent = await shared.send(key)
-            finally:
-                # The next message of the run may be handled now: its handlers run while
-                # this one's id is being stored.
-                done.set()
-                if lanes.get((event.environment.name, event.run_id)) is done:
-                    del lanes[(event.environment.name, event.run_id)]
-            # Even when cancelled: acknowledge what is recorded, so that a handled message
-            # is not delivered again needlessly.
+        if shared is None:
+            await self._handle_one(event, handled)
+            return None
+        key = record_key(self.options.stream, self.durable, event.event_id)
+        if (
+            message.metadata.num_delivered > 1
+            and event.event_id not in handled.ids
+            and self.wants(event)
+            and await shared.contains(key)
+        ):
+            self.duplicates += 1
+            self.shared_duplicates += 1
+            logger.debug("handled by another listener; acknowledged", event_id=event.event_id)
+            handled.add(event.event_id)
+            return None
+        if (await self._handle_one(event, handled)) is None:
+            return None
+        # Handled now, or (rare, a redelivery to this listener) before: in case writing
+        # the shared record failed then, write it (again).
+        return await shared.send(key)
+
+    async def _acknowledge(self, storing: _Storing, held: _Room, failures: list[Exception]) -> None:
+        """Acknowledge each handled message once its id is stored, in order of completion."""
+        shared = self._shared
+
+        async def drain() -> None:
+            # Shielded: a handled message is acknowledged even when the listener is
+            # cancelled, so that it is not delivered again needlessly.
             with anyio.CancelScope(shield=True):
-                if sent is not None:
-                    assert shared is not None
-                    await shared.stored(sent)
-                await message.ack()
-        except (NatsError, nats.errors.Error, OSError) as exc:
-            failures.append(exc)
+                while storing.queue:
+                    message, sent = storing.queue.popleft()
+                    try:
+                        assert shared is not None
+                        await shared.stored(sent)
+                        await message.ack()
+                    except (NatsError, nats.errors.Error, OSError) as exc:
+                        failures.append(exc)  # not acknowledged: it comes after ack_wait
+                    finally:
+                        held.release()
+
+        try:
+            while await storing.wait():
+                await drain()
         finally:
-            held.release()
+            await drain()
 
     async def _handle_one(self, event: Event, handled: _Handled) -> bool | None:
         """Emit ``event`` unless known or filtered; ``None`` if filtered, else whether emitted.
