@@ -363,7 +363,7 @@ def test_check_describes_what_a_listen_table_would_consume(
     out = capsys.readouterr().out
     assert "  [listen]: ok:\n" in out
     assert (
-        "servers nats://nats.internal:4222/***, stream LIFECYCLE, consumer 'notify' on "
+        "servers nats://nats.internal:4222, stream LIFECYCLE, consumer 'notify' on "
         "'lifecycle.exited.*' (deliver all)"
     ) in out
     assert "only signals: environment.exited" in out

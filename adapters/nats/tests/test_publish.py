@@ -313,7 +313,7 @@ async def test_an_unreachable_server_names_the_servers_option(nowhere: str) -> N
 def test_servers_are_shown_as_scheme_host_and_port_only() -> None:
     """A websocket URL may carry a token in its path or query (issue 8, item 4)."""
     options = NatsOptions.build(servers=["ws://127.0.0.1:8080/nats?token=SECRET", "nats://h:4222"])
-    assert options.shown_servers == "ws://127.0.0.1:8080/***, nats://h:4222"
+    assert options.shown_servers == "ws://127.0.0.1:8080, nats://h:4222"
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
-from lifecycle_nats import NatsError, jetstream_required
+from lifecycle_nats import NatsConnectError, NatsError, jetstream_required
 
 from lifecycle import EXITED, ConfigError, EventBus, escape, log_to_stderr
 
@@ -51,11 +51,13 @@ def _say(command: str, message: str) -> None:
 
 _EPILOG = {
     "watch": "exit status: 0 when stopped by SIGTERM or SIGINT; 1 when NATS cannot be reached "
-    "(the message names the servers); 2 on a usage mistake or a bad configuration (the "
-    "message names the file, key and value).",
+    "(the message names the servers) or refuses the credentials (said at once, naming the "
+    "option); 2 on a usage mistake or a bad configuration (the message names the file, key "
+    "and value).",
     "runs": "exit status: 0 when the table was printed; 1 when NATS cannot be reached (the "
-    "message names the servers); 2 on a usage mistake or a bad configuration (the message "
-    "names the file, key and value).",
+    "message names the servers) or refuses the credentials (said at once, naming the "
+    "option); 2 on a usage mistake or a bad configuration (the message names the file, key "
+    "and value).",
 }
 
 
@@ -66,11 +68,12 @@ def _parser(command: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help="the configuration: its [watch] table (servers, misses, [[watch.expect]]) and "
-        "the [[adapters]]/[[handlers]] that hear the verdicts (default: ./lifecycle.toml)"
+        help="the configuration: its [watch] table (servers, user/password/token/creds, "
+        "misses, [[watch.expect]]) and the [[adapters]]/[[handlers]] that hear the verdicts "
+        "(default: ./lifecycle.toml)"
         if command == "watch"
-        else "the configuration whose [watch] table names the servers, stream and bucket "
-        "(default: ./lifecycle.toml)",
+        else "the configuration whose [watch] table names the servers, credentials "
+        "(user/password/token/creds), stream and bucket (default: ./lifecycle.toml)",
     )
     parser.add_argument(
         "--server",
@@ -96,11 +99,15 @@ def _load(command: str, args: argparse.Namespace) -> WatchConfig | None:
     return config
 
 
-def _where(config: WatchConfig, args: argparse.Namespace) -> str:
-    """Where the servers came from, for an error that names them: the file's key, or --server."""
+def _where(config: WatchConfig, args: argparse.Namespace, failure: Exception) -> str:
+    """Where what failed came from: the file's servers key, or --server; the ``[watch]``
+    table for refused credentials (the message names the option)."""
+    table = f"{config.file}: watch" if config.file is not None else "watch"
+    if isinstance(failure, NatsConnectError) and failure.option != "servers":
+        return table
     if args.server:
         return "--server"
-    return f"{config.file}: watch.servers" if config.file is not None else "watch.servers"
+    return f"{table}.servers"
 
 
 def _console(bus: EventBus) -> Any:
@@ -134,7 +141,7 @@ def watch(argv: list[str]) -> int:
         return STATUS_USAGE
     status, failure = anyio.run(_watch, config, backend="asyncio")
     if failure is not None:
-        _say("watch", f"error: {_where(config, args)}: {failure}")
+        _say("watch", f"error: {_where(config, args, failure)}: {failure}")
     return status
 
 
@@ -208,7 +215,7 @@ def runs(argv: list[str]) -> int:
     try:
         source, rows = anyio.run(_table, config.settings, backend="asyncio")
     except (ConnectionError, NatsError) as exc:
-        _say("runs", f"error: {_where(config, args)}: {exc}")
+        _say("runs", f"error: {_where(config, args, exc)}: {exc}")
         return STATUS_UNREACHABLE
     if not args.all:
         rows = [r for r in rows if r.get("state") != RunState.EXITED.value]

@@ -71,9 +71,10 @@ def free_port() -> int:
 class OwnServer:
     """A ``nats-server -js`` on a free port with its own store, which a test may restart."""
 
-    def __init__(self, store: Path, *, jetstream: bool = True) -> None:
+    def __init__(self, store: Path, *args: str, jetstream: bool = True) -> None:
         self.port = free_port()
         self.store = store
+        self.args = args
         self.jetstream = jetstream
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -84,7 +85,7 @@ class OwnServer:
     def start(self) -> None:
         js = ["-js", "-sd", str(self.store)] if self.jetstream else []
         self.process = subprocess.Popen(
-            [NATS_SERVER, *js, "-a", "127.0.0.1", "-p", str(self.port)],
+            [NATS_SERVER, *js, "-a", "127.0.0.1", "-p", str(self.port), *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -130,6 +131,17 @@ def nats_url(nats_server: OwnServer) -> str:
 def no_jetstream(tmp_path: Path) -> Iterator[str]:
     """The URL of a nats-server that runs without JetStream."""
     server = OwnServer(tmp_path / "unused", jetstream=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def password_server(tmp_path: Path) -> Iterator[str]:
+    """The URL of a nats-server that wants user ``alice`` with password ``right``."""
+    server = OwnServer(tmp_path / "jetstream", "--user", "alice", "--pass", "right")
     server.start()
     try:
         yield server.url
@@ -579,3 +591,47 @@ def test_watch_says_which_servers_it_could_not_reach(tmp_path: Path) -> None:
     config.write_text(f'[watch]\nservers = ["{url}"]\nconnect_timeout = 0.5\n')
     done = lifecycle_failing("watch", "--config", str(config), cwd=tmp_path)
     assert f"{config}: watch.servers: cannot connect to NATS at {url}" in done.stderr
+
+
+@pytest.mark.parametrize("command", ["watch", "runs"])
+def test_refused_credentials_are_said_at_once_naming_the_option(
+    command: str, password_server: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "watch.toml"
+    # connect_timeout is long: the refusal is said at once, not after trying that long.
+    config.write_text(
+        f'[watch]\nservers = ["{password_server}"]\nuser = "alice"\npassword = "wrong"\n'
+        "connect_timeout = 20\n"
+    )
+    done = lifecycle_failing(command, "--config", str(config), cwd=tmp_path)
+    assert (
+        f"{config}: watch: cannot connect to NATS at {password_server} (check the option "
+        "user/password): the server refused the credentials"
+    ) in done.stderr
+    assert "Authorization Violation" in done.stderr
+    assert "wrong" not in done.stderr
+
+
+def test_credentials_in_the_server_url_are_named_and_never_shown(
+    password_server: str, tmp_path: Path
+) -> None:
+    url = password_server.replace("//", "//alice:SECRET@")
+    done = lifecycle_failing("runs", "--server", url, cwd=tmp_path)
+    assert (
+        f"watch: cannot connect to NATS at {password_server} (check the option servers (the "
+        "credentials in the URL))"
+    ) in done.stderr
+    assert "SECRET" not in done.stderr
+
+
+def test_runs_logs_in_with_the_watch_credentials(password_server: str, tmp_path: Path) -> None:
+    config = tmp_path / "watch.toml"
+    config.write_text(
+        f'[watch]\nservers = ["{password_server}"]\nuser = "alice"\npassword = "right"\n'
+    )
+    done = subprocess.run(
+        [*LIFECYCLE, "runs", "--config", str(config)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "(no live runs)" in done.stderr
