@@ -27,7 +27,7 @@ from lifecycle import EXITED, ConfigError, EventBus, escape, log_to_stderr
 
 from ._config import WatchConfig, describe_watch, load_watch_config
 from ._jetstream import Settings, connect, run_watchdog, status_subject
-from ._judge import Judge
+from ._judge import ENDED_KEPT, Judge
 from ._model import MISSED, OVERDUE, RECOVERED, RunState
 from ._store import JetStreamStore
 
@@ -195,17 +195,20 @@ async def _watch(config: WatchConfig) -> tuple[int, Exception | None]:
 
 
 def runs(argv: list[str]) -> int:
-    """``lifecycle runs [--config FILE] [--server URL] [--json]``: the live runs.
+    """``lifecycle runs [--config FILE] [--server URL] [--json] [--all]``: the live runs.
 
     Asks a running watchdog for its table; with none answering, reads the stored table
-    (whose heartbeat times are only as fresh as the last start or verdict).
+    (whose heartbeat times are only as fresh as the last start or verdict). ``--all`` adds
+    the runs that ended in the last ``ENDED_KEPT`` seconds, from either.
 
     .. versionadded:: 0.2
     """
     parser = _parser("runs", "List the live runs the watchdog knows: one line per run.")
     parser.add_argument("--json", action="store_true", help="a JSON array, for scripts")
     parser.add_argument(
-        "--all", action="store_true", help="include runs that ended recently (from the store)"
+        "--all",
+        action="store_true",
+        help=f"include runs that ended in the last {ENDED_KEPT / 60:g} minutes",
     )
     args = parser.parse_args(argv)
     config = _load("runs", args)
@@ -217,8 +220,15 @@ def runs(argv: list[str]) -> int:
     except (ConnectionError, NatsError) as exc:
         _say("runs", f"error: {_where(config, args, exc)}: {exc}")
         return STATUS_UNREACHABLE
-    if not args.all:
-        rows = [r for r in rows if r.get("state") != RunState.EXITED.value]
+    # The same answer whether a watchdog answered or the stored table did (which keeps
+    # ended runs for days): the live runs, and with --all those that ended recently.
+    ended_since = datetime.now(timezone.utc).timestamp() - ENDED_KEPT
+    rows = [
+        r
+        for r in rows
+        if r.get("state") != RunState.EXITED.value
+        or (args.all and r.get("last_seen", 0) >= ended_since)
+    ]
     if args.json:
         print(json.dumps([_public(row, source) for row in rows], indent=2))
     else:

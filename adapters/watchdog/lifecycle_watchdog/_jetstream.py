@@ -144,8 +144,9 @@ _STATUS_LIMIT = 900_000
 
 
 def status_payload(dog: Watchdog) -> bytes:
-    """The live runs as JSON, the latest seen first kept if it must be cut."""
-    rows = [record.to_dict() for record in dog.live()]
+    """The live runs and those that ended recently as JSON; cut if it must be, ended runs
+    first, then the live runs seen longest ago."""
+    rows = [record.to_dict() for record in (*dog.ended(), *dog.live())]
     for row in rows:
         row.pop("lost_event", None)
     truncated = 0

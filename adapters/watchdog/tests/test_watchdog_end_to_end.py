@@ -635,3 +635,55 @@ def test_runs_logs_in_with_the_watch_credentials(password_server: str, tmp_path:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "(no live runs)" in done.stderr
+
+
+def runs_listed(*args: str, cwd: Path) -> list[dict[str, object]]:
+    listed = subprocess.run(
+        [*LIFECYCLE, "runs", "--json", *args], cwd=cwd, capture_output=True, text=True, check=True
+    )
+    rows: list[dict[str, object]] = json.loads(listed.stdout)
+    return rows
+
+
+def test_runs_all_gives_the_same_answer_whether_a_watchdog_answers_or_not(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """Runs that ended recently, from the watchdog or the stored table; not older ones."""
+
+    async def store_an_old_run() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            store = await JetStreamStore.open(nc.jetstream())
+            now = time.time()
+            old = RunRecord(
+                run_id="ended-an-hour-ago", environment="etl", started=now - 3700,
+                last_seen=now - 3600, state=RunState.EXITED, outcome="succeeded",
+            )  # fmt: skip
+            await store.transition(run_key(old.run_id), lambda stored: old)
+        finally:
+            await nc.close()
+
+    anyio.run(store_an_old_run)
+    (tmp_path / "lifecycle.toml").write_text(
+        f'[[adapters]]\nname = "nats"\noptions = {{ servers = ["{nats_url}"] }}\n'
+    )
+    env = {**os.environ, SPOOL_ENV: str(tmp_path / "spool")}
+    with watch_service("--server", nats_url, cwd=tmp_path) as service:
+        subprocess.run(
+            [*LIFECYCLE, "run", "--name", "short", "--", "true"], cwd=tmp_path, env=env, check=True
+        )
+        deadline = time.monotonic() + 20
+        while not (from_watchdog := runs_listed("--all", "--server", nats_url, cwd=tmp_path)):
+            assert time.monotonic() < deadline, "the ended run never listed by the watchdog"
+            time.sleep(0.05)
+        assert runs_listed("--server", nats_url, cwd=tmp_path) == []  # without --all: live only
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(20) == 0
+    from_store = runs_listed("--all", "--server", nats_url, cwd=tmp_path)
+
+    def seen(rows: list[dict[str, object]]) -> list[tuple[object, ...]]:
+        return [(r["environment"], r["run_id"], r["state"]) for r in rows]
+
+    assert [r["source"] for r in from_watchdog + from_store] == ["watchdog", "store"]
+    assert seen(from_watchdog) == seen(from_store)
+    assert seen(from_store)[0][::2] == ("short", "exited")
