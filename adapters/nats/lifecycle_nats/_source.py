@@ -39,7 +39,7 @@ from lifecycle import Event
 
 from ._exceptions import NatsError, StreamConfigError
 from ._options import NatsOptions, _seconds
-from ._publisher import require_asyncio
+from ._publisher import reconnect_waits, require_asyncio
 from ._shared import DEFAULT_BUCKET, SharedRecord, check_bucket, record_key
 from ._stream import ensure_stream
 from ._subject import encode_token, signal_kind
@@ -286,14 +286,14 @@ class Source:
                 filter=self.filter_subject,
             )
             task_status.started()
-            wait = 0.05
+            waits = reconnect_waits(self.reconnect_wait)
             outage: str | None = None  # the reason last logged for the current outage
             while not self._stopping:
                 try:
                     if sub is None:
                         sub = await self._subscribe()
                         logger.info("listening again", servers=self.options.shown_servers)
-                        wait, outage = 0.05, None
+                        waits, outage = reconnect_waits(self.reconnect_wait), None
                     await self._consume(sub, handled)
                 except (NatsError, nats.errors.Error, OSError) as exc:
                     if isinstance(exc, StreamConfigError):
@@ -307,8 +307,7 @@ class Source:
                         outage = reason
                     sub = None
                     await self._close()
-                    await anyio.sleep(wait)
-                    wait = min(wait * 2, self.reconnect_wait)
+                    await anyio.sleep(next(waits))
         finally:
             handled.close()
             with anyio.CancelScope(shield=True):
