@@ -103,7 +103,7 @@ def _where(config: WatchConfig, args: argparse.Namespace, failure: Exception) ->
     """Where what failed came from: the file's servers key, or --server; the ``[watch]``
     table for refused credentials (the message names the option)."""
     table = f"{config.file}: watch" if config.file is not None else "watch"
-    if isinstance(failure, NatsConnectError) and failure.option != "servers":
+    if isinstance(failure, NatsConnectError) and not failure.option.startswith("servers"):
         return table
     if args.server:
         return "--server"

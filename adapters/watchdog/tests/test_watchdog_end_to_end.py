@@ -618,7 +618,7 @@ def test_credentials_in_the_server_url_are_named_and_never_shown(
     url = password_server.replace("//", "//alice:SECRET@")
     done = lifecycle_failing("runs", "--server", url, cwd=tmp_path)
     assert (
-        f"watch: cannot connect to NATS at {password_server} (check the option servers (the "
+        f"--server: cannot connect to NATS at {password_server} (check the option servers (the "
         "credentials in the URL))"
     ) in done.stderr
     assert "SECRET" not in done.stderr
