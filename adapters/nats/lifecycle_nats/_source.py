@@ -90,12 +90,16 @@ class _Handled:
         self._fd: int | None = None
         self._written = 0
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with contextlib.suppress(FileNotFoundError):
-                for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[-size:]:
-                    if line:
-                        self.ids[line] = None
-            self._compact()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                with contextlib.suppress(FileNotFoundError):
+                    text = path.read_text(encoding="utf-8", errors="replace")
+                    for line in text.splitlines()[-size:]:
+                        if line:
+                            self.ids[line] = None
+                self._compact()
+            except OSError as exc:
+                self._unusable(exc)
 
     def __contains__(self, event_id: str) -> bool:
         if event_id in self.ids:
@@ -108,17 +112,31 @@ class _Handled:
         if len(self.ids) > self.size:
             self.ids.popitem(last=False)
         if self._fd is not None:
-            # One write() of a short line to an O_APPEND file: whole, and it survives the
-            # process being killed (the kernel has it), which is the case that matters.
-            os.write(self._fd, f"{event_id}\n".encode())
-            self._written += 1
-            if self._written > 2 * self.size:
-                self._compact()
+            try:
+                # One write() of a short line to an O_APPEND file: whole, and it survives
+                # the process being killed (the kernel has it), the case that matters.
+                os.write(self._fd, f"{event_id}\n".encode())
+                self._written += 1
+                if self._written > 2 * self.size:
+                    self._compact()
+            except OSError as exc:
+                self._unusable(exc)
+
+    def _unusable(self, exc: OSError) -> None:
+        """Go on with the ids in memory only: a state directory that cannot be written (no
+        home, a read-only file system, a full disk) must not stop the listener."""
+        logger.warning(
+            "the listener's state directory cannot be used; the ids of handled events are "
+            "kept in memory only (set state_dir or $LIFECYCLE_NATS_STATE)",
+            path=str(self.path),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        self.close()
+        self.path = None
 
     def _compact(self) -> None:
         assert self.path is not None
-        if self._fd is not None:
-            os.close(self._fd)
+        self.close()
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         temporary.write_text("".join(f"{i}\n" for i in self.ids), encoding="utf-8")
         os.replace(temporary, self.path)
@@ -127,7 +145,8 @@ class _Handled:
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
             self._fd = None
 
 

@@ -186,9 +186,9 @@ class Listener:
         self.starts += 1
         env = {
             **os.environ,
-            **extra_env,
             "RECORD_FILE": str(self.record),
             "LIFECYCLE_NATS_STATE": str(self.directory / "state"),
+            **extra_env,
         }
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(

@@ -13,6 +13,8 @@ from lifecycle_nats import Publisher, StreamConfigError, ensure_stream, source, 
 
 from lifecycle import EXITED, HEARTBEAT, STARTING, EnvironmentInfo, Event, EventBus
 
+from .conftest import Listener  # type: ignore[import-not-found,unused-ignore]
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
@@ -464,3 +466,17 @@ def test_flush_refuses_a_timeout_that_is_not_a_positive_number(
 ) -> None:
     assert cli("flush", "--timeout", value) == 2
     assert "--timeout" in capsys.readouterr().err
+
+
+def test_listen_with_an_unusable_state_directory_keeps_the_ids_in_memory(
+    shared_nats: NatsServer, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    listener = Listener(tmp_path, shared_nats, stream="NOSTATE", subject_prefix="nostate")
+    listener.start(LIFECYCLE_NATS_STATE=str(blocker / "state"))  # listens all the same
+    assert listener.stop() == 0
+    log = listener.log.read_text()
+    assert "state directory cannot be used" in log
+    assert "NotADirectoryError" in log
+    assert "Traceback" not in log
