@@ -27,6 +27,9 @@ process and one asyncio loop, the alternatives alternating round by round:
   2 s timeout on every event; the lag of the last event (when the quick handler saw it,
   when its handlers were done), handling one message at a time (``concurrency=1``, as
   before) and with the default ``concurrency=16``.
+- a broker restart (issue 15): 100 publishers in this process lose the broker together
+  (SIGKILL), it is back 3 s later; when each stores an event again, with the reconnect
+  waits of before (doubling, no jitter) and the jittered ones.
 - ``--scale``: 10,000 simulated runs, each a heartbeat a second, published through the
   adapter by child processes (4, each with its share of the runs), consumed by one
   ``source`` here for a bounded time;
@@ -69,23 +72,36 @@ if TYPE_CHECKING:
 WINDOW = 256
 
 
-@contextlib.contextmanager
-def nats_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_server(port: int, directory: str) -> subprocess.Popen[bytes]:
+    """``nats-server -js`` on ``port`` with its store in ``directory``, once it is ready."""
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    log = Path(directory) / "nats.log"
+    offset = log.stat().st_size if log.exists() else 0
+    process = subprocess.Popen(
+        [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", directory, "-l", str(log)]
+    )
+    deadline = time.monotonic() + 20
+    while not (log.exists() and b"Server is ready" in log.read_bytes()[offset:]):
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError(f"nats-server did not start: {log}")
+        time.sleep(0.01)
+    return process
+
+
+@contextlib.contextmanager
+def nats_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
     with tempfile.TemporaryDirectory() as directory:
-        log = Path(directory) / "nats.log"
-        process = subprocess.Popen(
-            [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", directory, "-l", str(log)]
-        )
+        process = start_server(port, directory)
         try:
-            deadline = time.monotonic() + 20
-            while not (log.exists() and b"Server is ready" in log.read_bytes()):
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"nats-server did not start: {log}")
-                time.sleep(0.01)
             yield f"nats://127.0.0.1:{port}", process
         finally:
             process.terminate()
@@ -359,6 +375,74 @@ async def hanging_lag(url: str, concurrency: int, spool: Path, state: Path) -> d
     }
 
 
+# -- a broker restart: do the publishers come back together? (issue 15) ------------------
+
+
+def _lock_step_waits(longest: float, rng: Any = None) -> Iterator[float]:
+    """The reconnect waits before issue 15: doubling from 50 ms, no jitter."""
+    wait = 0.05
+    while True:
+        yield wait
+        wait = min(wait * 2, longest)
+
+
+async def reconnect_burst(count: int, jitter: bool, down: float, work: Path) -> dict[str, Any]:
+    """``count`` publishers (one process, each its own connection) lose the broker at once
+    (SIGKILL); it is back ``down`` seconds later. When does each store an event again?
+
+    Returns the spread of those times after the server is back, and the most that fell
+    within one 100 ms window; ``jitter=False`` runs the waits of before (lock-step).
+    """
+    import lifecycle_nats
+    from lifecycle_nats import _publisher
+
+    jittered = _publisher.reconnect_waits
+    if not jitter:
+        _publisher.reconnect_waits = _lock_step_waits
+    port = free_port()
+    directory = tempfile.mkdtemp(dir=work)
+    server = start_server(port, directory)
+    url = f"nats://127.0.0.1:{port}"
+    publishers = [
+        lifecycle_nats.Publisher(
+            servers=url, stream="BURST", subject_prefix="burst", spool_dir=work / "spool-burst"
+        )
+        for _ in range(count)
+    ]
+    try:
+        for publisher in publishers:
+            publisher.start()
+        await asyncio.gather(*(p.publish(events(1, "burst")[0]) for p in publishers))
+        server.kill()
+        server.wait()
+        stored: list[float] = []
+        entries = []
+        for publisher in publishers:
+            message = _publisher.message_for(events(1, "burst")[0], "burst")
+            entry = publisher.submit(message)
+            publisher.waiter(entry).add_done_callback(lambda _: stored.append(time.perf_counter()))
+            entries.append((publisher, entry))
+        await asyncio.sleep(down)
+        server = await asyncio.to_thread(start_server, port, directory)
+        back = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(p.wait(entry) for p, entry in entries)), down + 30)
+    finally:
+        _publisher.reconnect_waits = jittered
+        for publisher in publishers:
+            await publisher.aclose()
+        server.kill()
+        server.wait()
+    after = sorted(t - back for t in stored)
+    busiest = max(sum(1 for u in after if t <= u < t + 0.1) for t in after)
+    return {
+        "publishers": count,
+        "first_s": round(after[0], 3),
+        "median_s": round(statistics.median(after), 3),
+        "last_s": round(after[-1], 3),
+        "most_within_100ms": busiest,
+    }
+
+
 # -- scale -----------------------------------------------------------------------------
 
 SCALE_CHILD = """
@@ -571,6 +655,11 @@ async def run(args: argparse.Namespace, url: str, server_pid: int, work: Path) -
     results["hanging_handler_lag"] = {
         f"concurrency_{n}": await hanging_lag(url, n, work / "spool-lag", work / "state")
         for n in (1, 16)
+    }
+    say("a broker restart with 100 publishers")
+    results["reconnect_after_restart"] = {
+        "lock_step_before": await reconnect_burst(100, False, 3.0, work),
+        "jittered": await reconnect_burst(100, True, 3.0, work),
     }
     if args.scale:
         say(f"scale: {args.scale_runs} runs for {args.scale_seconds:g} s")
