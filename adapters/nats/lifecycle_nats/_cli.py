@@ -174,7 +174,7 @@ async def _listen(config: Config | None) -> int:
                 async def stop_on_signal() -> None:
                     async for signum in signals:
                         structlog.get_logger("lifecycle.nats").info(
-                            "stopping: finishing the message in hand",
+                            "stopping: finishing the messages being handled",
                             signal=signal.Signals(signum).name,
                         )
                         consumer.stop()

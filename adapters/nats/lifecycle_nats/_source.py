@@ -199,7 +199,7 @@ class Source:
 
     Build it with :func:`source`; run it with ``await source.run()`` (or
     ``await task_group.start(source.run)``); :meth:`stop` makes :meth:`run` finish the
-    message in hand, give back the rest of its batch, and return.
+    messages being handled, give back the others in hand, and return.
 
     Attributes:
         handled: events emitted on the bus.
@@ -279,7 +279,7 @@ class Source:
         return self.labels <= event.environment.labels
 
     def stop(self) -> None:
-        """Finish the message in hand, give back the rest of the batch, and return from run()."""
+        """Finish the messages being handled, give back the others in hand, return from run()."""
         self._stopping = True
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
