@@ -123,6 +123,15 @@ async def test_a_redelivered_event_id_is_handled_once(
         assert running.source.duplicates == 1
 
 
+async def ack_pending(server: NatsServer, stream: str, durable: str) -> int:
+    client = await nats.connect(server.url)
+    try:
+        info = await client.jetstream().consumer_info(stream, durable)
+        return int(info.num_ack_pending)
+    finally:
+        await client.close()
+
+
 async def test_a_hanging_handler_holds_up_only_its_own_run(
     shared_nats: NatsServer, tmp_path: Path
 ) -> None:
@@ -154,6 +163,10 @@ async def test_a_hanging_handler_holds_up_only_its_own_run(
             handled_ids = {e.event_id for e in received.events}
             assert handled_ids == {e.event_id for e in (stuck[0], *others)}
             assert stuck[1] not in received.events
+            # The others are acknowledged as they finish: only stuck's two stay pending.
+            with anyio.fail_after(10):
+                while await ack_pending(shared_nats, "HANG", "hang") != len(stuck):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)  # the server's count: nothing to wait on but it
         finally:
             release.set()
         await received.wait(len(stuck) + len(others))
