@@ -93,7 +93,7 @@ async def test_deadlines_of_finished_groups_do_not_pile_up() -> None:
     for _ in range(500):
         report = await bus.emit(event)
         assert report.ok
-    deadlines = bus._deadlines
+    deadlines = bus._backend.deadlines  # type: ignore[union-attr]
     assert deadlines is not None
     assert deadlines.live == 0
     assert len(deadlines.entries) <= 2 * 64
