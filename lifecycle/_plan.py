@@ -57,7 +57,7 @@ def _order(sub: Subscription) -> tuple[int, int]:
     return (sub.order, sub.sequence)
 
 
-TimeoutBuckets = tuple[tuple["float | None", tuple[int, ...]], ...]
+TimeoutBuckets = tuple[tuple[float | None, tuple[int, ...]], ...]
 """Handlers by timeout: ``(timeout, indexes of the handlers)`` pairs."""
 
 

@@ -204,19 +204,27 @@ class _Waiting(Timed):
 class _BackgroundBatch(Timed):
     """The background handlers one emit started, while some of them have a deadline."""
 
-    __slots__ = ("backend", "pending")
+    __slots__ = ("backend", "buckets", "pending")
 
     def __init__(self, backend: AsyncioBackend) -> None:
         self.closed = False
         self.deadlines = 0
         self.backend = backend
         self.pending = 0  # its handlers still in the background table
+        self.buckets: list[list[asyncio.Future[Any]]] = []  # its futures in Deadlines
 
     def release(self) -> None:
         """One of its handlers left the table (it finished, or the bus gave it up)."""
         self.pending -= 1
         if self.pending <= 0 and not self.closed:
-            self.backend.deadlines.close(self)
+            self.close()
+
+    def close(self) -> None:
+        self.backend.deadlines.close(self)
+        # Its entries may stay in the deadline heap a while: they must not hold the
+        # futures, nor what their results and exceptions hold.
+        for bucket in self.buckets:
+            bucket.clear()
 
     def expire(self, futures: list[asyncio.Future[Any]]) -> None:
         background = self.backend.background
@@ -231,7 +239,7 @@ class _BackgroundBatch(Timed):
             background.finished(result_of(sub, event, future, perf_counter() - started, True))
         futures.clear()
         if self.pending <= 0 and not self.closed:
-            self.backend.deadlines.close(self)
+            self.close()
 
 
 def _finished(
@@ -403,6 +411,8 @@ class AsyncioBackend:
                 batch = _BackgroundBatch(self)
                 break
         futures: list[asyncio.Future[Any]] = []
+        finished = 0
+        done = self._background_done
         for sub in subs:
             future = (
                 start_task(loop, sub.call(event))
@@ -412,19 +422,26 @@ class AsyncioBackend:
             futures.append(future)
             if future.done():  # an eager task that never suspended
                 table[future] = (sub, event, started, None)
-                self._background_done(future)
+                done(future)
+                finished += 1
                 continue
             table[future] = (sub, event, started, batch)
-            future.add_done_callback(self._background_done)
-            if batch is not None:
-                batch.pending += 1
-        if batch is not None and batch.pending:
-            now = loop.time()
-            deadlines = self.deadlines
-            for timeout, indexes in timeouts:
-                if timeout is not None:
-                    bucket = [futures[i] for i in indexes if not futures[i].done()]
-                    if bucket:
+            future.add_done_callback(done)
+        if batch is not None:
+            batch.pending = len(futures) - finished
+            if batch.pending:
+                now = loop.time()
+                deadlines = self.deadlines
+                first = timeouts[0][0]
+                if first is not None and len(timeouts) == 1:
+                    # One timeout for all of them, the common case: no list to build.
+                    batch.buckets.append(futures)
+                    deadlines.add(now + first, batch, futures)
+                    return
+                for timeout, indexes in timeouts:
+                    if timeout is not None:
+                        bucket = [futures[index] for index in indexes]
+                        batch.buckets.append(bucket)
                         deadlines.add(now + timeout, batch, bucket)
 
     def _background_done(self, future: asyncio.Future[Any]) -> None:
