@@ -385,8 +385,8 @@ class EventBus:
         token = _depth.set(depth + 1)
         if selection.inline_only:
             try:
-                for group in selection.inline_only:
-                    run_inline_group(group.subs, group.calls, event, parts)  # type: ignore[arg-type]
+                for subs, calls in selection.inline_only:
+                    run_inline_group(subs, calls, event, parts)
             finally:
                 _depth.reset(token)
             return self._reported(event, parts, selection, started)
@@ -401,9 +401,9 @@ class EventBus:
                 else:
                     await self._start_background_waiting(backend, background, event)
             for group in selection.steps:
-                calls = group.calls
-                if calls is not None:
-                    run_inline_group(group.subs, calls, event, parts)
+                inline_calls = group.calls
+                if inline_calls is not None:
+                    run_inline_group(group.subs, inline_calls, event, parts)
                 else:
                     await backend.run_group(group, event, parts)
         finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
@@ -257,6 +256,8 @@ class Event:
         }
 
     def to_json(self) -> str:
+        import json  # here: a wrapped job's start-up never needs it
+
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
 
     @classmethod
@@ -292,4 +293,6 @@ class Event:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Event:
+        import json
+
         return cls.from_dict(json.loads(text))

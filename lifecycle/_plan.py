@@ -125,11 +125,15 @@ class Selection:
         self.background = tuple(background)
         self.background_names = tuple(sub.name for sub in background)
         self.background_timeouts = timeout_buckets(self.background)
-        # When every handler is inline, the steps again: the emit then needs no loop, no
-        # task and no await. Empty otherwise.
-        self.inline_only: tuple[Group, ...] = ()
+        # When every handler is inline, the steps again, as (subscriptions, calls): the
+        # emit then needs no loop, no task and no await. Empty otherwise.
+        self.inline_only: tuple[
+            tuple[tuple[Subscription, ...], tuple[Callable[[Event], Any], ...]], ...
+        ] = ()
         if not background and all(group.calls is not None for group in self.steps):
-            self.inline_only = self.steps
+            self.inline_only = tuple(
+                (group.subs, group.calls) for group in self.steps if group.calls is not None
+            )
 
 
 class Plan:
