@@ -145,11 +145,21 @@ def child_setup(parent: int) -> Callable[[], None] | None:
     ]
 
     def setup() -> None:
-        prctl(1, death, 0, 0, 0)  # PR_SET_PDEATHSIG
+        # An exception here would fail the start of the command (SubprocessError), which
+        # the shim does not do either: without the death signal, the command still runs.
+        # Plain try/except: in the child there is no log to write to, and suppress() would
+        # be one more object to make.
+        try:  # noqa: SIM105
+            prctl(1, death, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except Exception:  # noqa: S110
+            pass
         if getppid() != parent:
             kill(getpid(), kill_signal)  # the wrapper died before prctl: go with it
         for signum in restored:
-            sigaction(signum, default)
+            try:  # noqa: SIM105
+                sigaction(signum, default)
+            except (OSError, ValueError):
+                pass
 
     return setup
 
