@@ -28,6 +28,11 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+pytest.importorskip(
+    "lifecycle_prefect",
+    reason="lifecycle-prefect is not installed: uv sync --all-packages --group prefect",
+)
+
 # The first test also waits for the Prefect server to start (about 15 s on an idle machine).
 pytestmark = pytest.mark.timeout(120)
 
