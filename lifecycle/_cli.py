@@ -34,6 +34,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._console import escape, log_to_stderr, render, write_line
 from ._exceptions import ConfigError
+from .plugins import (
+    ADAPTER_GROUP,
+    COMMAND_GROUP,
+    _command_points,
+    _commands_by_distribution,
+    _install_hint,
+    installed_adapters,
+)
 
 # Everything else is imported where it is used: a cron wrapper's start-up is mostly imports,
 # and ``lifecycle run -- CMD`` with no configuration needs neither importlib.metadata (an
@@ -46,44 +54,26 @@ if TYPE_CHECKING:
     from ._bus import EventBus
     from ._config import Config
     from ._event import Event
+    from ._quiet import Quiet
+    from .plugins import Command
 
 __all__ = ["main"]
 
 STATUS_WRAPPER_FAILED = 125
 """``lifecycle run`` could not run the command at all (options, configuration, abort)."""
 
-ENTRY_POINT_GROUP = "lifecycle.adapters"
-
-COMMAND_GROUP = "lifecycle.commands"
-"""Entry-point group of subcommands that other packages add (``lifecycle listen``, ...).
-
-Each entry point names a callable ``command(argv: list[str]) -> int`` that parses its own
-arguments (``argv`` excludes the subcommand's name) and returns the exit status. It is called
-with the working directory on ``sys.path``, so ``module:function`` handlers import from there. A short
-``help`` attribute on it, if any, is shown in ``lifecycle --help``. A ``check`` attribute, if
-any, is ``check(config: Config) -> list[str]``: ``lifecycle check`` calls it on a configuration
-that has the command's table (``[listen]``), and it returns readable lines about the table or
-raises :exc:`ConfigError` naming the file, key and value. It must not connect anywhere.
-"""
-
 _BUILTIN_COMMANDS = frozenset({"run", "check", "adapters"})
-
-_COMMAND_PACKAGES = {
-    "listen": "lifecycle-nats",
-    "flush": "lifecycle-nats",
-    "watch": "lifecycle-watchdog",
-    "runs": "lifecycle-watchdog",
-}
-"""Where the subcommands that the core does not ship come from, to say what to install."""
 
 _RUN_EPILOG = """\
 exit status: the command's own; 124 when it outlived --timeout; 125 when lifecycle
 itself failed (bad options or configuration, or a critical starting handler aborted
 the run); 126 not executable; 127 not found; 128+n when it died of signal n.
 
-Without --config, lifecycle.toml (or [tool.lifecycle] in pyproject.toml) in the
-current directory is used (handler modules are imported from there too); with no
-configuration at all, run events are logged to stderr. SIGTERM, SIGINT and SIGHUP
+Without --config: the file $LIFECYCLE_CONFIG names, else lifecycle.toml (or
+[tool.lifecycle] in pyproject.toml) in the current directory, else lifecycle.toml in
+the user's configuration directory (~/.config/lifecycle/), else in the system's
+(/etc/xdg/lifecycle/); handler modules are imported from the current directory. With
+no configuration at all, run events are logged to stderr. SIGTERM, SIGINT and SIGHUP
 are forwarded to the command, which is killed if it is still alive --grace seconds
 later.
 """
@@ -129,8 +119,7 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
     parser = _Parser(
         prog="lifecycle",
         description="Reliable lifecycle events for jobs: wrap a command, check a "
-        "configuration. Installed packages add commands (lifecycle-nats: listen, flush; "
-        "lifecycle-watchdog: watch, runs).",
+        f"configuration. Installed packages add commands ({_commands_by_distribution()}).",
         # A mistyped ``lifecycle rnu -- job`` in a cron line must not look like the job's 2.
         error_status=STATUS_WRAPPER_FAILED,
     )
@@ -185,6 +174,13 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
         action="store_true",
         help="let the command write straight to this terminal (no output tail on exited)",
     )
+    run.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print nothing if the run succeeds; otherwise print everything, the command's "
+        "output included (for cron; also [run] quiet = true in the configuration)",
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     run.set_defaults(handler=_run)
 
@@ -202,7 +198,7 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
     adapters = commands.add_parser(
         "adapters",
         help="list the installed adapters",
-        description=f"List the adapters installed in the entry-point group {ENTRY_POINT_GROUP}.",
+        description=f"List the adapters installed in the entry-point group {ADAPTER_GROUP}.",
         epilog="exit status: 0; 2 on a usage mistake.",
     )
     adapters.set_defaults(handler=_adapters)
@@ -212,13 +208,9 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
 
 
 def _plugin_commands() -> dict[str, EntryPoint]:
-    from importlib.metadata import entry_points
-
-    found: dict[str, EntryPoint] = {}
-    for point in entry_points(group=COMMAND_GROUP):
-        if point.name not in _BUILTIN_COMMANDS:
-            found.setdefault(point.name, point)
-    return found
+    """The installed commands of :data:`~lifecycle.plugins.COMMAND_GROUP`, less built-in names."""
+    points = _command_points()
+    return {name: point for name, point in points.items() if name not in _BUILTIN_COMMANDS}
 
 
 def _command_help(point: EntryPoint) -> str:
@@ -250,10 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         plugins = _plugin_commands()
         if argv and argv[0] in plugins:
             return _run_plugin(argv[0], plugins[argv[0]], argv[1:])
-        if argv and argv[0] in _COMMAND_PACKAGES:
+        provider = _install_hint(COMMAND_GROUP, argv[0]) if argv else None
+        if provider is not None:
             _say(
-                f"error: 'lifecycle {argv[0]}' comes with the {_COMMAND_PACKAGES[argv[0]]} "
-                f"package, which is not installed (pip install {_COMMAND_PACKAGES[argv[0]]})"
+                f"error: 'lifecycle {argv[0]}' comes with the {provider} "
+                f"package, which is not installed (pip install {provider})"
             )
             return STATUS_WRAPPER_FAILED
     parser, subcommands = _parser(plugins)
@@ -272,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_plugin(name: str, point: EntryPoint, argv: list[str]) -> int:
     try:
-        command: Callable[[list[str]], int] = point.load()
+        command: Command = point.load()
     except ImportError as exc:
         _say(f"error: 'lifecycle {name}' ({point.value}) cannot be loaded: {exc}")
         return STATUS_WRAPPER_FAILED
@@ -282,8 +275,12 @@ def _run_plugin(name: str, point: EntryPoint, argv: list[str]) -> int:
 
 
 def _say(message: str) -> None:
-    # Messages quote commands, names and configuration values: escape them.
-    write_line(f"lifecycle: {escape(message)}")
+    from ._logging import say
+
+    # In the shape of the log lines when an adapter asked for one (JSON): one stream.
+    if not say(message):
+        # Messages quote commands, names and configuration values: escape them.
+        write_line(f"lifecycle: {escape(message)}")
 
 
 # -- lifecycle run -----------------------------------------------------------------
@@ -304,11 +301,19 @@ def _run(args: argparse.Namespace) -> int:
     _log_to_stderr()
     import anyio
 
-    status: int = anyio.run(_run_async, args, command, config)
+    if not (args.quiet or (config is not None and config.quiet)):
+        status: int = anyio.run(_run_async, args, command, config)
+        return status
+    from ._quiet import Quiet
+
+    with Quiet() as quiet:
+        status = anyio.run(_run_async, args, command, config, quiet)
     return status
 
 
-async def _run_async(args: argparse.Namespace, command: list[str], config: Config | None) -> int:
+async def _run_async(
+    args: argparse.Namespace, command: list[str], config: Config | None, quiet: Quiet | None = None
+) -> int:
     from ._bus import EventBus
     from ._exceptions import StartAborted
     from ._subprocess import SubprocessEnvironment
@@ -336,6 +341,8 @@ async def _run_async(args: argparse.Namespace, command: list[str], config: Confi
         except StartAborted as exc:
             _say(f"error: {exc}")
             return STATUS_WRAPPER_FAILED
+        if quiet is not None:
+            quiet.succeeded = result.outcome.value == "succeeded"
         if result.error is not None:
             _say(f"{command[0]}: {result.describe()}")
         return result.exit_status
@@ -367,13 +374,25 @@ def _load_config(path: Path | None) -> Config | None:
 
 
 def _may_have_config(directory: Path) -> bool:
-    """False when :func:`~lifecycle.find_config` would surely find nothing in ``directory``."""
-    if (directory / "lifecycle.toml").is_file():
+    """False when :func:`~lifecycle.find_config` would surely find nothing from ``directory``."""
+    if os.environ.get("LIFECYCLE_CONFIG") or (directory / "lifecycle.toml").is_file():
         return True
     try:
-        return "lifecycle" in (directory / "pyproject.toml").read_text(encoding="utf-8")
+        if "lifecycle" in (directory / "pyproject.toml").read_text(encoding="utf-8"):
+            return True
     except (OSError, UnicodeDecodeError):
-        return False
+        pass
+    if sys.platform != "linux":
+        return True  # platformdirs knows where the configuration directories are there
+    # platformdirs' XDG directories on Linux, looked at without importing it and the
+    # configuration module (a good part of a short run's start-up).
+    user = os.environ.get("XDG_CONFIG_HOME", "").strip() or os.path.expanduser("~/.config")
+    system = os.environ.get("XDG_CONFIG_DIRS", "").strip() or "/etc/xdg"
+    return any(
+        os.path.isfile(os.path.join(d, "lifecycle", "lifecycle.toml"))
+        for d in [user, *system.split(os.pathsep)]
+        if d
+    )
 
 
 def _log_to_stderr() -> None:
@@ -449,21 +468,25 @@ def _attach_default(bus: EventBus) -> _ConsoleLog:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ._config import find_config, load_config
+    from ._config import config_dirs, load_config, locate_config
 
     _import_from_cwd()
     path: Path | None = args.config
-    if path is None:
-        path = find_config()
-        if path is None:
-            # Not a mistake: ``lifecycle run`` works here too, with its default logging.
-            _print(
-                f"no configuration in {Path.cwd()} (looked for lifecycle.toml, and a "
-                "[tool.lifecycle] table in pyproject.toml); lifecycle run would attach the "
-                "default console logger (one line per starting and exited event, on stderr)"
-            )
-            return 0
+    where = "given with --config"
     try:
+        if path is None:
+            located = locate_config()
+            if located is None:
+                # Not a mistake: ``lifecycle run`` works here too, with its default logging.
+                looked = ", ".join(str(d / "lifecycle.toml") for d in config_dirs())
+                _print(
+                    f"no configuration in {Path.cwd()} (looked for lifecycle.toml, and a "
+                    "[tool.lifecycle] table in pyproject.toml), none named by "
+                    f"$LIFECYCLE_CONFIG, and no {looked}; lifecycle run would attach the "
+                    "default console logger (one line per starting and exited event, on stderr)"
+                )
+                return 0
+            path, where = located
         config = load_config(path)
         # Attach for real, to a bus that never emits: an adapter refusing its options
         # shows here, not at the first run.
@@ -476,6 +499,9 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     lines = config.describe()
     _print(f"{path}: ok, {len(lines)} to attach" + (":" if lines else ""))
+    _print(f"  the configuration used here, {where}")
+    if config.quiet:
+        _print("  [run]: quiet (lifecycle run prints nothing for a run that succeeds)")
     for line in lines:
         _print(f"  {line}")
     for name, found in tables.items():
@@ -529,11 +555,9 @@ async def _attach_and_detach(config: Config) -> None:
 
 
 def _adapters(args: argparse.Namespace) -> int:
-    from ._config import installed_adapters
-
     found = installed_adapters()
     if not found:
-        print(f"no adapters installed (entry-point group {ENTRY_POINT_GROUP})")
+        print(f"no adapters installed (entry-point group {ADAPTER_GROUP})")
         return 0
     width = max(len(name) for name in found)
     for name, adapter in found.items():

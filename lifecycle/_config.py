@@ -15,7 +15,7 @@ A ``lifecycle.toml`` (or the ``[tool.lifecycle]`` table of a ``pyproject.toml``)
 
 A top-level table named after an installed ``lifecycle`` command (``[listen]`` for
 ``lifecycle listen`` from lifecycle-nats) is kept, expanded, in :attr:`Config.tables` for
-that command to validate.
+that command to validate; ``[run]`` holds ``lifecycle run``'s own (``quiet = true``).
 
 ``${NAME}`` in any string is replaced by the environment variable ``NAME`` (``${NAME:-x}``
 falls back to ``x``; ``$$`` is a literal ``$``). Loading checks everything it can without
@@ -33,52 +33,34 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from ._event import EXITED, HEARTBEAT, MISSED, OVERDUE, RECOVERED, STARTING
 from ._exceptions import ConfigError
-from ._handle import Handle
+from ._redact import redact_urls
+from .plugins import (
+    ADAPTER_GROUP,
+    Attach,
+    Attachment,
+    _adapter_points,
+    _command_points,
+    _install_hint,
+)
 
 # importlib.metadata and tomllib are imported where they are used: ``lifecycle run`` with no
 # configuration needs neither, and they are a good part of its start-up.
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from importlib.metadata import EntryPoint
     from types import ModuleType
 
     from ._bus import EventBus
 
-__all__ = [
-    "ENTRY_POINT_GROUP",
-    "AdapterSpec",
-    "Attachment",
-    "Config",
-    "HandlerSpec",
-    "InstalledAdapter",
-    "find_config",
-    "installed_adapters",
-    "load_config",
-]
+__all__ = ["AdapterSpec", "Config", "HandlerSpec", "find_config", "load_config"]
 
-ENTRY_POINT_GROUP = "lifecycle.adapters"
-"""The entry-point group in which adapters register their ``attach(bus, **options)``.
-
-An ``attach`` may carry a ``check(bus, **options)`` attribute: ``lifecycle check`` calls it
-instead of attaching, for an adapter whose attach has effects a check must not have (binding
-the port that the running job itself holds). It raises as ``attach`` does.
-"""
-COMMAND_GROUP = "lifecycle.commands"
-"""The entry-point group of added ``lifecycle`` subcommands; each may have its own table."""
-
-# Adapters of this project, so that a missing one can be named with its distribution.
-_KNOWN_ADAPTERS = {
-    "prometheus": "lifecycle-prometheus",
-    "structlog": "lifecycle-structlog",
-    "webhook": "lifecycle-webhook",
-}
 _TOP_KEYS = frozenset({"adapters", "handlers"})
 _ADAPTER_KEYS = frozenset({"name", "options"})
+_RUN_KEYS = frozenset({"quiet"})
 _HANDLER_KEYS = frozenset(
     {"target", "signal", "timeout", "background", "critical", "labels", "order", "inline", "name"}
 )
@@ -88,92 +70,6 @@ _ENVIRONMENT_SIGNALS = (STARTING, EXITED, HEARTBEAT, MISSED, OVERDUE, RECOVERED)
 _MIN_SECRET = 4
 _SECRET_WORDS = ("auth", "key", "password", "secret", "token", "header", "cookie")
 _VARIABLE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
-
-
-class Attachment(Handle):
-    """Adapters and handlers attached to a bus; :meth:`detach` (or leaving ``with``) removes them.
-
-    Adapters may use it as their handle: ``add`` takes anything with ``detach()``,
-    ``unsubscribe()`` or ``disconnect()`` (a subscription, a result hook), or a callable.
-
-    .. versionadded:: 0.1
-    """
-
-    def __init__(self) -> None:
-        self._undo: list[Callable[[], Any]] = []
-        self.detached = False
-
-    def add(self, part: Any) -> None:
-        """Remember ``part`` to undo at :meth:`detach`."""
-        for method in ("detach", "unsubscribe", "disconnect"):
-            undo = getattr(part, method, None)
-            if callable(undo):
-                self._undo.append(undo)
-                return
-        if callable(part):
-            self._undo.append(part)
-            return
-        raise TypeError(
-            f"cannot attach {part!r}: expected an object with detach(), unsubscribe() or "
-            "disconnect(), or a callable"
-        )
-
-    def detach(self) -> None:
-        """Undo everything, last attached first. Detaching twice is harmless.
-
-        Every part is detached even if one raises; the first error is raised after.
-        """
-        if self.detached:
-            return
-        self.detached = True
-        error: Exception | None = None
-        while self._undo:
-            try:
-                self._undo.pop()()
-            except Exception as exc:
-                error = error or exc
-        if error is not None:
-            raise error
-
-    def _release(self) -> None:
-        self.detach()
-
-
-class InstalledAdapter(NamedTuple):
-    """An adapter found in the ``lifecycle.adapters`` entry-point group."""
-
-    distribution: str | None
-    version: str | None
-    value: str
-
-
-def installed_adapters() -> dict[str, InstalledAdapter]:
-    """The installed adapters by name, sorted: distribution, version and entry-point value."""
-    found: dict[str, InstalledAdapter] = {}
-    for point in _entry_points():
-        dist = getattr(point, "dist", None)
-        found.setdefault(
-            point.name,
-            InstalledAdapter(
-                dist.metadata["Name"] if dist is not None else None,
-                dist.version if dist is not None else None,
-                point.value,
-            ),
-        )
-    return dict(sorted(found.items()))
-
-
-def _entry_points() -> tuple[EntryPoint, ...]:
-    from importlib.metadata import entry_points
-
-    return tuple(entry_points(group=ENTRY_POINT_GROUP))
-
-
-def _command_names() -> list[str]:
-    """The installed ``lifecycle`` subcommands (only looked up for an unknown top-level key)."""
-    from importlib.metadata import entry_points
-
-    return sorted({point.name for point in entry_points(group=COMMAND_GROUP)})
 
 
 def _toml() -> ModuleType:
@@ -191,7 +87,7 @@ class AdapterSpec:
 
     name: str
     key: str
-    attach: Callable[..., Any] = field(repr=False)
+    attach: Attach = field(repr=False)
     options: Mapping[str, Any] = field(repr=False)
     shown_options: Mapping[str, Any]
     """The options as written (``${NAME}`` unexpanded, secrets masked), for display."""
@@ -232,6 +128,11 @@ class Config:
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Top-level tables of installed commands (``[listen]`` for ``lifecycle listen``),
     ``${NAME}`` expanded; each command validates its own.
+
+    .. versionadded:: 0.2"""
+    quiet: bool = False
+    """``[run] quiet = true``: ``lifecycle run`` shows its output only when a run did not
+    succeed, as ``--quiet`` does.
 
     .. versionadded:: 0.2"""
 
@@ -328,13 +229,60 @@ class Config:
         return redact_urls(text)
 
 
-def find_config(directory: Path | None = None) -> Path | None:
-    """The configuration file for ``directory`` (default: the current one), or ``None``.
+CONFIG_ENV = "LIFECYCLE_CONFIG"
+"""The environment variable that names the configuration file, before any search."""
 
-    ``lifecycle.toml`` wins; otherwise a ``pyproject.toml`` that has a ``[tool.lifecycle]``
-    table. Only ``directory`` itself is searched, not its parents.
+
+def find_config(directory: Path | None = None) -> Path | None:
+    """The configuration file to use, or ``None``.
+
+    With a ``directory``, only that directory is searched: its ``lifecycle.toml`` wins,
+    otherwise a ``pyproject.toml`` that has a ``[tool.lifecycle]`` table (not its parents).
+    Without one, the file named by ``$LIFECYCLE_CONFIG``, then the working directory, then
+    ``lifecycle.toml`` in the user's configuration directory (``~/.config/lifecycle/`` on
+    Linux), then in the system's (``/etc/xdg/lifecycle/``), as platformdirs names them: a
+    cron job runs in ``$HOME``, not in its project. A file ``$LIFECYCLE_CONFIG`` names is
+    returned even if it is not there: loading it says so.
+
+    .. versionchanged:: 0.2 ``$LIFECYCLE_CONFIG``, the user's and the system's directories.
     """
-    directory = Path.cwd() if directory is None else Path(directory)
+    found = locate_config() if directory is None else _find_in(Path(directory))
+    return None if found is None else found[0]
+
+
+def locate_config() -> tuple[Path, str] | None:
+    """The configuration file :func:`find_config` uses, and where it was found, for people."""
+    named = os.environ.get(CONFIG_ENV, "")
+    if named:
+        return Path(named).expanduser(), f"named by ${CONFIG_ENV}"
+    found = _find_in(Path.cwd())
+    if found is not None:
+        return found
+    user, *system = config_dirs()
+    for directory, where in [(user, "the user's"), *((d, "the system's") for d in system)]:
+        candidate = directory / "lifecycle.toml"
+        if candidate.is_file():
+            return candidate, f"in {where} configuration directory"
+    return None
+
+
+def config_dirs() -> list[Path]:
+    """Where a configuration is looked for after the working directory: the user's
+    configuration directory for ``lifecycle``, then the system's, as platformdirs names them.
+    """
+    import platformdirs
+
+    dirs = platformdirs.PlatformDirs("lifecycle", appauthor=False, multipath=True)
+    system = [Path(d) for d in dirs.site_config_dir.split(os.pathsep) if d]
+    return [Path(dirs.user_config_dir), *system]
+
+
+def _find_in(directory: Path) -> tuple[Path, str] | None:
+    found = _find_in_directory(directory)
+    return None if found is None else (found, "in the working directory")
+
+
+def _find_in_directory(directory: Path) -> Path | None:
     candidate = directory / "lifecycle.toml"
     if candidate.is_file():
         return candidate
@@ -374,7 +322,11 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(shown, None, f"cannot read the file: {exc.strerror or exc}") from None
+        named = os.environ.get(CONFIG_ENV, "")
+        source = f" (named by ${CONFIG_ENV})" if named and Path(named).expanduser() == file else ""
+        raise ConfigError(
+            shown, None, f"cannot read the file{source}: {exc.strerror or exc}"
+        ) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(shown, None, f"the file is not UTF-8 text: {exc.reason}") from None
     tomllib = _toml()
@@ -407,15 +359,20 @@ class _Loader:
 
     def load(self, data: dict[str, Any]) -> Config:
         tables: dict[str, Mapping[str, Any]] = {}
+        quiet = False
         for key, value in data.items():
             if key in _TOP_KEYS:
                 continue
+            if key == "run":  # lifecycle run's own table, as [listen] is lifecycle listen's
+                quiet = self.run_table(value)
+                continue
             # A package that adds ``lifecycle <command>`` may read a table of that name.
-            commands = _command_names()
+            commands = sorted(_command_points())
             if key not in commands:
                 also = f", or the table of an installed command ({', '.join(commands)})"
                 raise self.error(
-                    key, "unknown key; expected adapters or handlers" + (also if commands else "")
+                    key,
+                    "unknown key; expected adapters, handlers or run" + (also if commands else ""),
                 )
             if not isinstance(value, dict):
                 raise self.error(key, f"must be a table ([{self.prefix}{key}])", value)
@@ -428,7 +385,14 @@ class _Loader:
             self.handler(f"handlers[{i}]", entry)
             for i, entry in enumerate(self.array(data, "handlers"))
         ]
-        return Config(self.file, adapters, handlers, self.secrets, tables)
+        return Config(self.file, adapters, handlers, self.secrets, tables, quiet=quiet)
+
+    def run_table(self, value: Any) -> bool:
+        """``[run]``: its ``quiet``."""
+        if not isinstance(value, dict):
+            raise self.error("run", f"must be a table ([{self.prefix}run])", value)
+        self.check_keys("run", value, _RUN_KEYS)
+        return self.boolean("run", value, "quiet")
 
     def array(self, data: dict[str, Any], key: str) -> list[dict[str, Any]]:
         entries = data.get(key, [])
@@ -501,13 +465,12 @@ class _Loader:
                 f"{key}.options", "must be a table of the adapter's options", raw_options
             )
         options = self.expand(f"{key}.options", raw_options)
-        points = {point.name: point for point in _entry_points()}
+        points = {point.name: point for point in _adapter_points()}
         point = points.get(name)
         if point is None:
             installed = ", ".join(sorted(points)) or "none"
-            hint = ""
-            if name in _KNOWN_ADAPTERS:
-                hint = f"; install it with: pip install {_KNOWN_ADAPTERS[name]}"
+            provider = _install_hint(ADAPTER_GROUP, name)
+            hint = f"; install it with: pip install {provider}" if provider else ""
             raise self.error(
                 f"{key}.name",
                 f"no adapter named {name!r} is installed{hint} (installed adapters: {installed})",
@@ -523,7 +486,7 @@ class _Loader:
                 f"{key}.name",
                 f"adapter {name!r} ({point.value}) cannot be imported: it needs the package "
                 f"{missing!r}; install it with: pip install "
-                f"{distribution or _KNOWN_ADAPTERS.get(name, missing)}",
+                f"{distribution or _install_hint(ADAPTER_GROUP, name) or missing}",
                 name,
             ) from None
         if not callable(attach):
@@ -669,51 +632,6 @@ def _mask(key: str, value: Any) -> Any:
         return "***"
     # Anywhere in the text, a ${NAME:-default} fallback included.
     return redact_urls(value)
-
-
-def redact_url(url: str) -> str:
-    """``url`` as it may be shown: its scheme, host and port only.
-
-    Anything past them (credentials, path, query, fragment) becomes ``/***``: a Slack-style
-    webhook carries its secret in the path, others in the query or the userinfo. An
-    adapter that shows where it sends to uses it, so every URL is shown the same way.
-
-    .. versionadded:: 0.2
-    """
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return "***"
-    if not parts.scheme or not host:
-        return "***"
-    shown = f"{parts.scheme}://" + (f"[{host}]" if ":" in host else host)
-    if port is not None:
-        shown += f":{port}"
-    hidden = "@" in parts.netloc or parts.path not in ("", "/") or parts.query or parts.fragment
-    return shown + ("/***" if hidden else "")
-
-
-_OPENING = {")": "(", "]": "[", "}": "{"}
-_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-
-
-def redact_urls(text: str) -> str:
-    """``text`` with every URL in it reduced by :func:`redact_url`."""
-
-    def redact(match: re.Match[str]) -> str:
-        url = match.group()
-        kept = url  # less the sentence's punctuation, or the brace of ${NAME:-url}
-        while kept and kept[-1] in ".,:;!?)]}":
-            opening = _OPENING.get(kept[-1])
-            if opening is not None and kept.count(opening) >= kept.count(kept[-1]):
-                break  # its own bracket: ${TOKEN} in the path, say
-            kept = kept[:-1]
-        return redact_url(kept) + url[len(kept) :]
-
-    return _URL.sub(redact, text)
 
 
 def _show(value: Any) -> str:

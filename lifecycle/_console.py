@@ -25,6 +25,12 @@ EVENT_WIDTH = 30
 MULTILINE_KEYS = frozenset({"exception", "stack"})
 """Fields that are tracebacks: their line breaks are kept, other control characters escaped."""
 
+VALUE_LIMIT = 4096
+"""The most characters a log line shows of one value; an event's attribute can be megabytes."""
+
+TRACEBACK_LIMIT = 16384
+"""The most characters a log line shows of a traceback (chained ones run to a few pages)."""
+
 
 def escape(text: str, *, keep_newlines: bool = False) -> str:
     """``text`` with every unprintable character spelled as its Python escape.
@@ -48,13 +54,55 @@ def escape(text: str, *, keep_newlines: bool = False) -> str:
     )
 
 
+def shorten(text: str, limit: int | None = VALUE_LIMIT) -> str:
+    """``text`` cut to at most ``limit`` characters, its middle replaced by a marker.
+
+    The marker says how much was cut (``...[895904 characters cut]...``); the head and the
+    tail are kept, where a traceback has its first frames and its message, and an output
+    tail its last lines. Shortening a shortened text changes nothing. ``None``: no limit.
+
+    .. versionadded:: 0.2
+    """
+    if limit is None or len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    while True:  # the marker's own length depends on the number it shows
+        marker = f"...[{cut} characters cut]..."
+        kept = max(limit - len(marker), 0)
+        if len(text) - kept == cut:
+            break
+        cut = len(text) - kept
+    head = (kept + 1) // 2
+    return text[:head] + marker + text[len(text) - (kept - head) :]
+
+
+def bound_fields(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """A structlog processor: no value of a line longer than :data:`VALUE_LIMIT` characters.
+
+    Longer strings are shortened (tracebacks to :data:`TRACEBACK_LIMIT`), and other values
+    whose ``repr`` is longer become their shortened ``repr``. Place it before a console
+    renderer; the event itself keeps everything.
+    """
+    for key, value in event_dict.items():
+        limit = TRACEBACK_LIMIT if key in MULTILINE_KEYS else VALUE_LIMIT
+        if isinstance(value, str):
+            if len(value) > limit:
+                event_dict[key] = shorten(value, limit)
+        elif isinstance(value, (dict, list, tuple, set, frozenset, bytes)):
+            # Only containers and bytes can be long: numbers and the like are left alone.
+            text = repr(value)
+            if len(text) > limit:
+                event_dict[key] = shorten(text, limit)
+    return event_dict
+
+
 def timestamp() -> str:
     """Now, as the console lines show it: ISO 8601 in UTC (``2026-11-29T11:12:57.216401Z``)."""
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _value(value: Any) -> str:
-    return escape(value if isinstance(value, str) else repr(value))
+    return escape(shorten(value if isinstance(value, str) else repr(value)))
 
 
 def render(level: str, event: str, fields: Mapping[str, Any]) -> str:
@@ -107,7 +155,7 @@ def log_to_stderr() -> None:
         # An exception's message is text from anywhere: escaped, line breaks kept.
         buffer = StringIO()
         structlog.dev.plain_traceback(buffer, exc_info)
-        sio.write(escape(buffer.getvalue(), keep_newlines=True))
+        sio.write(escape(shorten(buffer.getvalue(), TRACEBACK_LIMIT), keep_newlines=True))
 
     def stderr_logger(*_args: Any) -> Any:
         # Looked up at each logger's creation, not once: tests and callers swap sys.stderr.
@@ -120,6 +168,7 @@ def log_to_stderr() -> None:
             structlog.processors.StackInfoRenderer(),
             structlog.dev.set_exc_info,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            bound_fields,
             escape_fields,
             structlog.dev.ConsoleRenderer(colors=False, exception_formatter=plain_traceback),
         ],

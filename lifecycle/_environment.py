@@ -15,7 +15,13 @@ import anyio.to_thread
 
 from ._bus import EventBus
 from ._event import EXITED, STARTING, EnvironmentInfo, ErrorInfo, Event, Outcome
-from ._exceptions import LifecycleError, RunTerminated, RunTimeoutError, StartAborted
+from ._exceptions import (
+    LifecycleError,
+    RunTerminated,
+    RunTimeoutError,
+    StartAborted,
+    Terminated,
+)
 from ._heartbeat import check_interval, heartbeats
 from ._logging import logger
 from ._subscription import Handler, check_timeout, handler_name
@@ -28,18 +34,6 @@ __all__ = ["Environment", "Run"]
 T = TypeVar("T")
 
 Callback = Handler | Iterable[Handler] | None
-
-
-class Terminated(BaseException):
-    """Raised into a run's body by the blocking runner when SIGTERM or SIGINT arrives.
-
-    A ``BaseException`` like ``KeyboardInterrupt``, so ``except Exception`` in user code
-    does not swallow it.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
 
 
 class Run:

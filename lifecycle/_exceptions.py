@@ -148,3 +148,17 @@ class ConfigError(LifecycleError):
         self.file = file
         self.key = key
         self.value = value
+
+
+class Terminated(BaseException):
+    """Raised into a run's body by the blocking runner when SIGTERM or SIGINT arrives.
+
+    Private: the runner turns it into :exc:`RunTerminated` once ``exited`` has gone out.
+    A ``BaseException`` like ``KeyboardInterrupt``, so ``except Exception`` in user code
+    does not swallow it. It lives here, not with the environment that classifies it, so
+    that the runner and the environment need not import each other.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

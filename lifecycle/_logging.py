@@ -3,6 +3,11 @@
 Importing structlog is a good part of a short command's start-up (``lifecycle run -- true``
 logs nothing of its own), so ``logger`` is a stand-in that imports it when a line is
 first logged.
+
+An adapter that renders lines of its own (lifecycle-structlog's ``render="json"``) may
+:func:`route` the library's lines to its logger, so that a log is one stream in one shape:
+a JSON log shipper would drop exactly the warnings an operator needs if they stayed console
+text.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ class _LazyLogger:
         self._logger: Any = None
 
     def __getattr__(self, name: str) -> Any:
+        routed = _routed()
+        if routed is not None:
+            return getattr(routed, name)
         if self._logger is None:
             with _lock:  # worker threads log too
                 if self._logger is None:
@@ -38,6 +46,8 @@ class _LazyLogger:
 
 
 _before_first_use: list[Callable[[], None]] = []
+# (logger, still wanted?): the last one still wanted takes the library's lines.
+_routes: list[tuple[Any, Callable[[], bool]]] = []
 _lock = threading.Lock()
 
 logger: Any = _LazyLogger()
@@ -52,21 +62,79 @@ def before_first_use(hook: Callable[[], None]) -> None:
     hook()
 
 
-def log_failure(result: HandlerResult, **context: Any) -> None:
-    """Log a handler result that is not ``ok``, with its traceback where there is one."""
+def route(target: Any, alive: Callable[[], bool] = lambda: True) -> Callable[[], None]:
+    """Send the library's own lines to the structlog logger ``target`` until undone.
+
+    Returns the function that undoes it. ``alive`` ends the route too once it returns false
+    (an adapter attached to a bus that closed without detaching it). Routes stack: the
+    latest one that is not undone gets the lines.
+    """
+    entry = (target, alive)
+    with _lock:
+        _routes.append(entry)
+
+    def undo() -> None:
+        with _lock:
+            _drop(entry)
+
+    return undo
+
+
+def _drop(entry: tuple[Any, Callable[[], bool]]) -> None:
+    for i in range(len(_routes) - 1, -1, -1):
+        if _routes[i] is entry:
+            del _routes[i]
+            return
+
+
+def _routed() -> Any:
+    """The logger the library's lines go to now, or ``None`` for its own."""
+    while _routes:
+        entry = _routes[-1]
+        if entry[1]():
+            return entry[0]
+        with _lock:
+            _drop(entry)
+    return None
+
+
+def say(message: str) -> bool:
+    """Log one of the wrapper's messages to the routed logger; False when there is none.
+
+    ``lifecycle run`` writes its messages (``error: ...``) as console text, unless a route
+    asks for lines in its shape.
+    """
+    routed = _routed()
+    if routed is None:
+        return False
+    routed.error(message.removeprefix("error: "))
+    return True
+
+
+def result_fields(result: HandlerResult) -> dict[str, Any]:
+    """The fields every log line about one handler result has (lifecycle-structlog's too)."""
     fields: dict[str, Any] = {
         "handler": result.handler,
         "signal": result.signal,
         "run_id": result.run_id,
         "status": result.status.value,
         "duration": round(result.duration, 6),
-        **context,
     }
     if result.background:
         fields["background"] = True
+    return fields
+
+
+def log_failure(result: HandlerResult, **context: Any) -> None:
+    """Log a handler result that is not ``ok``, with its traceback where there is one."""
+    fields = {**result_fields(result), **context}
     if result.exception is not None:
         fields["exc_info"] = result.exception
-        fields["error"] = f"{type(result.exception).__name__}: {result.exception}"
+        # An object, as in the adapters' lines and as ECS and OpenTelemetry expect it.
+        fields["error"] = {
+            "type": type(result.exception).__name__,
+            "message": str(result.exception),
+        }
     message = {
         "error": "handler failed",
         "timeout": "handler timed out",

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from anyio import CancelScope
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._environment import Terminated
-from ._exceptions import RunTerminated
+from ._exceptions import RunTerminated, Terminated
 from ._logging import logger
 
 if TYPE_CHECKING:

@@ -18,6 +18,7 @@ import lifecycle
 import lifecycle._cli
 import lifecycle._config
 from lifecycle._cli import main
+from lifecycle.plugins import COMMAND_GROUP, command
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -471,7 +472,7 @@ def test_a_registered_subcommand_gets_its_arguments_and_sets_the_status(
 ) -> None:
     from importlib.metadata import EntryPoint
 
-    point = EntryPoint(name="echo", value=f"{__name__}:echo_command", group="lifecycle.commands")
+    point = EntryPoint(name="echo", value=f"{__name__}:echo_command", group=COMMAND_GROUP)
     monkeypatch.setattr(lifecycle._cli, "_plugin_commands", lambda: {"echo": point})
     assert main(["echo", "--flag", "x"]) == 7
     assert capsys.readouterr().out == "echo: --flag x\n"
@@ -585,7 +586,13 @@ def test_a_run_without_configuration_imports_no_metadata_toml_or_structlog(
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'job'\n")
     imported = imports_of(tmp_path, "run", "--", "true")
     assert "lifecycle._subprocess" in imported  # it did run
-    for module in ("importlib.metadata", "tomllib", "structlog", "lifecycle._config"):
+    for module in (
+        "importlib.metadata",
+        "tomllib",
+        "structlog",
+        "lifecycle._config",
+        "platformdirs",
+    ):
         assert module not in imported
 
 
@@ -631,7 +638,7 @@ def _check_checked(config: lifecycle.Config) -> list[str]:
     return [f"size {table.get('size', 1)}"]
 
 
-checked_command.check = _check_checked  # type: ignore[attr-defined]
+command(checked_command, check=_check_checked)
 
 
 @pytest.fixture
@@ -640,11 +647,11 @@ def table_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     from importlib.metadata import EntryPoint
 
     points = {
-        name: EntryPoint(name=name, value=f"{__name__}:{name}_command", group="lifecycle.commands")
+        name: EntryPoint(name=name, value=f"{__name__}:{name}_command", group=COMMAND_GROUP)
         for name in ("plain", "checked")
     }
     monkeypatch.setattr(lifecycle._cli, "_plugin_commands", lambda: points)
-    monkeypatch.setattr(lifecycle._config, "_command_names", lambda: sorted(points))
+    monkeypatch.setattr(lifecycle._config, "_command_points", lambda: points)
 
 
 @pytest.mark.usefixtures("table_commands")
@@ -674,9 +681,9 @@ def test_check_names_a_command_that_cannot_be_loaded(
 ) -> None:
     from importlib.metadata import EntryPoint
 
-    point = EntryPoint(name="broken", value="no_such_module_here:main", group="lifecycle.commands")
+    point = EntryPoint(name="broken", value="no_such_module_here:main", group=COMMAND_GROUP)
     monkeypatch.setattr(lifecycle._cli, "_plugin_commands", lambda: {"broken": point})
-    monkeypatch.setattr(lifecycle._config, "_command_names", lambda: ["broken"])
+    monkeypatch.setattr(lifecycle._config, "_command_points", lambda: {"broken": point})
     config = tmp_path / "lifecycle.toml"
     config.write_text("[broken]\nx = 1\n")
     assert main(["check", "--config", str(config)]) == 1

@@ -7,6 +7,8 @@ handlers :func:`broadcast` worker plugins that reach every worker, later ones to
 unregistered when the run exits.
 """
 
+from lifecycle.plugins import claim_exports as _claim_exports
+
 from ._environment import (
     DaskEnvironment,
     DaskSession,
@@ -26,3 +28,5 @@ __all__ = [
     "current_client",
     "current_session",
 ]
+
+_claim_exports(globals())

@@ -10,6 +10,8 @@ backend (the default) and raises a ``RuntimeError`` saying so under trio.
 .. versionadded:: 0.2
 """
 
+from lifecycle.plugins import claim_exports as _claim_exports
+
 from ._adapter import DEFAULT_SIGNALS, NatsAdapter, attach
 from ._exceptions import NatsConnectError, NatsError, StreamConfigError
 from ._options import DEFAULT_SERVERS, SPOOL_ENV, NatsOptions, default_spool_dir
@@ -41,3 +43,5 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+_claim_exports(globals())

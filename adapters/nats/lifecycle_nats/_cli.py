@@ -30,6 +30,7 @@ import anyio
 import structlog
 
 from lifecycle import ConfigError, EventBus, escape, find_config, load_config, log_to_stderr
+from lifecycle.plugins import command
 
 from ._exceptions import NatsError
 from ._options import NatsOptions
@@ -269,6 +270,7 @@ async def _flush(publisher: Publisher, seconds: float, where: str) -> int:
     return 0
 
 
-listen.help = "run the configured handlers on the events of NATS JetStream"  # type: ignore[attr-defined]
-listen.check = _check_listen  # type: ignore[attr-defined]
-flush.help = "send the events spooled while NATS was unreachable"  # type: ignore[attr-defined]
+command(
+    listen, help="run the configured handlers on the events of NATS JetStream", check=_check_listen
+)
+command(flush, help="send the events spooled while NATS was unreachable")

@@ -6,8 +6,12 @@ run (``starting``, heartbeats, ``exited`` once), handled by the adapters and han
 the watchdog declared lost to Crashed in Prefect.
 """
 
+from lifecycle.plugins import claim_exports as _claim_exports
+
 from ._crash import mark_crashed
 from ._hooks import DEFAULT_HEARTBEAT, LABEL, observe
 from ._states import FlowRunFailed, outcome_of
 
 __all__ = ["DEFAULT_HEARTBEAT", "LABEL", "FlowRunFailed", "mark_crashed", "observe", "outcome_of"]
+
+_claim_exports(globals())

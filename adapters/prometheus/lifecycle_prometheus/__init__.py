@@ -35,6 +35,7 @@ from prometheus_client import (
 )
 
 from lifecycle import EXITED, STARTING, Attachment, Outcome, Status
+from lifecycle.plugins import adapter
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -332,7 +333,7 @@ def _check(bus: EventBus, **options: Any) -> None:
     _check_port(port)
 
 
-attach.check = _check  # type: ignore[attr-defined]
+adapter(attach, check=_check)
 
 
 class _Export:

@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+import ecs_logging
 import pytest
 import structlog
 from lifecycle_structlog import attach
@@ -17,10 +18,13 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
 
+    from lifecycle import Event
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The adapter is loop-agnostic: it runs on both backends anyio supports."""
+    return str(request.param)
 
 
 async def failing_run(bus: EventBus) -> None:
@@ -76,7 +80,7 @@ async def test_a_failed_run_is_logged_at_error_with_its_error() -> None:
             await failing_run(bus)
     (line,) = lines(logs, EXITED)
     assert (line["log_level"], line["outcome"], line["exit_code"]) == ("error", "failed", 3)
-    assert line["error"] == "ValueError: boom"
+    assert line["error"] == {"type": "ValueError", "message": "boom"}
     assert 'raise ValueError("boom")' in line["exception"]
     assert line["labels"] == ["batch", "etl"]
 
@@ -117,7 +121,7 @@ async def test_handler_failures_are_logged_with_their_environment() -> None:
     (line,) = lines(logs, "lifecycle.handler_failed")
     assert line["log_level"] == "error"
     assert (line["handler"], line["signal"], line["environment"]) == ("broken", EXITED, "nightly")
-    assert line["error"] == "RuntimeError: handler broke"
+    assert line["error"] == {"type": "RuntimeError", "message": "handler broke"}
 
 
 @pytest.mark.anyio
@@ -208,16 +212,12 @@ async def test_attached_from_a_config_file(
     assert (exited["event"], exited["level"], exited["environment"]) == (EXITED, "error", "nightly")
 
 
-def test_all_lists_the_names_the_module_defines() -> None:
+def test_all_lists_the_public_names_sorted() -> None:
     import lifecycle_structlog
 
-    defined = {
-        name
-        for name, obj in vars(lifecycle_structlog).items()
-        if not name.startswith("_") and getattr(obj, "__module__", None) == "lifecycle_structlog"
-    }
-    assert defined <= set(lifecycle_structlog.__all__)
-    assert all(hasattr(lifecycle_structlog, name) for name in lifecycle_structlog.__all__)
+    public = {name for name in vars(lifecycle_structlog) if not name.startswith("_")}
+    assert public == set(lifecycle_structlog.__all__)
+    assert lifecycle_structlog.__all__ == sorted(lifecycle_structlog.__all__)
 
 
 class Writes(io.StringIO):
@@ -272,3 +272,143 @@ async def test_a_starting_line_has_no_empty_exit_fields() -> None:
     assert "environment.starting" in starting
     for field in ("outcome=", "duration=", "exit_code=", "error="):
         assert field not in starting
+
+
+def ecs_logger(out: io.StringIO) -> Any:
+    """A logger that renders through Elastic's own structlog formatter, as its docs set it up."""
+    return structlog.wrap_logger(
+        structlog.WriteLogger(out),
+        # Its __call__ wants a dict where structlog passes a MutableMapping: a stub detail.
+        processors=[ecs_logging.StructlogFormatter()],  # type: ignore[list-item]
+        wrapper_class=structlog.make_filtering_bound_logger(0),
+    )
+
+
+@pytest.mark.anyio
+async def test_elastics_formatter_gets_every_line_of_a_failed_run() -> None:
+    # A string ``error`` made the formatter raise TypeError: every failed run's exited was lost.
+    out = io.StringIO()
+    async with EventBus() as bus:
+        attach(bus, logger=ecs_logger(out))
+        await failing_run(bus)
+    exited = [json.loads(line) for line in out.getvalue().splitlines()][-1]
+    assert exited["message"] == EXITED
+    assert exited["error"]["type"] == "ValueError"
+    assert 'raise ValueError("boom")' in exited["error"]["stack_trace"]
+
+
+@pytest.mark.anyio
+async def test_ecs_fields_through_elastics_formatter() -> None:
+    out = io.StringIO()
+    async with EventBus() as bus:
+        attach(bus, logger=ecs_logger(out), fields="ecs")
+        await failing_run(bus)
+    starting, exited = (json.loads(line) for line in out.getvalue().splitlines())
+    assert starting["event"]["action"] == STARTING
+    assert exited["host"]["name"]
+    assert exited["process"]["pid"] > 0
+    assert exited["tags"] == ["batch", "etl"]
+    assert (exited["event"]["outcome"], exited["lifecycle"]["outcome"]) == ("failure", "failed")
+    assert exited["event"]["id"] != starting["event"]["id"]
+    assert isinstance(exited["event"]["duration"], int)  # nanoseconds, as ECS counts
+    assert (exited["error"]["type"], exited["error"]["message"]) == ("ValueError", "boom")
+    assert "Traceback" in exited["error"]["stack_trace"]
+    assert exited["lifecycle"]["run_id"] == "run-1"
+    assert exited["log.level"] == "error"
+
+
+@pytest.mark.anyio
+async def test_own_ecs_rendering_matches_elastics_formatter() -> None:
+    theirs, ours = io.StringIO(), io.StringIO()
+    async with EventBus() as bus:
+        attach(bus, logger=ecs_logger(theirs), fields="ecs")
+        attach(bus, render="json", file=ours, fields="ecs")
+        await failing_run(bus)
+    for their_line, our_line in zip(
+        theirs.getvalue().splitlines(), ours.getvalue().splitlines(), strict=True
+    ):
+        their, our = json.loads(their_line), json.loads(our_line)
+        del their["@timestamp"], our["@timestamp"]
+        assert our == their
+
+
+@pytest.mark.anyio
+async def test_a_handler_failure_names_its_event_and_keeps_its_traceback() -> None:
+    out = io.StringIO()
+    async with EventBus() as bus:
+        attach(bus, render="json", file=out)
+
+        def broken() -> None:
+            raise RuntimeError("handler broke")
+
+        bus.subscribe(EXITED, broken, name="broken", inline=True)
+        async with Environment("nightly", bus=bus).running():
+            pass
+    logs = [json.loads(line) for line in out.getvalue().splitlines()]
+    (failed,) = lines(logs, "lifecycle.handler_failed")
+    (exited,) = lines(logs, EXITED)
+    assert failed["event_id"] == exited["event_id"]
+    assert 'raise RuntimeError("handler broke")' in failed["exception"]
+
+
+@pytest.mark.anyio
+async def test_a_huge_attribute_is_cut_in_the_line_but_not_in_the_event() -> None:
+    out = io.StringIO()
+    seen: list[Event] = []
+    huge = "x" * 900_000
+    async with EventBus() as bus:
+        attach(bus, render="json", file=out)
+        bus.subscribe(EXITED, seen.append, inline=True)
+        async with Environment("nightly", bus=bus).running(attributes={"blob": huge, "rows": 5}):
+            pass
+    exited = json.loads(out.getvalue().splitlines()[-1])
+    assert len(out.getvalue()) < 20_000
+    assert exited["attributes"]["rows"] == 5  # the other attributes are whole
+    assert len(exited["attributes"]["blob"]) == 4096
+    assert "...[" in exited["attributes"]["blob"]
+    assert "characters cut]..." in exited["attributes"]["blob"]
+    assert seen[0].attributes["blob"] == huge
+
+
+@pytest.mark.anyio
+async def test_a_huge_nested_value_is_cut_on_the_console_too() -> None:
+    out = io.StringIO()
+    async with EventBus() as bus:
+        attach(bus, render="console", file=out, max_value=1000)
+        async with Environment("nightly", bus=bus).running(attributes={"rows": list(range(10**5))}):
+            pass
+    exited = out.getvalue().splitlines()[-1]
+    assert len(exited) < 3000
+    assert "characters cut]..." in exited
+
+
+@pytest.mark.anyio
+async def test_max_value_none_keeps_lines_whole() -> None:
+    out = io.StringIO()
+    async with EventBus() as bus:
+        attach(bus, render="json", file=out, max_value=None)
+        async with Environment("nightly", bus=bus).running(attributes={"blob": "x" * 10_000}):
+            pass
+    assert json.loads(out.getvalue().splitlines()[-1])["attributes"]["blob"] == "x" * 10_000
+
+
+def test_bad_fields_or_max_value_are_refused() -> None:
+    with pytest.raises(ValueError, match="fields must be 'lifecycle' or 'ecs', not 'otel'"):
+        attach(EventBus(), fields="otel")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_value must be a whole number of characters >= 64"):
+        attach(EventBus(), max_value=10)
+
+
+@pytest.mark.anyio
+async def test_the_librarys_lines_follow_render_while_the_bus_is_open() -> None:
+    from lifecycle._logging import logger
+
+    out = io.StringIO()
+    async with EventBus() as bus:
+        attach(bus, render="json", file=out)  # never detached: its bus's end ends it
+        logger.warning("library line", n=1)
+    with structlog.testing.capture_logs() as logs:
+        logger.warning("after the bus closed")
+    (line,) = (json.loads(text) for text in out.getvalue().splitlines())
+    assert (line["event"], line["level"], line["n"]) == ("library line", "warning", 1)
+    assert [entry["event"] for entry in logs] == ["after the bus closed"]

@@ -17,6 +17,8 @@ declare each verdict once.
 .. versionadded:: 0.2
 """
 
+from lifecycle.plugins import claim_exports as _claim_exports
+
 from ._judge import Change, Judge, Policy
 from ._model import MISSED, OVERDUE, RECOVERED, RunRecord, RunState, verdict_id
 from ._schedule import Expectation, Slot
@@ -43,3 +45,5 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+_claim_exports(globals())

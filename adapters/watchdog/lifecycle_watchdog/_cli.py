@@ -24,6 +24,7 @@ import structlog
 from lifecycle_nats import NatsError, jetstream_required
 
 from lifecycle import EXITED, ConfigError, EventBus, escape, log_to_stderr
+from lifecycle.plugins import ADAPTER_GROUP, command
 
 from ._config import WatchConfig, describe_watch, load_watch_config
 from ._jetstream import Settings, connect, run_watchdog, status_subject
@@ -105,7 +106,7 @@ def _where(config: WatchConfig, args: argparse.Namespace) -> str:
 
 def _console(bus: EventBus) -> Any:
     """With no ``notify`` configuration: the verdicts as console lines on stderr."""
-    for point in entry_points(group="lifecycle.adapters", name="structlog"):
+    for point in entry_points(group=ADAPTER_GROUP, name="structlog"):
         return point.load()(bus, render="console", signals=VERDICT_SIGNALS)
     log = structlog.get_logger("lifecycle.watchdog")
 
@@ -303,6 +304,9 @@ def _print_table(rows: Sequence[dict[str, Any]], source: str) -> None:
         print("(no live runs)", file=sys.stderr)
 
 
-watch.help = "watch the NATS event stream for lost, missed and overdue runs"  # type: ignore[attr-defined]
-watch.check = describe_watch  # type: ignore[attr-defined]
-runs.help = "list the live runs the watchdog knows"  # type: ignore[attr-defined]
+command(
+    watch,
+    help="watch the NATS event stream for lost, missed and overdue runs",
+    check=describe_watch,
+)
+command(runs, help="list the live runs the watchdog knows")
