@@ -254,6 +254,38 @@ def test_a_critical_starting_handler_that_fails_aborts_the_flow_run_before_its_b
     assert flow_run(prefect_api, exited["run_id"])["state"]["type"] == "FAILED"
 
 
+def post(api: str, path: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        f"{api}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        return json.load(answer)
+
+
+def test_a_served_flow_run_is_a_run_of_its_deployment(tmp_path: Path, prefect_api: str) -> None:
+    flows = Flows(tmp_path, prefect_api, NOTE_ALL)
+    flows.env["PREFECT_RUNNER_POLL_FREQUENCY"] = "1"
+    runner = flows.start("serve")
+    try:
+        (deployment,) = wait_for(
+            "the served deployment",
+            lambda: post(
+                prefect_api, "/deployments/filter", {"deployments": {"name": {"any_": ["served"]}}}
+            ),
+        )
+        flow_run_id = post(prefect_api, f"/deployments/{deployment['id']}/create_flow_run", {})[
+            "id"
+        ]
+        (exited,) = wait_for("the served run's exited", lambda: flows.events("environment.exited"))
+    finally:
+        runner.terminate()
+        runner.communicate(timeout=30)
+    assert exited["run_id"] == flow_run_id
+    assert exited["environment"]["name"] == "served"
+    assert exited["outcome"] == "succeeded"
+    assert exited["attributes"]["prefect_deployment_id"] == deployment["id"]
+
+
 # -- zombies: the watchdog, NATS, and Prefect's own state ---------------------------------
 
 
