@@ -69,7 +69,9 @@ if __name__ == "__main__":
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.dev.ConsoleRenderer(colors=False),
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback
+            ),
         ],
         logger_factory=structlog.WriteLoggerFactory(sys.stderr),
     )
