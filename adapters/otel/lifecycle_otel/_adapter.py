@@ -1,0 +1,342 @@
+"""The adapter: run spans, handler spans and metrics from a bus's events and results."""
+
+from __future__ import annotations
+
+import math
+import os
+from time import time_ns
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanKind, StatusCode
+
+from lifecycle import EXITED, HEARTBEAT, STARTING, Attachment, Status
+
+from . import _attributes as attr
+from ._metrics import Metrics, error_type
+from ._spans import RunSpans
+from ._version import VERSION
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+    from lifecycle import Event, EventBus, HandlerResult
+
+logger = structlog.get_logger("lifecycle.otel")
+
+SCOPE = "lifecycle_otel"
+"""The instrumentation scope of the spans and metrics (the tracer's and meter's name)."""
+
+# Before every other starting handler: their results find the run's span open.
+_FIRST = -1_000_000
+
+
+class OtelAdapter(Attachment):
+    """The handle :func:`attach` returns; ``detach()`` unsubscribes and flushes.
+
+    Attributes:
+        tracer_provider, meter_provider: the providers in use (``None`` when traces or
+            metrics are off).
+        owns_providers: the providers were built by the adapter (``sdk=True``), so
+            :meth:`detach` flushes and shuts them down.
+        flush_timeout: the bound on flushing at :meth:`detach`, in seconds.
+        flush_status: how the flush at :meth:`detach` went (``ok``, ``error``, or
+            ``timeout`` when the collector did not answer within ``flush_timeout``);
+            ``None`` before it, or when the adapter owns no providers.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        tracer_provider: TracerProvider | None,
+        meter_provider: MeterProvider | None,
+        *,
+        owns_providers: bool,
+        flush_timeout: float,
+        spans: RunSpans | None,
+        metrics: Metrics | None,
+        handler_spans: bool,
+    ) -> None:
+        super().__init__()
+        self.bus_name = bus.name
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.owns_providers = owns_providers
+        self.flush_timeout = flush_timeout
+        self.flush_status: Status | None = None
+        self.spans = spans
+        self.metrics = metrics
+        self.handler_spans = handler_spans and spans is not None
+
+    # -- events --------------------------------------------------------------------
+
+    def starting(self, event: Event) -> None:
+        opened = self.spans.starting(event) is not None if self.spans is not None else True
+        if opened and self.metrics is not None:
+            self.metrics.run_started(event)
+
+    def heartbeat(self, event: Event) -> None:
+        if self.spans is not None:
+            self.spans.heartbeat(event)
+
+    def exited(self, event: Event) -> None:
+        was_open = self.spans.exited(event) if self.spans is not None else True
+        if self.metrics is not None:
+            self.metrics.run_ended(event, was_open=was_open)
+
+    def untracked(self, environment: str) -> None:
+        if self.metrics is not None:
+            self.metrics.run_untracked(environment)
+
+    def result(self, bus: EventBus, *, result: HandlerResult) -> None:
+        if self.metrics is not None:
+            self.metrics.result(bus, result=result)
+        if self.handler_spans and not result.handler.startswith("otel:"):
+            self._handler_span(result)
+
+    def _handler_span(self, result: HandlerResult) -> None:
+        # Rebuilt from the result: the handler ran before its span exists, so spans it
+        # made itself do not nest under it (see the README).
+        assert self.spans is not None
+        parent = self.spans.span_context(result.run_id)
+        context: Context | None = None
+        if parent is not None:
+            context = trace.set_span_in_context(NonRecordingSpan(parent))
+        end = time_ns()
+        status = result.status
+        attributes: dict[str, Any] = {
+            attr.HANDLER: result.handler,
+            attr.SIGNAL: result.signal,
+            attr.HANDLER_STATUS: status.value,
+            attr.BACKGROUND: result.background,
+            attr.CRITICAL: result.critical,
+        }
+        if result.run_id is not None:
+            attributes[attr.RUN_ID] = result.run_id
+        if status is not Status.OK:
+            attributes[attr.ERROR_TYPE] = error_type(result)
+        span = self.spans.tracer.start_span(
+            f"lifecycle.handler {result.handler}",
+            context=context,
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            start_time=end - round(result.duration * 1e9),
+        )
+        if status is not Status.OK:
+            if result.exception is not None and status is Status.ERROR:
+                span.record_exception(result.exception, timestamp=end)
+            span.set_status(StatusCode.ERROR, result.describe_error())
+        span.end(end_time=end)
+
+    # -- the end -------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> Status:
+        """Export what the adapter's providers hold, waiting ``timeout`` seconds at most.
+
+        Returns ``ok``, ``error`` (an exporter raised), or ``timeout`` (the collector did
+        not answer in time; what was not sent stays queued).
+        """
+        return self._bounded("flush", timeout)
+
+    def detach(self) -> None:
+        """Unsubscribe, end the spans of runs still open, and, for providers the adapter
+        built, flush and shut them down within ``flush_timeout`` seconds."""
+        if self.detached:
+            return
+        try:
+            super().detach()
+        finally:
+            if self.spans is not None:
+                self.spans.close()
+            if self.metrics is not None:
+                self.metrics.detached = True
+            if self.owns_providers:
+                self.flush_status = self._bounded("shutdown", None)
+
+    def _bounded(self, action: str, timeout: float | None) -> Status:
+        from ._sdk import bounded
+
+        providers = [p for p in (self.tracer_provider, self.meter_provider) if p is not None]
+
+        def call() -> None:
+            for provider in providers:
+                getattr(provider, "force_flush" if action == "flush" else "shutdown")()
+
+        limit = self.flush_timeout if timeout is None else timeout
+        finished, error = bounded(call, limit, f"lifecycle-otel-{action}")
+        if not finished:
+            logger.warning(
+                "telemetry not exported: the collector did not answer in time; giving up",
+                bus=self.bus_name,
+                timeout=limit,
+            )
+            return Status.TIMEOUT
+        if error is not None:
+            logger.error(
+                "telemetry not exported",
+                bus=self.bus_name,
+                error=f"{type(error).__name__}: {error}",
+            )
+            return Status.ERROR
+        return Status.OK
+
+
+def _check_seconds(value: object, option: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{option} must be a number of seconds > 0, not {value!r}")
+    return float(value)
+
+
+def _check_bool(value: object, option: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{option} must be true or false, not {value!r}")
+    return value
+
+
+def environ_context() -> Context | None:
+    """The context ``TRACEPARENT``/``TRACESTATE`` of this process's environment give, if any."""
+    traceparent = os.environ.get("TRACEPARENT")
+    if not traceparent:
+        return None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier = {"traceparent": traceparent}
+    tracestate = os.environ.get("TRACESTATE")
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    context = TraceContextTextMapPropagator().extract(carrier)
+    if not trace.get_current_span(context).get_span_context().is_valid:
+        logger.warning("TRACEPARENT is not a W3C traceparent; ignored", traceparent=traceparent)
+        return None
+    return context
+
+
+def attach(
+    bus: EventBus,
+    *,
+    sdk: bool = False,
+    service_name: str = "lifecycle",
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    traces: bool = True,
+    metrics: bool = True,
+    handler_spans: bool = True,
+    record_command: bool = False,
+    record_attributes: bool = False,
+    propagate: bool = True,
+    flush_timeout: float = 3.0,
+    max_open_runs: int = 10_000,
+) -> OtelAdapter:
+    """Trace and measure the runs and handlers of ``bus`` with OpenTelemetry.
+
+    Args:
+        bus: the bus to observe.
+        sdk: build the providers from the standard ``OTEL_*`` environment variables
+            (OTLP over HTTP; needs ``lifecycle-otel[sdk]``), and flush and shut them down
+            at :meth:`~OtelAdapter.detach`. What ``lifecycle run``, ``listen`` and
+            ``watch`` want. Without it, the given providers, else the global ones
+            (``opentelemetry.trace.set_tracer_provider``): the application owns them.
+        service_name: ``service.name`` with ``sdk``, unless ``OTEL_SERVICE_NAME`` or
+            ``OTEL_RESOURCE_ATTRIBUTES`` name the service.
+        tracer_provider, meter_provider: providers to use instead of the global ones.
+        traces, metrics: what to produce.
+        handler_spans: a child span of the run's span per handler call, rebuilt from its
+            result (start = end - duration).
+        record_command: put the command's arguments on the run span
+            (``process.command_args``). Off by default: arguments may hold secrets.
+        record_attributes: put the run's attributes on the run span
+            (``lifecycle.run.attributes.<key>``). Off by default, for the same reason.
+        propagate: parent run spans on ``TRACEPARENT``/``TRACESTATE`` of this process's
+            environment when no span is active where the run starts.
+        flush_timeout: seconds that flushing at :meth:`~OtelAdapter.detach` may take at
+            most (``sdk`` only): past it, one warning, ``flush_status`` is ``timeout``,
+            and the process is free to exit. A dead collector never holds up a job.
+        max_open_runs: runs whose span is open at once at most (a listener may see
+            starts whose ends never come); past it, the oldest ends with outcome
+            ``unknown``.
+
+    Raises:
+        ValueError, TypeError: an option is out of range or of the wrong type.
+        ImportError: ``sdk`` without the SDK installed.
+    """
+    for option, value in (
+        ("sdk", sdk),
+        ("traces", traces),
+        ("metrics", metrics),
+        ("handler_spans", handler_spans),
+        ("record_command", record_command),
+        ("record_attributes", record_attributes),
+        ("propagate", propagate),
+    ):
+        _check_bool(value, option)
+    flush_timeout = _check_seconds(flush_timeout, "flush_timeout")
+    if isinstance(max_open_runs, bool) or not isinstance(max_open_runs, int) or max_open_runs < 1:
+        raise ValueError(f"max_open_runs must be an int >= 1, not {max_open_runs!r}")
+    if not isinstance(service_name, str) or not service_name:
+        raise ValueError(f"service_name must be a non-empty string, not {service_name!r}")
+    if sdk and (tracer_provider is not None or meter_provider is not None):
+        raise ValueError(
+            "sdk builds the providers from the OTEL_* environment variables; it cannot be "
+            "combined with tracer_provider or meter_provider"
+        )
+    if sdk:
+        from ._sdk import build_providers
+
+        tracer_provider, meter_provider = build_providers(
+            service_name=service_name, traces=traces, metrics=metrics
+        )
+    else:
+        if traces and tracer_provider is None:
+            tracer_provider = trace.get_tracer_provider()
+        if metrics and meter_provider is None:
+            meter_provider = otel_metrics.get_meter_provider()
+    tracer_provider = tracer_provider if traces else None
+    meter_provider = meter_provider if metrics else None
+    adapter: OtelAdapter
+    spans = None
+    if tracer_provider is not None:
+        spans = RunSpans(
+            tracer_provider.get_tracer(SCOPE, VERSION),
+            parent=environ_context() if propagate else None,
+            record_command=record_command,
+            record_attributes=record_attributes,
+            max_open_runs=max_open_runs,
+        )
+    instruments = (
+        Metrics(meter_provider.get_meter(SCOPE, VERSION), bus)
+        if meter_provider is not None
+        else None
+    )
+    adapter = OtelAdapter(
+        bus,
+        tracer_provider,
+        meter_provider,
+        owns_providers=sdk,
+        flush_timeout=flush_timeout,
+        spans=spans,
+        metrics=instruments,
+        handler_spans=handler_spans,
+    )
+    if spans is not None:
+        spans.on_untracked = adapter.untracked
+    try:
+        adapter.add(
+            bus.subscribe(
+                STARTING, adapter.starting, inline=True, order=_FIRST, name="otel:starting"
+            )
+        )
+        adapter.add(bus.subscribe(EXITED, adapter.exited, inline=True, name="otel:exited"))
+        if spans is not None:
+            adapter.add(
+                bus.subscribe(HEARTBEAT, adapter.heartbeat, inline=True, name="otel:heartbeat")
+            )
+        if instruments is not None or adapter.handler_spans:
+            adapter.add(bus.on_result(adapter.result))
+    except BaseException:
+        adapter.detach()
+        raise
+    return adapter
