@@ -13,6 +13,7 @@ import anyio
 import blinker
 from blinker import ANY
 
+from ._childenv import ChildEnvHook
 from ._dispatch import (
     YIELDS,
     Deadlines,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
+    from ._childenv import ChildEnvironment
     from ._event import Event
     from ._results import ResultPart
 
@@ -190,6 +192,7 @@ class EventBus:
         self._signals = blinker.Namespace()
         self._plans = PlanCache()
         self._results = blinker.Signal("Announces every handler result: receiver(bus, result=...)")
+        self._child_env: list[ChildEnvironment] = []
         # Result hooks connected with logs_failures=True; while any is, the bus stays quiet.
         self._failure_loggers = 0
         self._pool = WorkerPool(
@@ -357,6 +360,19 @@ class EventBus:
         if logs_failures:
             self._failure_loggers += 1
         return ResultHook(self, receiver, logs_failures)
+
+    def on_child_env(self, hook: ChildEnvironment) -> ChildEnvHook:
+        """Add ``hook(starting) -> {name: value}`` to the environment of the runs' commands.
+
+        A command run by :class:`~lifecycle.SubprocessEnvironment` (``lifecycle run``)
+        for a run of this bus gets the variables the hooks return, called with the run's
+        ``starting`` event after its handlers ran and just before the command starts;
+        they override inherited ones. A hook that raises is logged and adds nothing.
+        A tracing adapter passes the run's ``TRACEPARENT`` so.
+
+        .. versionadded:: 0.2
+        """
+        return ChildEnvHook(self._child_env, hook)
 
     # -- emitting --------------------------------------------------------------------
 

@@ -88,6 +88,20 @@ class OtelAdapter(Attachment):
         if self.metrics is not None:
             self.metrics.run_ended(event, was_open=was_open)
 
+    def child_env(self, starting: Event) -> dict[str, str] | None:
+        """``TRACEPARENT``/``TRACESTATE`` of the run's span, for the command it runs."""
+        assert self.spans is not None
+        span_context = self.spans.span_context(starting.run_id)
+        if span_context is None or not span_context.is_valid:
+            return None
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(
+            carrier, trace.set_span_in_context(NonRecordingSpan(span_context))
+        )
+        return {key.upper(): value for key, value in carrier.items()}
+
     def untracked(self, environment: str) -> None:
         if self.metrics is not None:
             self.metrics.run_untracked(environment)
@@ -251,7 +265,9 @@ def attach(
         record_attributes: put the run's attributes on the run span
             (``lifecycle.run.attributes.<key>``). Off by default, for the same reason.
         propagate: parent run spans on ``TRACEPARENT``/``TRACESTATE`` of this process's
-            environment when no span is active where the run starts.
+            environment when no span is active where the run starts, and give a run's
+            command (``lifecycle run``, ``SubprocessEnvironment``) the ``TRACEPARENT`` and
+            ``TRACESTATE`` of the run's span, so that its own spans join the trace.
         flush_timeout: seconds that flushing at :meth:`~OtelAdapter.detach` may take at
             most (``sdk`` only): past it, one warning, ``flush_status`` is ``timeout``,
             and the process is free to exit. A dead collector never holds up a job.
@@ -334,6 +350,8 @@ def attach(
             adapter.add(
                 bus.subscribe(HEARTBEAT, adapter.heartbeat, inline=True, name="otel:heartbeat")
             )
+        if spans is not None and propagate:
+            adapter.add(bus.on_child_env(adapter.child_env))
         if instruments is not None or adapter.handler_spans:
             adapter.add(bus.on_result(adapter.result))
     except BaseException:

@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import lifecycle_otel
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
 from lifecycle import (
@@ -28,17 +34,63 @@ from lifecycle import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from opentelemetry.sdk.trace import ReadableSpan
 
     from lifecycle.plugins import Attach
 
-    from .conftest import Telemetry  # type: ignore[import-not-found,unused-ignore]
-
 _: Attach = lifecycle_otel.attach  # mypy checks attach against the contract
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@dataclass
+class Telemetry:
+    """A real SDK whose spans and metrics stay in memory."""
+
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+    exporter: InMemorySpanExporter
+    reader: InMemoryMetricReader
+
+    def spans(self, prefix: str = "") -> list[ReadableSpan]:
+        return [s for s in self.exporter.get_finished_spans() if s.name.startswith(prefix)]
+
+    def run_span(self) -> ReadableSpan:
+        (span,) = self.spans("lifecycle.run ")
+        return span
+
+    def points(self, name: str) -> list[Any]:
+        """The data points of the metric ``name`` at a collection now."""
+        data = self.reader.get_metrics_data()
+        found: list[Any] = []
+        if data is None:
+            return found
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        found.extend(metric.data.data_points)
+        return found
+
+
+@pytest.fixture
+def telemetry() -> Iterator[Telemetry]:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider(shutdown_on_exit=False)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    yield Telemetry(tracer_provider, meter_provider, exporter, reader)
+    tracer_provider.shutdown()
+    meter_provider.shutdown()
 
 
 def attach(bus: EventBus, telemetry: Telemetry, **options: object) -> lifecycle_otel.OtelAdapter:
@@ -357,3 +409,18 @@ async def test_attached_through_the_configuration(tmp_path: Path) -> None:
     async with EventBus() as bus:
         attachment = load_config(config).attach(bus)
         attachment.detach()
+
+
+async def test_the_command_gets_the_run_span_as_its_traceparent(telemetry: Telemetry) -> None:
+    code = "import os; print(os.environ['TRACEPARENT'])"
+    async with EventBus() as bus:
+        with attach(bus, telemetry):
+            env = SubprocessEnvironment([sys.executable, "-c", code], bus=bus, heartbeat=None)
+            result = await env.execute()
+    span = telemetry.run_span()
+    context = span.get_span_context()
+    assert context is not None
+    assert (
+        result.output_tail
+        == f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    )
