@@ -13,6 +13,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanKind, StatusCode
 
 from lifecycle import EXITED, HEARTBEAT, STARTING, Attachment, Status
+from lifecycle.plugins import adapter
 
 from . import _attributes as attr
 from ._metrics import Metrics, error_type
@@ -279,26 +280,20 @@ def attach(
         ValueError, TypeError: an option is out of range or of the wrong type.
         ImportError: ``sdk`` without the SDK installed.
     """
-    for option, value in (
-        ("sdk", sdk),
-        ("traces", traces),
-        ("metrics", metrics),
-        ("handler_spans", handler_spans),
-        ("record_command", record_command),
-        ("record_attributes", record_attributes),
-        ("propagate", propagate),
-    ):
-        _check_bool(value, option)
-    flush_timeout = _check_seconds(flush_timeout, "flush_timeout")
-    if isinstance(max_open_runs, bool) or not isinstance(max_open_runs, int) or max_open_runs < 1:
-        raise ValueError(f"max_open_runs must be an int >= 1, not {max_open_runs!r}")
-    if not isinstance(service_name, str) or not service_name:
-        raise ValueError(f"service_name must be a non-empty string, not {service_name!r}")
-    if sdk and (tracer_provider is not None or meter_provider is not None):
-        raise ValueError(
-            "sdk builds the providers from the OTEL_* environment variables; it cannot be "
-            "combined with tracer_provider or meter_provider"
-        )
+    flush_timeout = _check_options(
+        sdk=sdk,
+        service_name=service_name,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        traces=traces,
+        metrics=metrics,
+        handler_spans=handler_spans,
+        record_command=record_command,
+        record_attributes=record_attributes,
+        propagate=propagate,
+        flush_timeout=flush_timeout,
+        max_open_runs=max_open_runs,
+    )
     if sdk:
         from ._sdk import build_providers
 
@@ -358,3 +353,82 @@ def attach(
         adapter.detach()
         raise
     return adapter
+
+
+def _check_options(
+    *,
+    sdk: bool,
+    service_name: str,
+    tracer_provider: TracerProvider | None,
+    meter_provider: MeterProvider | None,
+    traces: bool,
+    metrics: bool,
+    handler_spans: bool,
+    record_command: bool,
+    record_attributes: bool,
+    propagate: bool,
+    flush_timeout: float,
+    max_open_runs: int,
+) -> float:
+    for option, value in (
+        ("sdk", sdk),
+        ("traces", traces),
+        ("metrics", metrics),
+        ("handler_spans", handler_spans),
+        ("record_command", record_command),
+        ("record_attributes", record_attributes),
+        ("propagate", propagate),
+    ):
+        _check_bool(value, option)
+    flush = _check_seconds(flush_timeout, "flush_timeout")
+    if isinstance(max_open_runs, bool) or not isinstance(max_open_runs, int) or max_open_runs < 1:
+        raise ValueError(f"max_open_runs must be an int >= 1, not {max_open_runs!r}")
+    if not isinstance(service_name, str) or not service_name:
+        raise ValueError(f"service_name must be a non-empty string, not {service_name!r}")
+    if sdk and (tracer_provider is not None or meter_provider is not None):
+        raise ValueError(
+            "sdk builds the providers from the OTEL_* environment variables; it cannot be "
+            "combined with tracer_provider or meter_provider"
+        )
+    return flush
+
+
+def _check(
+    bus: EventBus,
+    *,
+    sdk: bool = False,
+    service_name: str = "lifecycle",
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    traces: bool = True,
+    metrics: bool = True,
+    handler_spans: bool = True,
+    record_command: bool = False,
+    record_attributes: bool = False,
+    propagate: bool = True,
+    flush_timeout: float = 3.0,
+    max_open_runs: int = 10_000,
+) -> None:
+    # lifecycle check: the options and the OTEL_* exporter choices, with no provider built
+    # (shutting one down would send its empty metrics to the collector).
+    _check_options(
+        sdk=sdk,
+        service_name=service_name,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        traces=traces,
+        metrics=metrics,
+        handler_spans=handler_spans,
+        record_command=record_command,
+        record_attributes=record_attributes,
+        propagate=propagate,
+        flush_timeout=flush_timeout,
+        max_open_runs=max_open_runs,
+    )
+    if sdk:
+        from ._sdk import check_sdk
+
+        check_sdk(traces=traces, metrics=metrics)
+
+
+adapter(attach, check=_check)

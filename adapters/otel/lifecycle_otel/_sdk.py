@@ -50,6 +50,21 @@ def _exporter_choice(signal: str) -> str:
     return value
 
 
+def check_sdk(*, traces: bool, metrics: bool) -> None:
+    """Raise as :func:`build_providers` would, building nothing."""
+    try:
+        import opentelemetry.exporter.otlp.proto.http
+        import opentelemetry.sdk  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"sdk: the OpenTelemetry SDK is not installed ({exc}); install 'lifecycle-otel[sdk]'"
+        ) from None
+    if traces:
+        _exporter_choice("traces")
+    if metrics:
+        _exporter_choice("metrics")
+
+
 def build_providers(
     *, service_name: str, traces: bool, metrics: bool
 ) -> tuple[TracerProvider | None, MeterProvider | None]:
