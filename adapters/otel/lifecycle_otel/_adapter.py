@@ -108,9 +108,11 @@ class OtelAdapter(Attachment):
             self.metrics.run_untracked(environment)
 
     def result(self, bus: EventBus, *, result: HandlerResult) -> None:
+        if result.handler.startswith("otel:"):
+            return  # the adapter's own handlers: its cost, not the user's handlers'
         if self.metrics is not None:
             self.metrics.result(bus, result=result)
-        if self.handler_spans and not result.handler.startswith("otel:"):
+        if self.handler_spans:
             self._handler_span(result)
 
     def _handler_span(self, result: HandlerResult) -> None:
