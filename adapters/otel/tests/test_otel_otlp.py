@@ -129,7 +129,11 @@ def lifecycle_run(
         "[[adapters]]\n"
         'name = "otel"\n'
         f'options = {{ sdk = true, service_name = "nightly-host", flush_timeout = {flush_timeout} }}\n'
+        "\n[[handlers]]\n"
+        'target = "hooks:warm_cache"\n'
+        'signal = "environment.starting"\n'
     )
+    (directory / "hooks.py").write_text("def warm_cache():\n    pass\n")
     env = {
         **os.environ,
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
@@ -157,6 +161,8 @@ def test_one_trace_from_the_caller_through_the_wrapper_into_the_job(
     assert run.trace_id.hex() == child.trace_id.hex() == OUTSIDE_TRACE
     assert run.parent_span_id.hex() == OUTSIDE_SPAN
     assert child.parent_span_id == run.span_id
+    handler = receiver.named("lifecycle.handler hooks:warm_cache")
+    assert (handler.trace_id, handler.parent_span_id) == (run.trace_id, run.span_id)
     attributes = {a.key: a.value for a in run.attributes}
     assert attributes["lifecycle.run.outcome"].string_value == "succeeded"
     assert attributes["process.exit.code"].int_value == 0

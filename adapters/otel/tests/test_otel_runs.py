@@ -424,3 +424,24 @@ async def test_the_command_gets_the_run_span_as_its_traceparent(telemetry: Telem
         result.output_tail
         == f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
     )
+
+
+async def test_a_run_the_watchdog_declared_lost_ends_at_the_verdict(telemetry: Telemetry) -> None:
+    starting, _ = events_from_elsewhere(Outcome.SUCCEEDED)
+    verdict = Event(
+        EXITED,
+        "run-1",
+        starting.environment,
+        {"last_heartbeat": starting.timestamp.isoformat()},
+        timestamp=starting.timestamp + timedelta(seconds=40),
+        outcome=Outcome.LOST,
+    )
+    async with EventBus() as bus:
+        with attach(bus, telemetry):
+            await bus.emit(starting)
+            await bus.emit(verdict)
+    span = telemetry.run_span()
+    assert (span.start_time, span.end_time) == (ns(starting.timestamp), ns(verdict.timestamp))
+    assert attributes(span)["lifecycle.run.outcome"] == "lost"
+    assert attributes(span)["error.type"] == "lost"
+    assert span.status.status_code is StatusCode.ERROR
