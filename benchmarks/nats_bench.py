@@ -22,6 +22,14 @@ process and one asyncio loop, the alternatives alternating round by round:
   up side by side): ``bus.emit`` on one bus to the handler on the bus of
   ``lifecycle_nats.source``; against raw ``js.publish`` to a raw pull subscriber's
   ``fetch`` (acking each message).
+- listener lag behind a hanging handler (issue 19): 6 ``exited`` events of 6 runs sent at
+  once to a running ``source``, whose bus has a quick handler and one that hangs to its
+  2 s timeout on every event; the lag of the last event (when the quick handler saw it,
+  when its handlers were done), handling one message at a time (``concurrency=1``, as
+  before) and with the default ``concurrency=16``.
+- a broker restart (issue 15): 100 publishers in this process lose the broker together
+  (SIGKILL), it is back 3 s later; when each stores an event again, with the reconnect
+  waits of before (doubling, no jitter) and the jittered ones.
 - ``--scale``: 10,000 simulated runs, each a heartbeat a second, published through the
   adapter by child processes (4, each with its share of the runs), consumed by one
   ``source`` here for a bounded time;
@@ -56,7 +64,7 @@ import nats
 import structlog
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from lifecycle import HEARTBEAT, EnvironmentInfo, Event, EventBus
+from lifecycle import EXITED, HEARTBEAT, EnvironmentInfo, Event, EventBus
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -64,23 +72,36 @@ if TYPE_CHECKING:
 WINDOW = 256
 
 
-@contextlib.contextmanager
-def nats_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_server(port: int, directory: str) -> subprocess.Popen[bytes]:
+    """``nats-server -js`` on ``port`` with its store in ``directory``, once it is ready."""
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    log = Path(directory) / "nats.log"
+    offset = log.stat().st_size if log.exists() else 0
+    process = subprocess.Popen(
+        [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", directory, "-l", str(log)]
+    )
+    deadline = time.monotonic() + 20
+    while not (log.exists() and b"Server is ready" in log.read_bytes()[offset:]):
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError(f"nats-server did not start: {log}")
+        time.sleep(0.01)
+    return process
+
+
+@contextlib.contextmanager
+def nats_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
     with tempfile.TemporaryDirectory() as directory:
-        log = Path(directory) / "nats.log"
-        process = subprocess.Popen(
-            [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", directory, "-l", str(log)]
-        )
+        process = start_server(port, directory)
         try:
-            deadline = time.monotonic() + 20
-            while not (log.exists() and b"Server is ready" in log.read_bytes()):
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"nats-server did not start: {log}")
-                time.sleep(0.01)
             yield f"nats://127.0.0.1:{port}", process
         finally:
             process.terminate()
@@ -296,6 +317,132 @@ async def latency(
     return ours, raw
 
 
+# -- listener lag behind a hanging handler (issue 19) -------------------------------------
+
+HANG_EVENTS = 6
+HANG_TIMEOUT = 2.0
+
+
+async def hanging_lag(url: str, concurrency: int, spool: Path, state: Path) -> dict[str, float]:
+    """Issue 19's scenario: 6 ``exited`` events of 6 runs, sent at once to a running listener
+    whose bus has a quick handler and one that hangs to its 2 s timeout on every event.
+
+    Returns the lag of the last event (seconds after it was sent): when the quick handler
+    saw it, and when its handlers were all done (the hanging one timed out).
+    """
+    import lifecycle_nats
+
+    tag = f"lag{concurrency}x{time.time_ns()}"
+    seen: dict[str, float] = {}
+
+    def quick(event: Event) -> None:
+        seen[event.event_id] = time.perf_counter()
+
+    async def hang(event: Event) -> None:
+        await anyio.sleep(3600)
+
+    bus = EventBus(name="lag")
+    bus.subscribe(EXITED, quick, inline=True)
+    bus.subscribe(EXITED, hang, timeout=HANG_TIMEOUT)
+    source = lifecycle_nats.source(
+        bus, servers=url, stream=tag.upper(), subject_prefix=tag, durable=tag,
+        state_dir=state, concurrency=concurrency,
+    )  # fmt: skip
+    sent = [
+        Event(name=EXITED, run_id=f"run{i}", environment=EnvironmentInfo.current(f"job{i}"))
+        for i in range(HANG_EVENTS)
+    ]
+    sent_at: dict[str, float] = {}
+    async with anyio.create_task_group() as group:
+        await group.start(source.run)
+        async with lifecycle_nats.Publisher(
+            servers=url, stream=tag.upper(), subject_prefix=tag, spool_dir=spool
+        ) as publisher:
+            for event in sent:
+                sent_at[event.event_id] = time.perf_counter()
+                await publisher.publish(event)
+        with anyio.fail_after(HANG_EVENTS * HANG_TIMEOUT * 3):
+            # The source's counter, raised after each emit: nothing else to wait on.
+            while source.handled < HANG_EVENTS:  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+        done = time.perf_counter()
+        source.stop()
+    await bus.aclose()
+    last = sent[-1].event_id
+    return {
+        "last_seen_s": round(seen[last] - sent_at[last], 3),
+        "last_done_s": round(done - sent_at[last], 3),
+    }
+
+
+# -- a broker restart: do the publishers come back together? (issue 15) ------------------
+
+
+def _lock_step_waits(longest: float, rng: Any = None) -> Iterator[float]:
+    """The reconnect waits before issue 15: doubling from 50 ms, no jitter."""
+    wait = 0.05
+    while True:
+        yield wait
+        wait = min(wait * 2, longest)
+
+
+async def reconnect_burst(count: int, jitter: bool, down: float, work: Path) -> dict[str, Any]:
+    """``count`` publishers (one process, each its own connection) lose the broker at once
+    (SIGKILL); it is back ``down`` seconds later. When does each store an event again?
+
+    Returns the spread of those times after the server is back, and the most that fell
+    within one 100 ms window; ``jitter=False`` runs the waits of before (lock-step).
+    """
+    import lifecycle_nats
+    from lifecycle_nats import _publisher
+
+    jittered = _publisher.reconnect_waits
+    if not jitter:
+        _publisher.reconnect_waits = _lock_step_waits
+    port = free_port()
+    directory = tempfile.mkdtemp(dir=work)
+    server = start_server(port, directory)
+    url = f"nats://127.0.0.1:{port}"
+    publishers = [
+        lifecycle_nats.Publisher(
+            servers=url, stream="BURST", subject_prefix="burst", spool_dir=work / "spool-burst"
+        )
+        for _ in range(count)
+    ]
+    try:
+        for publisher in publishers:
+            publisher.start()
+        await asyncio.gather(*(p.publish(events(1, "burst")[0]) for p in publishers))
+        server.kill()
+        server.wait()
+        stored: list[float] = []
+        entries = []
+        for publisher in publishers:
+            message = _publisher.message_for(events(1, "burst")[0], "burst")
+            entry = publisher.submit(message)
+            publisher.waiter(entry).add_done_callback(lambda _: stored.append(time.perf_counter()))
+            entries.append((publisher, entry))
+        await asyncio.sleep(down)
+        server = await asyncio.to_thread(start_server, port, directory)
+        back = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(p.wait(entry) for p, entry in entries)), down + 30)
+    finally:
+        _publisher.reconnect_waits = jittered
+        for publisher in publishers:
+            await publisher.aclose()
+        server.kill()
+        server.wait()
+    after = sorted(t - back for t in stored)
+    busiest = max(sum(1 for u in after if t <= u < t + 0.1) for t in after)
+    return {
+        "publishers": count,
+        "first_s": round(after[0], 3),
+        "median_s": round(statistics.median(after), 3),
+        "last_s": round(after[-1], 3),
+        "most_within_100ms": busiest,
+    }
+
+
 # -- scale -----------------------------------------------------------------------------
 
 SCALE_CHILD = """
@@ -503,6 +650,16 @@ async def run(args: argparse.Namespace, url: str, server_pid: int, work: Path) -
         "raw_p99_ms": round(1000 * percentile(raw_all, 0.99), 3),
         "p99_ratio": round(percentile(ours_all, 0.99) / percentile(raw_all, 0.99), 2),
         "median_ratio": round(statistics.median(ours_all) / statistics.median(raw_all), 2),
+    }
+    say("listener lag behind a hanging handler")
+    results["hanging_handler_lag"] = {
+        f"concurrency_{n}": await hanging_lag(url, n, work / "spool-lag", work / "state")
+        for n in (1, 16)
+    }
+    say("a broker restart with 100 publishers")
+    results["reconnect_after_restart"] = {
+        "lock_step_before": await reconnect_burst(100, False, 3.0, work),
+        "jittered": await reconnect_burst(100, True, 3.0, work),
     }
     if args.scale:
         say(f"scale: {args.scale_runs} runs for {args.scale_seconds:g} s")

@@ -1,4 +1,4 @@
-"""Start-up cost of the ``lifecycle`` command, against bare Python (issue 8).
+"""Start-up cost of the ``lifecycle`` command, against bare Python (issues 8 and 19).
 
 Run it with ``uv run python -m benchmarks.startup`` (``--quick`` for a smoke run). Each
 command runs as a fresh process, one after the other in every round (the order rotates
@@ -14,6 +14,9 @@ Wall time is what a user waits; on a machine shared with other work it swings wi
 load. The CPU time of the process (user + system, from ``RUSAGE_CHILDREN``) swings much
 less, and for a start-up, which is imports, it is most of the wall time on an idle machine.
 The fastest wall time of the rounds is the one least disturbed by other work.
+
+The last lines divide ``lifecycle run -- true`` by the bare ``asyncio.run`` line (issue
+19's target: at most 1.5 times), wall and CPU medians of the same rounds.
 
 ``--baseline DIR`` also times the ``lifecycle`` commands of another checkout (its
 ``lifecycle`` package and ``adapters/*`` put first on ``PYTHONPATH``), in the same rounds:
@@ -36,6 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+ASYNCIO_RUN = "asyncio.run of asyncio.sleep(0)"
+RUN_TRUE = "lifecycle run -- true, no configuration"
 
 STRUCTLOG_CONFIG = """\
 [[adapters]]
@@ -113,6 +119,12 @@ def _cases(work: Path, baseline: Path | None) -> list[Case]:
         Case("python -c pass", [*python, "-c", "pass"], bare, env),
         Case('python -c "import asyncio"', [*python, "-c", "import asyncio"], bare, env),
         Case(
+            ASYNCIO_RUN,
+            [*python, "-c", "import asyncio; asyncio.run(asyncio.sleep(0))"],
+            bare,
+            env,
+        ),
+        Case(
             "anyio.run of an empty function",
             [*python, "-c", "import anyio; anyio.run(anyio.sleep, 0)"],
             bare,
@@ -130,7 +142,7 @@ def _cases(work: Path, baseline: Path | None) -> list[Case]:
         )
         cases.append(
             Case(
-                f"lifecycle run -- true, no configuration{suffix}",
+                f"{RUN_TRUE}{suffix}",
                 [*_lifecycle(), "run", "--", true],
                 bare,
                 version_env,
@@ -188,6 +200,16 @@ def report(cases: list[Case], rounds: int) -> str:
             f"{case.label:<{width}}  {case.cpu_median * 1000:5.1f} ms  {cpu_over:>10}  "
             f"{case.median * 1000:5.1f} ms  {min(case.times) * 1000:5.1f} ms  {fastest_over:>10}"
         )
+    by_label = {case.label: case for case in cases}
+    asyncio_run = by_label[ASYNCIO_RUN]
+    lines.append("")
+    for label in (RUN_TRUE, f"{RUN_TRUE} [baseline]"):
+        run = by_label.get(label)
+        if run is not None:
+            lines.append(
+                f"{label} / {ASYNCIO_RUN}: wall {run.median / asyncio_run.median:.2f}x, "
+                f"CPU {run.cpu_median / asyncio_run.cpu_median:.2f}x (target: at most 1.5x)"
+            )
     return "\n".join(lines)
 
 

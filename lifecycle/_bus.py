@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import enum
-import math
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -13,21 +11,12 @@ import anyio
 import blinker
 from blinker import ANY
 
+from ._backends import Backend, Background, backend_for, run_inline_group, running_loop
 from ._childenv import ChildEnvHook
-from ._dispatch import (
-    YIELDS,
-    Deadlines,
-    result_of,
-    retrieve_quietly,
-    run_group_asyncio,
-    run_group_trio,
-    run_inline_group,
-    start_task,
-)
 from ._exceptions import BusClosedError, EmitDepthError
 from ._handle import Handle
 from ._logging import log_failure, logger
-from ._plan import NO_PLAN, Plan, PlanCache, Selection
+from ._plan import NO_PLAN, Plan, PlanCache, Selection, timeout_buckets
 from ._results import CloseReport, EmitReport, HandlerResult, InlineRun, Status
 from ._subscription import Handler, Subscription, check_timeout, handler_name, is_async_callable
 from ._threads import WorkerPool
@@ -45,9 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT", "EventBus", "ResultHook"]
 
 H = TypeVar("H", bound=Handler)
-
-# After a group's handlers outlived the yields to the loop, how many emits skip them.
-_SKIP_YIELDS = 16
 
 _depth: contextvars.ContextVar[int] = contextvars.ContextVar("lifecycle_emit_depth", default=0)
 
@@ -95,29 +81,6 @@ class ResultHook(Handle):
 
     def _release(self) -> None:
         self.disconnect()
-
-
-class _Deadline:
-    """One timer for the background handlers of one emit that share a timeout.
-
-    A timer per handler cost more than creating the handler's task; this one is cancelled
-    as soon as the last of its handlers finishes, so it holds nothing for long.
-    """
-
-    __slots__ = ("futures", "handle", "pending")
-
-    def __init__(self) -> None:
-        self.futures: list[asyncio.Future[Any]] = []
-        self.handle: asyncio.TimerHandle | None = None
-        self.pending = 0
-
-    def release(self) -> None:
-        """One of the handlers finished (or was given up)."""
-        self.pending -= 1
-        if self.pending <= 0 and self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
-            self.futures = []
 
 
 def _blinker_receiver(receiver: Callable[..., Any], sender: Any) -> Handler:
@@ -186,7 +149,6 @@ class EventBus:
         for option, value in (("max_background", max_background), ("max_depth", max_depth)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{option} must be a positive int, not {value!r}")
-        self.max_background = max_background
         self.max_depth = max_depth
         self._state = BusState.OPEN
         self._signals = blinker.Namespace()
@@ -198,17 +160,23 @@ class EventBus:
         self._pool = WorkerPool(
             max_threads, max_abandoned_threads, self.name, max_abandoned_per_handler
         )
-        # The deadlines of blocking handlers still running, one timer for all (asyncio).
-        self._deadlines: Deadlines | None = None
-        # Background handlers in flight: future (asyncio) or cancel scope (trio) -> entry.
-        self._background: dict[Any, tuple[Subscription, Event, float, _Deadline | None]] = {}
-        self._room: anyio.Event | None = None
-        self._idle: anyio.Event | None = None
+        self._background = Background(max_background, self._announce, self.name)
+        # How handlers run on the loop this bus last emitted on (see _backend_here).
+        self._backend: Backend | None = None
 
     def __repr__(self) -> str:
         return f"<EventBus {self.name!r} {self._state.value}>"
 
     # -- receivers -------------------------------------------------------------------
+
+    @property
+    def max_background(self) -> int:
+        """Background handlers in flight at once; past it, ``emit`` waits."""
+        return self._background.limit
+
+    @max_background.setter
+    def max_background(self, value: int) -> None:
+        self._background.limit = value
 
     @property
     def state(self) -> BusState:
@@ -442,45 +410,27 @@ class EventBus:
         token = _depth.set(depth + 1)
         if selection.inline_only:
             try:
-                for group, group_calls in selection.inline_only:
-                    run_inline_group(group, group_calls, event, parts)
+                for subs, calls in selection.inline_only:
+                    run_inline_group(subs, calls, event, parts)
             finally:
                 _depth.reset(token)
             return self._reported(event, parts, selection, started)
         try:
-            try:
-                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
+            backend = self._backend
+            if backend is None or backend.loop is not running_loop():
+                backend = self._backend_here()
             if background:
-                if (
-                    loop is not None
-                    and len(self._background) + len(background) <= self.max_background
-                ):
+                if self._background.has_room(len(background)):
                     # The common case: room for all of them, so no await at all.
-                    self._start_background_asyncio(loop, background, event)
+                    backend.start_background(background, selection.background_timeouts, event)
                 else:
-                    await self._start_background(loop, background, event)
-            for index, (subs, calls) in enumerate(selection.steps):
-                if calls is not None:
-                    run_inline_group(subs, calls, event, parts)
-                elif loop is not None:
-                    deadlines = self._deadlines
-                    if deadlines is None or deadlines.loop is not loop:
-                        # A bus used from another loop (another thread, a new asyncio.run)
-                        # gets a watcher for that loop; the old one's timer stays with its
-                        # own loop and groups.
-                        deadlines = self._deadlines = Deadlines(loop)
-                    skip = selection.skip_yields[index]
-                    if skip:
-                        selection.skip_yields[index] = skip - 1
-                    waited = await run_group_asyncio(
-                        loop, self._pool, deadlines, subs, event, parts, 0 if skip else YIELDS
-                    )
-                    if waited and not skip:
-                        selection.skip_yields[index] = _SKIP_YIELDS
+                    await self._start_background_waiting(backend, background, event)
+            for group in selection.steps:
+                inline_calls = group.calls
+                if inline_calls is not None:
+                    run_inline_group(group.subs, inline_calls, event, parts)
                 else:
-                    await run_group_trio(self._pool, subs, event, parts)
+                    await backend.run_group(group, event, parts)
         finally:
             _depth.reset(token)
         return self._reported(event, parts, selection, started)
@@ -549,100 +499,26 @@ class EventBus:
         """How many background handlers are running now."""
         return len(self._background)
 
-    async def _start_background(
-        self,
-        loop: asyncio.AbstractEventLoop | None,
-        subs: tuple[Subscription, ...],
-        event: Event,
+    def _backend_here(self) -> Backend:
+        """The backend of the running loop: the one kept, or a new one for a new loop.
+
+        A bus used from another loop (another thread, a new ``asyncio.run``) gets a
+        backend for that loop; the old one's timer stays with its own loop and handlers.
+        """
+        loop = running_loop()
+        backend = self._backend
+        if backend is None or backend.loop is not loop:
+            backend = self._backend = backend_for(loop, self._pool, self._background)
+        return backend
+
+    async def _start_background_waiting(
+        self, backend: Backend, subs: tuple[Subscription, ...], event: Event
     ) -> None:
+        """Start background handlers one by one, each when there is room for it."""
         for sub in subs:
-            while len(self._background) >= self.max_background:
-                # Back-pressure instead of loss: wait for a slot.
-                if self._room is None:
-                    self._room = anyio.Event()
-                await self._room.wait()
-            if loop is None:
-                await self._start_background_generic(sub, event, perf_counter())
-            else:
-                self._start_background_asyncio(loop, (sub,), event)
-
-    def _start_background_asyncio(
-        self, loop: asyncio.AbstractEventLoop, subs: tuple[Subscription, ...], event: Event
-    ) -> None:
-        started = perf_counter()
-        deadlines: dict[float, _Deadline] = {}
-        background = self._background
-        for sub in subs:
-            future = (
-                start_task(loop, sub.call(event))
-                if sub.is_async
-                else self._pool.submit(sub.call, event, loop)
-            )
-            if future.done():  # an eager task that never suspended
-                background[future] = (sub, event, started, None)
-                self._background_done(future)
-                continue
-            deadline = None
-            if sub.timeout is not None:
-                deadline = deadlines.get(sub.timeout)
-                if deadline is None:
-                    deadline = deadlines[sub.timeout] = _Deadline()
-                deadline.futures.append(future)
-            background[future] = (sub, event, started, deadline)
-            future.add_done_callback(self._background_done)
-        if deadlines:
-            now = loop.time()
-            for timeout, deadline in deadlines.items():
-                deadline.pending = len(deadline.futures)
-                deadline.handle = loop.call_at(now + timeout, self._background_expired, deadline)
-
-    def _background_done(self, future: asyncio.Future[Any]) -> None:
-        entry = self._background.pop(future, None)
-        if entry is None:
-            retrieve_quietly(future)  # given up at its timeout or at close, already reported
-            return
-        sub, event, started, deadline = entry
-        if deadline is not None:
-            deadline.release()
-        self._background_finished(result_of(sub, event, future, perf_counter() - started, False))
-
-    def _background_expired(self, deadline: _Deadline) -> None:
-        for future in deadline.futures:
-            entry = self._background.pop(future, None)
-            if entry is None:
-                continue  # finished in time
-            sub, event, started, _ = entry
-            future.cancel()
-            self._background_finished(result_of(sub, event, future, perf_counter() - started, True))
-        deadline.futures = []
-
-    def _background_finished(self, result: HandlerResult) -> None:
-        self._announce(result)
-        if self._room is not None and len(self._background) < self.max_background:
-            self._room.set()
-            self._room = None
-        if self._idle is not None and not self._background:
-            self._idle.set()
-
-    async def _start_background_generic(
-        self, sub: Subscription, event: Event, started: float
-    ) -> None:
-        import trio  # the only other anyio backend
-
-        scope = anyio.CancelScope()
-        self._background[scope] = (sub, event, started, None)
-        trio.lowlevel.spawn_system_task(self._run_background_generic, sub, event, scope)
-
-    async def _run_background_generic(
-        self, sub: Subscription, event: Event, scope: anyio.CancelScope
-    ) -> None:
-        slot: list[ResultPart] = []
-        with scope:
-            await run_group_trio(self._pool, (sub,), event, slot)
-        if self._background.pop(scope, None) is not None and slot:
-            (result,) = slot
-            assert isinstance(result, HandlerResult)  # background handlers are never inline
-            self._background_finished(result)
+            await self._background.wait_for_room(backend.new_event)
+            one = (sub,)
+            backend.start_background(one, timeout_buckets(one), event)
 
     async def drain(self, grace: float | None = None) -> CloseReport:
         """Wait up to ``grace`` seconds for background handlers; cancel and report the rest.
@@ -650,31 +526,7 @@ class EventBus:
         ``None`` waits until they finish (each is still bounded by its own timeout).
         """
         grace = check_timeout(grace, "grace")
-        with anyio.move_on_after(math.inf if grace is None else grace):
-            while self._background:
-                self._idle = anyio.Event()
-                await self._idle.wait()
-        self._idle = None
-        cancelled: list[HandlerResult] = []
-        while self._background:
-            key, (sub, event, started, deadline) = self._background.popitem()
-            if deadline is not None:
-                deadline.release()
-            key.cancel()
-            result = HandlerResult(
-                sub.name, event.name, Status.CANCELLED, perf_counter() - started, None,
-                sub.critical, True, event.run_id,
-            )  # fmt: skip
-            cancelled.append(result)
-            self._background_finished(result)
-        if cancelled:
-            logger.warning(
-                "background handlers cancelled after the grace period",
-                bus=self.name,
-                grace=grace,
-                handlers=[f"{r.handler} ({r.signal}, run {r.run_id})" for r in cancelled],
-            )
-        return CloseReport(tuple(cancelled))
+        return await self._background.drain(grace, self._backend_here().new_event)
 
     # -- closing ---------------------------------------------------------------------
 

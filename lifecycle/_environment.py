@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from time import perf_counter
@@ -14,7 +13,7 @@ import anyio
 import anyio.to_thread
 
 from ._bus import EventBus
-from ._event import EXITED, STARTING, EnvironmentInfo, ErrorInfo, Event, Outcome
+from ._event import EXITED, STARTING, EnvironmentInfo, ErrorInfo, Event, Outcome, new_id
 from ._exceptions import (
     LifecycleError,
     RunTerminated,
@@ -227,7 +226,7 @@ class Environment:
         timeout = check_timeout(timeout)
         heartbeat = check_interval(heartbeat)
         announced = check_interval(heartbeat_interval) or heartbeat
-        run = Run(self, run_id or uuid.uuid4().hex, attributes or {})
+        run = Run(self, run_id or new_id(), attributes or {})
         # Most environments hold nothing: no generator-based context per run for them.
         custom = type(self).lifespan is not Environment.lifespan
         async with self.lifespan(run) if custom else contextlib.nullcontext():

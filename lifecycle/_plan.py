@@ -33,7 +33,16 @@ if TYPE_CHECKING:
     from ._event import Event
     from ._subscription import Subscription
 
-__all__ = ["MAX_PLANS", "MAX_SELECTIONS", "Plan", "PlanCache", "Selection"]
+__all__ = [
+    "MAX_PLANS",
+    "MAX_SELECTIONS",
+    "Group",
+    "Plan",
+    "PlanCache",
+    "Selection",
+    "TimeoutBuckets",
+    "timeout_buckets",
+]
 
 MAX_PLANS = 256
 """Plans one bus keeps of each kind: per signal, for senders without receivers of their
@@ -48,18 +57,58 @@ def _order(sub: Subscription) -> tuple[int, int]:
     return (sub.order, sub.sequence)
 
 
-class Selection:
-    """The handlers one event reaches: blocking groups in ``order``, and background ones.
+TimeoutBuckets = tuple[tuple[float | None, tuple[int, ...]], ...]
+"""Handlers by timeout: ``(timeout, indexes of the handlers)`` pairs."""
 
-    ``steps`` holds one ``(subscriptions, calls)`` pair per group; ``calls`` is the tuple
-    of the handlers' callables when every one of them is inline (the group then runs
-    without tasks), else ``None``.
+
+def timeout_buckets(subs: tuple[Subscription, ...]) -> TimeoutBuckets:
+    """The handlers of ``subs`` that run as tasks or threads, by timeout, as indexes.
+
+    The one place a handler's timeout is read for dispatch: handlers sharing a timeout
+    share a deadline (one timer entry on asyncio, one cancel scope on trio). Buckets come
+    in the order of their first handler; inline handlers have no timeout and are left out.
+    """
+    buckets: dict[float | None, list[int]] = {}
+    for index, sub in enumerate(subs):
+        if not sub.inline:
+            buckets.setdefault(sub.timeout, []).append(index)
+    return tuple((timeout, tuple(indexes)) for timeout, indexes in buckets.items())
+
+
+class Group:
+    """The handlers of one ``order`` in a selection: they run concurrently.
+
+    ``calls`` holds the handlers' callables when every one of them is inline (the group
+    then runs without tasks), else ``None``; ``timeouts`` holds the others by timeout
+    (:func:`timeout_buckets`).
     """
 
-    __slots__ = ("background", "background_names", "inline_only", "skip_yields", "steps")
+    __slots__ = ("calls", "inline", "skip_yields", "subs", "timeouts")
 
-    steps: tuple[tuple[tuple[Subscription, ...], tuple[Callable[[Event], Any], ...] | None], ...]
-    inline_only: tuple[tuple[tuple[Subscription, ...], tuple[Callable[[Event], Any], ...]], ...]
+    def __init__(self, subs: tuple[Subscription, ...]) -> None:
+        self.subs = subs
+        self.inline = any(sub.inline for sub in subs)
+        self.calls: tuple[Callable[[Event], Any], ...] | None = (
+            tuple(sub.call for sub in subs) if all(sub.inline for sub in subs) else None
+        )
+        self.timeouts = timeout_buckets(subs)
+        # How many more emits go straight to waiting for its handlers instead of first
+        # yielding to the loop for them (asyncio): set when the handlers were still
+        # running after the yields, so a group of slow handlers does not pay for yields
+        # that never finish them, and counted down so that it tries again.
+        self.skip_yields = 0
+
+
+class Selection:
+    """The handlers one event reaches: blocking groups in ``order``, and background ones."""
+
+    __slots__ = (
+        "background",
+        "background_names",
+        "background_timeouts",
+        "inline_only",
+        "steps",
+    )
 
     def __init__(self, subs: list[Subscription]) -> None:
         # ``subs`` is sorted by (order, sequence).
@@ -72,26 +121,18 @@ class Selection:
                 groups[-1].append(sub)
             else:
                 groups.append([sub])
-        self.steps = tuple(
-            (
-                tuple(group),
-                tuple(sub.call for sub in group) if all(sub.inline for sub in group) else None,
-            )
-            for group in groups
-        )
+        self.steps = tuple(Group(tuple(group)) for group in groups)
         self.background = tuple(background)
         self.background_names = tuple(sub.name for sub in background)
-        # Per group, how many more emits go straight to waiting for its handlers instead
-        # of first yielding to the loop for them (asyncio): set when the handlers were
-        # still running after the yields, so a group of slow handlers does not pay for
-        # yields that never finish them, and counted down so that it tries again.
-        self.skip_yields = [0] * len(self.steps)
-        # When every handler is inline, the steps again (with their calls): the emit then
-        # needs no loop, no task and no await. Empty otherwise.
-        self.inline_only = ()
-        if not background and all(calls is not None for _, calls in self.steps):
+        self.background_timeouts = timeout_buckets(self.background)
+        # When every handler is inline, the steps again, as (subscriptions, calls): the
+        # emit then needs no loop, no task and no await. Empty otherwise.
+        self.inline_only: tuple[
+            tuple[tuple[Subscription, ...], tuple[Callable[[Event], Any], ...]], ...
+        ] = ()
+        if not background and all(group.calls is not None for group in self.steps):
             self.inline_only = tuple(
-                (subs, calls) for subs, calls in self.steps if calls is not None
+                (group.subs, group.calls) for group in self.steps if group.calls is not None
             )
 
 

@@ -248,9 +248,10 @@ class SubprocessEnvironment(Environment):
         new_session: start the child in a new session (its own process group).
         die_with_parent: on Linux (asyncio backend), the child gets SIGKILL if this
             process dies without stopping it (killed with SIGKILL, say), so the command
-            never runs on unsupervised. It costs one short-lived Python start per run
-            (a shim that sets ``PR_SET_PDEATHSIG`` and execs the command in its place).
-            Elsewhere it does nothing: supervise the wrapper itself.
+            never runs on unsupervised (``PR_SET_PDEATHSIG``, set in the forked child
+            when this process has a single thread, else by a shim that costs one
+            short-lived Python start). Elsewhere it does nothing: supervise the wrapper
+            itself.
         cwd, env: the child's working directory and environment variables.
 
     Raises:

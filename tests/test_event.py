@@ -132,3 +132,16 @@ def test_outcomes_cover_every_way_a_run_ends() -> None:
 
 def test_signal_names() -> None:
     assert (STARTING, EXITED) == ("environment.starting", "environment.exited")
+
+
+def test_run_and_event_ids_are_random_uuid4_hex() -> None:
+    """Made without the uuid module (a start-up cost), they read as uuid4().hex did."""
+    import uuid
+
+    from lifecycle._event import new_id
+
+    ids = {new_id() for _ in range(100)}
+    assert len(ids) == 100
+    for made in ids:
+        parsed = uuid.UUID(hex=made)
+        assert (parsed.hex, parsed.version, parsed.variant) == (made, 4, uuid.RFC_4122)

@@ -93,7 +93,7 @@ async def test_deadlines_of_finished_groups_do_not_pile_up() -> None:
     for _ in range(500):
         report = await bus.emit(event)
         assert report.ok
-    deadlines = bus._deadlines
+    deadlines = bus._backend.deadlines  # type: ignore[union-attr]
     assert deadlines is not None
     assert deadlines.live == 0
     assert len(deadlines.entries) <= 2 * 64
@@ -146,3 +146,21 @@ async def test_a_group_skipping_its_yields_reports_like_one_that_yields() -> Non
         report = await bus.emit(event)
         assert [r.status for r in report.results] == [Status.OK, Status.ERROR, Status.OK]
         assert isinstance(report.results[1].exception, RuntimeError)
+
+
+@pytest.mark.asyncio
+async def test_finished_background_handlers_leave_nothing_in_the_deadlines() -> None:
+    """Their deadline entries wait in the heap a while: they must not hold the futures."""
+    bus = EventBus(default_timeout=60.0)
+    bus.subscribe(STARTING, _suspends, background=True)
+    bus.subscribe(STARTING, _suspends, background=True, timeout=30.0)
+    event = starting()
+    for _ in range(200):
+        await bus.emit(event)
+    with anyio.fail_after(5):
+        report = await bus.drain()
+    assert report.cancelled == ()
+    deadlines = bus._backend.deadlines  # type: ignore[union-attr]
+    assert deadlines.live == 0
+    assert len(deadlines.entries) <= 2 * 64
+    assert [entry for entry in deadlines.entries if entry[3]] == []

@@ -14,7 +14,7 @@ from lifecycle.plugins import claim_exports as _claim_exports
 
 from ._adapter import DEFAULT_SIGNALS, NatsAdapter, attach
 from ._exceptions import NatsConnectError, NatsError, StreamConfigError
-from ._options import DEFAULT_SERVERS, SPOOL_ENV, NatsOptions, default_spool_dir
+from ._options import DEFAULT_SERVERS, SPOOL_ENV, NatsOptions, default_spool_dir, show_server
 from ._publisher import Publisher, PublisherState
 from ._source import STATE_ENV, Source, source
 from ._stream import ensure_stream, jetstream_required
@@ -38,6 +38,7 @@ __all__ = [
     "default_spool_dir",
     "ensure_stream",
     "jetstream_required",
+    "show_server",
     "source",
     "subject_for",
 ]

@@ -2,8 +2,8 @@
 
 ``lifecycle listen [--config FILE]`` consumes the stream into a local bus with the
 configuration's adapters and handlers; its ``[listen]`` table holds the NATS options and
-the filters (see :func:`lifecycle_nats.source`). SIGTERM or SIGINT: the message in hand is
-finished, background handlers drained, exit 0.
+the filters (see :func:`lifecycle_nats.source`). SIGTERM or SIGINT: the messages being
+handled are finished, background handlers drained, exit 0.
 
 ``lifecycle flush [--config FILE]`` sends the spool now, with the options of the
 configuration's ``[[adapters]] name = "nats"`` entry.
@@ -98,7 +98,8 @@ def listen(argv: Sequence[str]) -> int:
         prog="lifecycle listen",
         description="Consume lifecycle events from NATS JetStream and run the configured "
         "adapters and handlers on them, as if the runs were local. NATS options and filters "
-        "come from the [listen] table of the configuration.",
+        "come from the [listen] table of the configuration; up to its concurrency (16) "
+        "messages are handled at once, the events of one run in order.",
         epilog="exit status: 0 when stopped by SIGTERM or SIGINT; 1 when NATS cannot be "
         "reached (the message names the servers); 2 on a usage mistake or a bad "
         "configuration (the message names the file, key and value).",
@@ -174,7 +175,7 @@ async def _listen(config: Config | None) -> int:
                 async def stop_on_signal() -> None:
                     async for signum in signals:
                         structlog.get_logger("lifecycle.nats").info(
-                            "stopping: finishing the message in hand",
+                            "stopping: finishing the messages being handled",
                             signal=signal.Signals(signum).name,
                         )
                         consumer.stop()

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from nats.aio.client import Client
 
-__all__ = ["DEFAULT_SERVERS", "SPOOL_ENV", "NatsOptions", "default_spool_dir"]
+__all__ = ["DEFAULT_SERVERS", "SPOOL_ENV", "NatsOptions", "default_spool_dir", "show_server"]
 
 DEFAULT_SERVERS = "nats://127.0.0.1:4222"
 """Where lifecycle-nats looks for NATS unless told otherwise."""
@@ -45,6 +45,15 @@ def default_spool_dir() -> Path:
     if env:
         return Path(env)
     return Path(platformdirs.user_state_dir("lifecycle")) / "spool"
+
+
+def show_server(url: str) -> str:
+    """A server URL as messages show it: ``scheme://host:port``, nothing else.
+
+    Credentials, path and query are never shown, and neither is ``redact_url``'s ``/***``
+    marker for them, which after a server's address reads like a path.
+    """
+    return redact_url(url).removesuffix("/***")
 
 
 def _seconds(option: str, value: Any, *, zero: bool = False) -> float:
@@ -188,7 +197,7 @@ class NatsOptions:
 
     @property
     def shown_servers(self) -> str:
-        return ", ".join(redact_url(url) for url in self.servers)
+        return ", ".join(show_server(url) for url in self.servers)
 
     def credentials_option(self) -> str:
         """The option(s) that carry the credentials, to name in an error."""
@@ -225,15 +234,6 @@ class NatsOptions:
             elif on_async_error is not None:
                 await on_async_error(exc)
 
-        kwargs: dict[str, Any] = {}
-        if self.user is not None:
-            kwargs["user"] = self.user
-        if self.password is not None:
-            kwargs["password"] = self.password
-        if self.token is not None:
-            kwargs["token"] = self.token
-        if self.creds is not None:
-            kwargs["user_credentials"] = self.creds
         client = NATS()
         try:
             await client.connect(
@@ -247,7 +247,7 @@ class NatsOptions:
                 reconnect_time_wait=0,
                 connect_timeout=self.connect_timeout,  # type: ignore[arg-type,unused-ignore]
                 dont_randomize=True,
-                **kwargs,
+                **self.credentials(),
                 **callbacks,
             )
         except BaseException as exc:
@@ -256,16 +256,36 @@ class NatsOptions:
             with contextlib.suppress(Exception):
                 await client.close()
             if isinstance(exc, nats.errors.NoServersError):
-                raise self._failure(errors) from None
+                raise self.connect_error(errors) from None
             if isinstance(exc, (OSError, nats.errors.Error, asyncio.TimeoutError)):
                 errors.append(exc)
-                raise self._failure(errors) from None
+                raise self.connect_error(errors) from None
             raise
         connected = True
         return client
 
-    def _failure(self, errors: list[BaseException]) -> NatsConnectError:
-        auth = [e for e in errors if _is_auth_error(e)]
+    def credentials(self) -> dict[str, Any]:
+        """The credentials as keyword arguments of nats-py's ``connect``."""
+        kwargs: dict[str, Any] = {}
+        if self.user is not None:
+            kwargs["user"] = self.user
+        if self.password is not None:
+            kwargs["password"] = self.password
+        if self.token is not None:
+            kwargs["token"] = self.token
+        if self.creds is not None:
+            kwargs["user_credentials"] = self.creds
+        return kwargs
+
+    def connect_error(
+        self, errors: list[BaseException], *, waited: float | None = None
+    ) -> NatsConnectError:
+        """The error for a first connection that failed with ``errors`` (nats-py's, in order).
+
+        Refused credentials name the credential option and say what the server said;
+        anything else names ``servers`` (and ``waited``, the seconds tried, if given).
+        """
+        auth = [e for e in errors if self.refuses_credentials(e)]
         if auth:
             return NatsConnectError(
                 self.credentials_option(),
@@ -273,14 +293,17 @@ class NatsOptions:
                 f"the server refused the credentials ({_describe(auth[-1])})",
             )
         reason = _describe(errors[-1]) if errors else "no server answered"
+        if waited is not None:
+            reason += f" (tried for {waited:g} s)"
         return NatsConnectError("servers", self.shown_servers, reason)
 
-
-def _is_auth_error(exc: BaseException) -> bool:
-    if isinstance(exc, nats.errors.AuthorizationError):
-        return True
-    text = str(exc).lower()
-    return "authorization" in text or "authentication" in text
+    @staticmethod
+    def refuses_credentials(exc: BaseException) -> bool:
+        """Whether an error nats-py reported is the server refusing the credentials."""
+        if isinstance(exc, nats.errors.AuthorizationError):
+            return True
+        text = str(exc).lower()
+        return "authorization" in text or "authentication" in text
 
 
 def _describe(exc: BaseException) -> str:

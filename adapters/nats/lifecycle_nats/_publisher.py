@@ -2,7 +2,8 @@
 
 Every message goes into the outbox (a deque, oldest first). One pump task per publisher
 owns the connection: it connects (one attempt per server, then waits and tries again,
-doubling the wait up to ``reconnect_wait``), makes sure the stream fits, and sends the
+doubling the wait up to ``reconnect_wait``, each wait drawn between half and all of it so
+that publishers cut off together do not come back together), makes sure the stream fits, and sends the
 outbox from its head, up to ``max_in_flight`` messages ahead of the oldest unacknowledged
 one; a message leaves the outbox only when the server acknowledged it. When the
 connection is lost (or an acknowledgement does not come within ``ack_timeout``) every
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+import random
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,7 @@ from ._stream import ensure_stream
 from ._subject import subject_for
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from types import TracebackType
 
     from nats.aio.client import Client
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
 
     from lifecycle import Event
 
-__all__ = ["Publisher", "PublisherState", "message_for", "require_asyncio"]
+__all__ = ["Publisher", "PublisherState", "message_for", "reconnect_waits", "require_asyncio"]
 
 logger = structlog.get_logger("lifecycle.nats")
 
@@ -87,6 +90,21 @@ def require_asyncio(what: str) -> asyncio.AbstractEventLoop:
             "default), for instance in its own thread or process."
         )
     raise RuntimeError(f"{what} needs a running asyncio event loop (call it from async code)")
+
+
+def reconnect_waits(longest: float, rng: random.Random | None = None) -> Iterator[float]:
+    """The waits between connection attempts, without end.
+
+    The wait doubles from 50 ms up to ``longest``, and each one is drawn at random between
+    half of it and all of it ("equal jitter"): publishers cut off together by a broker
+    restart then come back spread over the wait, not in lock-step bursts, and none tries
+    sooner than half the wait.
+    """
+    draw = (rng or random.Random()).uniform
+    wait = _FIRST_WAIT
+    while True:
+        yield draw(wait / 2, wait)
+        wait = min(wait * 2, longest)
 
 
 def message_for(
@@ -198,6 +216,8 @@ class Publisher:
         """Messages the server refused for good (too large, say)."""
         self.spooled = 0
         """Messages written to the spool at close."""
+        self.lost = 0
+        """Messages neither acknowledged nor spooled: the spool could not be written at close."""
         self._outbox: deque[_Entry] = deque()
         self._in_flight = 0
         self._spool_loaded = not spool_first
@@ -375,7 +395,7 @@ class Publisher:
                 count=self._from_spool,
                 spool=str(self.spool.directory),
             )
-        wait = _FIRST_WAIT
+        waits = reconnect_waits(self.reconnect_wait)
         while True:
             if not self._outbox:
                 self._idle.set()
@@ -387,18 +407,16 @@ class Publisher:
                     await self._open()
                 except NatsError as exc:
                     self._report_outage(str(exc), error=isinstance(exc, StreamConfigError))
-                    await asyncio.sleep(wait)
-                    wait = min(wait * 2, self.reconnect_wait)
+                    await asyncio.sleep(next(waits))
                     continue
             try:
                 await self._send()
             except _Lost as exc:
                 await self._drop_connection()
                 self._report_outage(str(exc))
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, self.reconnect_wait)
+                await asyncio.sleep(next(waits))
                 continue
-            wait = _FIRST_WAIT
+            waits = reconnect_waits(self.reconnect_wait)
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -585,12 +603,14 @@ class Publisher:
         try:
             self.spool.write([entry.message for entry in fresh])
         except OSError as exc:
+            self.lost += len(fresh)
             logger.error(
-                "cannot write the spool: these events are lost",
+                "events neither sent to NATS nor spooled (the spool cannot be written): lost",
                 spool=str(self.spool.directory),
                 count=len(fresh),
                 msg_ids=[entry.message.msg_id for entry in fresh],
                 error=f"{type(exc).__name__}: {exc}",
+                reason=self._outage or "not acknowledged before close",
             )
         else:
             self.spooled += len(fresh)

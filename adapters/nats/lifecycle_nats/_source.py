@@ -13,6 +13,10 @@ before the ack, so a listener killed between the two does not make any listener 
 that event again. The gaps (the adapter's README lists them): a kill before the bucket
 stored the id, a handler outliving ``ack_wait``, an event stored twice in the stream
 (first deliveries are not looked up in the bucket).
+
+Up to ``concurrency`` messages are handled at once: the messages of one run go through one
+lane, in stream order, and each message is acknowledged when it is done, so one hanging
+handler holds up its own run's events only.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +39,7 @@ from lifecycle import Event
 
 from ._exceptions import NatsError, StreamConfigError
 from ._options import NatsOptions, _seconds
-from ._publisher import require_asyncio
+from ._publisher import reconnect_waits, require_asyncio
 from ._shared import DEFAULT_BUCKET, SharedRecord, check_bucket, record_key
 from ._stream import ensure_stream
 from ._subject import encode_token, signal_kind
@@ -86,12 +90,16 @@ class _Handled:
         self._fd: int | None = None
         self._written = 0
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with contextlib.suppress(FileNotFoundError):
-                for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[-size:]:
-                    if line:
-                        self.ids[line] = None
-            self._compact()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                with contextlib.suppress(FileNotFoundError):
+                    text = path.read_text(encoding="utf-8", errors="replace")
+                    for line in text.splitlines()[-size:]:
+                        if line:
+                            self.ids[line] = None
+                self._compact()
+            except OSError as exc:
+                self._unusable(exc)
 
     def __contains__(self, event_id: str) -> bool:
         if event_id in self.ids:
@@ -104,17 +112,31 @@ class _Handled:
         if len(self.ids) > self.size:
             self.ids.popitem(last=False)
         if self._fd is not None:
-            # One write() of a short line to an O_APPEND file: whole, and it survives the
-            # process being killed (the kernel has it), which is the case that matters.
-            os.write(self._fd, f"{event_id}\n".encode())
-            self._written += 1
-            if self._written > 2 * self.size:
-                self._compact()
+            try:
+                # One write() of a short line to an O_APPEND file: whole, and it survives
+                # the process being killed (the kernel has it), the case that matters.
+                os.write(self._fd, f"{event_id}\n".encode())
+                self._written += 1
+                if self._written > 2 * self.size:
+                    self._compact()
+            except OSError as exc:
+                self._unusable(exc)
+
+    def _unusable(self, exc: OSError) -> None:
+        """Go on with the ids in memory only: a state directory that cannot be written (no
+        home, a read-only file system, a full disk) must not stop the listener."""
+        logger.warning(
+            "the listener's state directory cannot be used; the ids of handled events are "
+            "kept in memory only (set state_dir or $LIFECYCLE_NATS_STATE)",
+            path=str(self.path),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        self.close()
+        self.path = None
 
     def _compact(self) -> None:
         assert self.path is not None
-        if self._fd is not None:
-            os.close(self._fd)
+        self.close()
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         temporary.write_text("".join(f"{i}\n" for i in self.ids), encoding="utf-8")
         os.replace(temporary, self.path)
@@ -123,8 +145,53 @@ class _Handled:
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
             self._fd = None
+
+
+class _Room:
+    """How many more messages the listener may hold (fetched, not yet acknowledged)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.free = capacity
+        self._changed = anyio.Event()
+
+    def take(self, count: int) -> None:
+        self.free -= count
+
+    def release(self) -> None:
+        self.free += 1
+        self._changed.set()
+
+    async def wait_for(self, count: int) -> None:
+        while self.free < count:
+            self._changed = anyio.Event()
+            await self._changed.wait()
+
+
+class _Storing:
+    """Handled messages whose ids are on their way to the shared record, oldest first."""
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[Msg, asyncio.Future[Any]]] = deque()
+        self.closed = False
+        self._wake = anyio.Event()
+
+    def put(self, message: Msg, sent: asyncio.Future[Any]) -> None:
+        self.queue.append((message, sent))
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def wait(self) -> bool:
+        """Wait for a message to acknowledge; False once closed with none left."""
+        while not self.queue and not self.closed:
+            self._wake = anyio.Event()
+            await self._wake.wait()
+        return bool(self.queue)
 
 
 class Source:
@@ -132,7 +199,7 @@ class Source:
 
     Build it with :func:`source`; run it with ``await source.run()`` (or
     ``await task_group.start(source.run)``); :meth:`stop` makes :meth:`run` finish the
-    message in hand, give back the rest of its batch, and return.
+    messages being handled, give back the others in hand, and return.
 
     Attributes:
         handled: events emitted on the bus.
@@ -162,6 +229,7 @@ class Source:
         batch: int,
         deliver: str,
         reconnect_wait: float,
+        concurrency: int = 16,
     ) -> None:
         self.bus = bus
         self.options = options
@@ -175,6 +243,7 @@ class Source:
         self.handled_ttl = handled_ttl
         self.ack_wait = ack_wait
         self.batch = batch
+        self.concurrency = concurrency
         self.deliver = deliver
         self.reconnect_wait = reconnect_wait
         self.handled = 0
@@ -210,7 +279,7 @@ class Source:
         return self.labels <= event.environment.labels
 
     def stop(self) -> None:
-        """Finish the message in hand, give back the rest of the batch, and return from run()."""
+        """Finish the messages being handled, give back the others in hand, return from run()."""
         self._stopping = True
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -236,22 +305,15 @@ class Source:
                 filter=self.filter_subject,
             )
             task_status.started()
-            wait = 0.05
+            waits = reconnect_waits(self.reconnect_wait)
             outage: str | None = None  # the reason last logged for the current outage
             while not self._stopping:
                 try:
                     if sub is None:
                         sub = await self._subscribe()
                         logger.info("listening again", servers=self.options.shown_servers)
-                        wait, outage = 0.05, None
-                    try:
-                        messages = await sub.fetch(self.batch, timeout=_FETCH_WAIT)
-                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                        # No message within the wait (nats-py raises either kind).
-                        if self._client is None or not self._client.is_connected:
-                            raise NatsError("the connection to NATS was lost") from None
-                        continue
-                    await self._handle(messages, handled)
+                        waits, outage = reconnect_waits(self.reconnect_wait), None
+                    await self._consume(sub, handled)
                 except (NatsError, nats.errors.Error, OSError) as exc:
                     if isinstance(exc, StreamConfigError):
                         raise
@@ -264,8 +326,7 @@ class Source:
                         outage = reason
                     sub = None
                     await self._close()
-                    await anyio.sleep(wait)
-                    wait = min(wait * 2, self.reconnect_wait)
+                    await anyio.sleep(next(waits))
         finally:
             handled.close()
             with anyio.CancelScope(shield=True):
@@ -329,86 +390,152 @@ class Source:
             await message.term()
             return None
 
-    async def _handle(self, messages: list[Msg], handled: _Handled) -> None:
-        """Handle one fetched batch, in order, and acknowledge what was recorded.
+    async def _consume(self, sub: JetStreamContext.PullSubscription, handled: _Handled) -> None:
+        """Fetch and handle messages until :meth:`stop` or a failure.
 
-        Without the shared record each message is acknowledged as soon as it is handled.
-        With it, a *redelivered* message whose id this listener does not know is looked
-        up there (all of the batch's at once, before the first is handled); the id of
-        each handled event is sent to the record right after its emit report is complete
-        (the writes are in flight while the next messages are handled), and the batch's
-        messages are acknowledged once the record has stored their ids.
+        The messages of one run (environment and run id) go through one lane, in the
+        order the stream delivered them; up to ``concurrency`` lanes are handled at once,
+        so that a handler hanging to its timeout holds up only the events of its own run.
+        A handled message goes to the acknowledging task, which acknowledges it once its
+        id is stored (the writes are in flight while the next messages are handled): in
+        order of completion, never before its own handlers finished. At most ``2 x batch +
+        concurrency`` messages are in hand (fetched, not yet acknowledged); the next
+        batch is fetched once there is room for a whole one.
+
+        Returns once every message in hand is done (acknowledged, or handed back when
+        stopping or after a failure).
 
         Raises:
-            NatsError: the shared record could not be read or written; what was not
-                recorded is not acknowledged (it comes again after ``ack_wait``).
+            NatsError, nats.errors.Error, OSError: the connection or the shared record
+                failed; what was not recorded is not acknowledged (it comes again after
+                ``ack_wait``).
         """
-        events = [(message, await self._parse(message)) for message in messages]
-        shared = self._shared
-        if shared is None:
-            for index, (message, event) in enumerate(events):
-                if self._stopping:
-                    await _give_back(events[index:])
-                    return
-                if event is not None:
-                    await self._handle_one(event, handled)
-                    await message.ack()
-            return
-        stream, durable = self.options.stream, self.durable
-        elsewhere: set[str] = set()
-        failures: list[NatsError] = []
-        unknown = {
-            event.event_id
-            for message, event in events
-            if event is not None
-            and message.metadata.num_delivered > 1
-            and event.event_id not in handled.ids
-            and self.wants(event)
-        }
-        if unknown:
-            async with anyio.create_task_group() as group:
-                for event_id in unknown:
-                    key = record_key(stream, durable, event_id)
-                    group.start_soon(_look_up, shared, key, event_id, elsewhere, failures)
-            if failures:
-                raise failures[0]
-        acks: list[tuple[Msg, asyncio.Future[Any] | None]] = []
-        try:
-            for index, (message, event) in enumerate(events):
-                if self._stopping:
-                    await _give_back(events[index:])
-                    break
-                if event is None:
-                    continue
-                if event.event_id in elsewhere and event.event_id not in handled.ids:
-                    self.duplicates += 1
-                    self.shared_duplicates += 1
-                    logger.debug(
-                        "handled by another listener; acknowledged", event_id=event.event_id
-                    )
-                    handled.add(event.event_id)
-                    acks.append((message, None))
-                elif (await self._handle_one(event, handled)) is None:
-                    acks.append((message, None))
-                else:
-                    # Handled now, or (rare, a redelivery to this listener) before: in
-                    # case writing the shared record failed then, write it (again).
-                    key = record_key(stream, durable, event.event_id)
-                    acks.append((message, await shared.send(key)))
-        finally:
-            # Even when cancelled or failing: acknowledge what is recorded, so that a
-            # handled message is not delivered again needlessly.
-            with anyio.CancelScope(shield=True):
-                for message, sent in acks:
-                    if sent is not None:
+        held = _Room(2 * self.batch + self.concurrency)
+        running = anyio.Semaphore(self.concurrency)
+        lanes: dict[tuple[str, str], deque[tuple[Msg, Event]]] = {}
+        failures: list[Exception] = []
+        storing = _Storing()
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._acknowledge, storing, held, failures)
+            try:
+                async with anyio.create_task_group() as lane_group:
+                    while not self._stopping and not failures:
+                        # Whole batches: a fetch costs a round trip, whatever its size.
+                        await held.wait_for(self.batch)
                         try:
-                            await shared.stored(sent)
-                        except NatsError as exc:
+                            messages = await sub.fetch(self.batch, timeout=_FETCH_WAIT)
+                        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                            # No message within the wait (nats-py raises either kind).
+                            if self._client is None or not self._client.is_connected:
+                                failures.append(NatsError("the connection to NATS was lost"))
+                            continue
+                        except (nats.errors.Error, OSError) as exc:
                             failures.append(exc)
                             break
-                    await message.ack()
+                        held.take(len(messages))
+                        for message in messages:
+                            event = await self._parse(message)
+                            if event is None:
+                                held.release()
+                                continue
+                            lane = (event.environment.name, event.run_id)
+                            queue = lanes.get(lane)
+                            if queue is not None:
+                                queue.append((message, event))
+                                continue
+                            lanes[lane] = deque([(message, event)])
+                            lane_group.start_soon(
+                                self._lane, lane, lanes, handled, running, held, storing,
+                                failures,
+                            )  # fmt: skip
+            finally:
+                storing.close()
         if failures:
             raise failures[0]
+
+    async def _lane(
+        self,
+        lane: tuple[str, str],
+        lanes: dict[tuple[str, str], deque[tuple[Msg, Event]]],
+        handled: _Handled,
+        running: anyio.Semaphore,
+        held: _Room,
+        storing: _Storing,
+        failures: list[Exception],
+    ) -> None:
+        """Handle the messages of one run in order, while any come; then end."""
+        queue = lanes[lane]
+        async with running:
+            while queue:
+                message, event = queue.popleft()
+                if self._stopping or failures:
+                    await _give_back(message)
+                    held.release()
+                    continue
+                try:
+                    sent = await self._settle(message, event, handled)
+                    if sent is None:
+                        await message.ack()
+                        held.release()
+                        continue
+                except (NatsError, nats.errors.Error, OSError) as exc:
+                    failures.append(exc)
+                    held.release()
+                    continue
+                storing.put(message, sent)
+            # No await since the queue was seen empty: nothing was added meanwhile.
+            del lanes[lane]
+
+    async def _settle(
+        self, message: Msg, event: Event, handled: _Handled
+    ) -> asyncio.Future[Any] | None:
+        """Handle ``event`` unless known; the shared record's write to await, if any."""
+        shared = self._shared
+        if shared is None:
+            await self._handle_one(event, handled)
+            return None
+        key = record_key(self.options.stream, self.durable, event.event_id)
+        if (
+            message.metadata.num_delivered > 1
+            and event.event_id not in handled.ids
+            and self.wants(event)
+            and await shared.contains(key)
+        ):
+            self.duplicates += 1
+            self.shared_duplicates += 1
+            logger.debug("handled by another listener; acknowledged", event_id=event.event_id)
+            handled.add(event.event_id)
+            return None
+        if (await self._handle_one(event, handled)) is None:
+            return None
+        # Handled now, or (rare, a redelivery to this listener) before: in case writing
+        # the shared record failed then, write it (again).
+        return await shared.send(key)
+
+    async def _acknowledge(self, storing: _Storing, held: _Room, failures: list[Exception]) -> None:
+        """Acknowledge each handled message once its id is stored, in order of completion."""
+        shared = self._shared
+
+        async def drain() -> None:
+            # Shielded: a handled message is acknowledged even when the listener is
+            # cancelled, so that it is not delivered again needlessly.
+            with anyio.CancelScope(shield=True):
+                while storing.queue:
+                    message, sent = storing.queue.popleft()
+                    try:
+                        assert shared is not None
+                        await shared.stored(sent)
+                        await message.ack()
+                    except (NatsError, nats.errors.Error, OSError) as exc:
+                        failures.append(exc)  # not acknowledged: it comes after ack_wait
+                    finally:
+                        held.release()
+
+        try:
+            while await storing.wait():
+                await drain()
+        finally:
+            await drain()
 
     async def _handle_one(self, event: Event, handled: _Handled) -> bool | None:
         """Emit ``event`` unless known or filtered; ``None`` if filtered, else whether emitted.
@@ -436,20 +563,9 @@ class Source:
                     await client.close()
 
 
-async def _give_back(events: list[tuple[Msg, Event | None]]) -> None:
-    for message, _ in events:
-        with contextlib.suppress(Exception):
-            await message.nak()
-
-
-async def _look_up(
-    shared: SharedRecord, key: str, event_id: str, found: set[str], failures: list[NatsError]
-) -> None:
-    try:
-        if await shared.contains(key):
-            found.add(event_id)
-    except NatsError as exc:
-        failures.append(exc)
+async def _give_back(message: Msg) -> None:
+    with contextlib.suppress(Exception):
+        await message.nak()
 
 
 _SOURCE_OPTIONS = (
@@ -463,6 +579,7 @@ _SOURCE_OPTIONS = (
     "handled_ttl",
     "ack_wait",
     "batch",
+    "concurrency",
     "deliver",
     "reconnect_wait",
 )
@@ -482,6 +599,7 @@ def source(
     handled_ttl: float = 3600.0,
     ack_wait: float = 30.0,
     batch: int = 64,
+    concurrency: int = 16,
     deliver: str = "all",
     reconnect_wait: float = 2.0,
     **nats_options: Any,
@@ -508,6 +626,9 @@ def source(
         ack_wait: seconds the server waits for an acknowledgement before redelivering;
             keep it above your handlers' timeouts.
         batch: messages fetched at once.
+        concurrency: messages handled at once (each run's events still one after the
+            other, in order): a handler that hangs to its timeout holds up only the
+            events of its own run. 1 handles one message at a time.
         deliver: ``all`` (a new consumer starts at the stream's first message) or ``new``.
         reconnect_wait: the longest wait between reconnection attempts, in seconds.
         nats_options: see :class:`NatsOptions` (``servers``, ``stream``, ...).
@@ -530,7 +651,11 @@ def source(
         raise ValueError(
             f"durable must be a consumer name (no '.', '*', '>', '/', '\\' or spaces), not {durable!r}"
         )
-    for name, value in (("idempotency_window", idempotency_window), ("batch", batch)):
+    for name, value in (
+        ("idempotency_window", idempotency_window),
+        ("batch", batch),
+        ("concurrency", concurrency),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, not {value!r}")
     if deliver not in _DELIVER:
@@ -564,6 +689,7 @@ def source(
         handled_ttl=_seconds("handled_ttl", handled_ttl),
         ack_wait=_seconds("ack_wait", ack_wait),
         batch=batch,
+        concurrency=concurrency,
         deliver=deliver,
         reconnect_wait=_seconds("reconnect_wait", reconnect_wait),
     )

@@ -94,7 +94,12 @@ class Spool:
                 os.close(fd)
 
     def load(self) -> list[tuple[Path, SpooledMessage]]:
-        """The spooled messages, oldest first. Unreadable files are renamed ``*.bad`` and logged."""
+        """The spooled messages, oldest first. Unreadable files are renamed ``*.bad`` and logged.
+
+        A directory that cannot be read (a path through a regular file, no permission) holds
+        nothing for this process: logged, never raised, so that a broken spool never keeps a
+        job from running while NATS may well be up.
+        """
         try:
             names = sorted(
                 name
@@ -102,6 +107,14 @@ class Spool:
                 if name.endswith(".json") and not name.startswith(".")
             )
         except FileNotFoundError:
+            return []
+        except OSError as exc:
+            logger.warning(
+                "the spool cannot be read; events go to NATS directly, and any that NATS "
+                "has not acknowledged at exit are lost",
+                spool=str(self.directory),
+                error=f"{type(exc).__name__}: {exc}",
+            )
             return []
         found: list[tuple[Path, SpooledMessage]] = []
         for name in names:

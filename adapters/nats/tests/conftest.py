@@ -186,9 +186,9 @@ class Listener:
         self.starts += 1
         env = {
             **os.environ,
-            **extra_env,
             "RECORD_FILE": str(self.record),
             "LIFECYCLE_NATS_STATE": str(self.directory / "state"),
+            **extra_env,
         }
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -235,8 +235,12 @@ def lifecycle_run(
     stream: str = "LIFECYCLE",
     extra: str = "",
     heartbeat: float = 0.2,
+    env: dict[str, str] | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
-    """``lifecycle run --config cfg.toml -- CMD`` as a real process; its status and its events."""
+    """``lifecycle run --config cfg.toml -- CMD`` as a real process; its status and its events.
+
+    ``env`` replaces the environment (``RECORD_FILE`` is added); stderr goes to ``run.err``.
+    """
     (directory / "recorder.py").write_text(RECORDER)
     config = directory / "cfg.toml"
     record = directory / "ran.jsonl"
@@ -251,8 +255,9 @@ def lifecycle_run(
     done = subprocess.run(
         [sys.executable, "-m", "lifecycle", "run", "--config", str(config),
          "--heartbeat", str(heartbeat), "--", *command],
-        cwd=directory, env={**os.environ, "RECORD_FILE": str(record)},
+        cwd=directory, env={**(os.environ if env is None else env), "RECORD_FILE": str(record)},
         capture_output=True, timeout=60, check=False,
     )  # fmt: skip
+    (directory / "run.err").write_bytes(done.stderr)
     lines = record.read_text().splitlines() if record.exists() else []
     return done.returncode, [json.loads(line) for line in lines]

@@ -179,3 +179,52 @@ def test_listener_killed_mid_stream_and_restarted(shared_nats: NatsServer, tmp_p
     assert listener.stop() == 0
     assert [e["event_id"] for e in listener.events()] == [e.event_id for e in sent]
     print(f"listener SIGKILLed after {killed_at} of {len(sent)}: each handled once, none skipped")
+
+
+def unusable_state_env(tmp_path: Path) -> dict[str, str]:
+    """An environment whose state directory cannot be created: it lies under a regular file.
+
+    (Not a read-only directory: the tests run as root, which writes through those.)
+    """
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "LIFECYCLE_NATS_SPOOL"}
+    env["XDG_STATE_HOME"] = str(blocker / "state")
+    return env
+
+
+async def stored_in(server: NatsServer, stream: str) -> int:
+    import nats
+
+    client = await nats.connect(server.url)
+    try:
+        info = await client.jetstream().stream_info(stream)
+        return int(info.state.messages)
+    finally:
+        await client.close()
+
+
+def test_an_unusable_spool_does_not_stop_the_run(shared_nats: NatsServer, tmp_path: Path) -> None:
+    touch = "import pathlib; pathlib.Path('ran').touch()"
+    status, ran = lifecycle_run(
+        tmp_path, shared_nats.url, sys.executable, "-c", touch, stream="NOSPOOL",
+        extra=', subject_prefix = "nospool"', env=unusable_state_env(tmp_path),
+    )  # fmt: skip
+    assert status == 0, (tmp_path / "run.err").read_text()
+    assert (tmp_path / "ran").exists()
+    assert anyio.run(stored_in, shared_nats, "NOSPOOL") == len(ran) >= 2
+
+
+def test_an_event_neither_sent_nor_spooled_is_reported_once(nowhere: str, tmp_path: Path) -> None:
+    fail = "import pathlib, sys; pathlib.Path('ran').touch(); sys.exit(3)"
+    status, ran = lifecycle_run(
+        tmp_path, nowhere, sys.executable, "-c", fail, env=unusable_state_env(tmp_path)
+    )
+    err = (tmp_path / "run.err").read_text()
+    assert status == 3, err  # the job's own status
+    assert (tmp_path / "ran").exists()
+    assert err.count("neither sent to NATS nor spooled") == 1, err
+    lost_line = next(line for line in err.splitlines() if "nor spooled" in line)
+    assert f"count={len(ran)}" in lost_line
+    assert "NotADirectoryError" in lost_line
+    assert "cannot connect to NATS at" in lost_line  # why NATS did not take them

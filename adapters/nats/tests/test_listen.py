@@ -13,6 +13,8 @@ from lifecycle_nats import Publisher, StreamConfigError, ensure_stream, source, 
 
 from lifecycle import EXITED, HEARTBEAT, STARTING, EnvironmentInfo, Event, EventBus
 
+from .conftest import Listener  # type: ignore[import-not-found,unused-ignore]
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
@@ -121,6 +123,107 @@ async def test_a_redelivered_event_id_is_handled_once(
         assert running.source.duplicates == 1
 
 
+async def ack_pending(server: NatsServer, stream: str, durable: str) -> int:
+    client = await nats.connect(server.url)
+    try:
+        info = await client.jetstream().consumer_info(stream, durable)
+        return int(info.num_ack_pending)
+    finally:
+        await client.close()
+
+
+async def test_a_hanging_handler_holds_up_only_its_own_run(
+    shared_nats: NatsServer, tmp_path: Path
+) -> None:
+    stuck = [event(STARTING, "stuck"), event(EXITED, "stuck")]
+    others = [event(EXITED, f"job{i}") for i in range(5)]
+    async with Publisher(
+        servers=shared_nats.url, stream="HANG", subject_prefix="hang", spool_dir=tmp_path
+    ) as publisher:
+        for e in [*stuck, *others]:
+            await publisher.publish(e)
+    release = anyio.Event()
+
+    async def hang(e: Event) -> None:
+        if e.environment.name == "stuck":
+            await release.wait()
+
+    async with EventBus() as bus, anyio.create_task_group() as group:
+        received = Received(bus)
+        bus.subscribe(STARTING, hang, timeout=60)
+        consumer = source(
+            bus, servers=shared_nats.url, stream="HANG", subject_prefix="hang",
+            durable="hang", state_dir=tmp_path / "state",
+        )  # fmt: skip
+        await group.start(consumer.run)
+        try:
+            # stuck's starting (recorded as its emit begins) and every other run's exited,
+            # while stuck's starting still hangs: stuck's exited waits behind it.
+            await received.wait(1 + len(others))
+            handled_ids = {e.event_id for e in received.events}
+            assert handled_ids == {e.event_id for e in (stuck[0], *others)}
+            assert stuck[1] not in received.events
+            # The others are acknowledged as they finish: only stuck's two stay pending.
+            with anyio.fail_after(10):
+                while await ack_pending(shared_nats, "HANG", "hang") != len(stuck):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)  # the server's count: nothing to wait on but it
+        finally:
+            release.set()
+        await received.wait(len(stuck) + len(others))
+        assert received.events[-1] == stuck[1]
+        consumer.stop()  # returns once every message in hand is acknowledged
+    client = await nats.connect(shared_nats.url)
+    try:
+        info = await client.jetstream().consumer_info("HANG", "hang")
+    finally:
+        await client.close()
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    assert consumer.handled == len(stuck) + len(others)
+
+
+async def test_concurrent_handling_keeps_each_runs_events_in_order(
+    shared_nats: NatsServer, tmp_path: Path
+) -> None:
+    runs = [EnvironmentInfo.current(name) for name in ("a", "b", "c")]
+    sent = [
+        Event(name=HEARTBEAT, run_id=f"run-{info.name}", environment=info, attributes={"n": n})
+        for n in range(8)
+        for info in runs
+    ]
+    async with Publisher(
+        servers=shared_nats.url, stream="LANES", subject_prefix="lanes", spool_dir=tmp_path
+    ) as publisher:
+        for e in sent:
+            await publisher.publish(e)
+    order: list[Event] = []
+    all_handled = anyio.Event()
+
+    async def slow_on_even(e: Event) -> None:
+        # Run a's even events take longer: without per-run order, its odd ones would
+        # overtake them; the other runs' events overtake run a's.
+        slow = e.environment.name == "a" and e.attributes["n"] % 2 == 0
+        await anyio.sleep(0.01 if slow else 0)
+        order.append(e)
+        if len(order) == len(sent):
+            all_handled.set()
+
+    async with EventBus() as bus, anyio.create_task_group() as group:
+        bus.subscribe(HEARTBEAT, slow_on_even)
+        consumer = source(
+            bus, servers=shared_nats.url, stream="LANES", subject_prefix="lanes",
+            durable="lanes", state_dir=tmp_path / "state", concurrency=4,
+        )  # fmt: skip
+        await group.start(consumer.run)
+        with anyio.fail_after(20):
+            await all_handled.wait()
+        consumer.stop()
+    for info in runs:
+        assert [e for e in order if e.environment.name == info.name] == [
+            e for e in sent if e.environment.name == info.name
+        ]
+    assert [e.environment.name for e in order] != [e.environment.name for e in sent]
+
+
 async def test_malformed_and_foreign_messages_are_terminated_and_the_listener_goes_on(
     shared_nats: NatsServer, tmp_path: Path
 ) -> None:
@@ -195,6 +298,7 @@ async def test_a_durable_with_other_filters_is_a_clear_error(
         ({"signals": EXITED}, "signals"),
         ({"idempotency_window": 0}, "idempotency_window"),
         ({"deliver": "last"}, "deliver"),
+        ({"concurrency": 0}, "concurrency"),
         ({"ack_wait": 0}, "ack_wait"),
         ({"servers": "nats://"}, "servers"),
         ({"state_dir": 3}, "state_dir"),
@@ -274,7 +378,7 @@ def test_check_describes_what_a_listen_table_would_consume(
     out = capsys.readouterr().out
     assert "  [listen]: ok:\n" in out
     assert (
-        "servers nats://nats.internal:4222/***, stream LIFECYCLE, consumer 'notify' on "
+        "servers nats://nats.internal:4222, stream LIFECYCLE, consumer 'notify' on "
         "'lifecycle.exited.*' (deliver all)"
     ) in out
     assert "only signals: environment.exited" in out
@@ -375,3 +479,17 @@ def test_flush_refuses_a_timeout_that_is_not_a_positive_number(
 ) -> None:
     assert cli("flush", "--timeout", value) == 2
     assert "--timeout" in capsys.readouterr().err
+
+
+def test_listen_with_an_unusable_state_directory_keeps_the_ids_in_memory(
+    shared_nats: NatsServer, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    listener = Listener(tmp_path, shared_nats, stream="NOSTATE", subject_prefix="nostate")
+    listener.start(LIFECYCLE_NATS_STATE=str(blocker / "state"))  # listens all the same
+    assert listener.stop() == 0
+    log = listener.log.read_text()
+    assert "state directory cannot be used" in log
+    assert "NotADirectoryError" in log
+    assert "Traceback" not in log

@@ -115,9 +115,13 @@ async def test_a_redelivery_to_another_listener_is_not_handled_again(
         other = listener(bus_b, users_nats, stream, tmp_path / "b", "ok", handled_bucket=bucket)
         count_into(bus_b, counts)
         await group.start(other.run)
-        await until(lambda: other.handled + other.duplicates == 3)
+        # Wait for what B must do, not for a count of deliveries: on a loaded machine a slow
+        # ack brings a message back to B itself, which its own record turns away, and the
+        # count was reached before the first message's redelivery arrived.
+        expected = {sent[0].event_id: times, sent[1].event_id: 1, sent[2].event_id: 1}
+        await until(lambda: counts == expected and other.shared_duplicates >= (1 if bucket else 0))
         other.stop()
-    assert counts == {sent[0].event_id: times, sent[1].event_id: 1, sent[2].event_id: 1}
+    assert counts == expected
     assert other.shared_duplicates == (1 if bucket else 0)
 
 

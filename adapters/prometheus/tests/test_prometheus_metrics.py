@@ -5,7 +5,10 @@ from __future__ import annotations
 import threading
 import urllib.error
 import urllib.request
+import uuid
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -13,9 +16,15 @@ import anyio.to_thread
 import pytest
 from lifecycle_prometheus import attach
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
-from lifecycle import EXITED, STARTING, Environment, EventBus, load_config
+from lifecycle import EXITED, STARTING, Environment, EventBus, Outcome, load_config
+
+from .prometheus_servers import (  # type: ignore[import-not-found,unused-ignore]
+    Samples,
+    parse,
+    promtool_check_metrics,
+    value,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -24,25 +33,13 @@ if TYPE_CHECKING:
     from lifecycle_prometheus import PrometheusAdapter
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The adapter is loop-agnostic: its tests run on both backends anyio supports."""
+    return str(request.param)
 
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    """Exposition text as {(sample name, labels): value}."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
+NIGHTLY = {"lifecycle_environment": "nightly"}
 
 
 def _get(url: str) -> str:
@@ -78,11 +75,11 @@ async def test_runs_are_counted_by_environment_and_outcome() -> None:
         with attach(bus, port=0, addr="127.0.0.1") as handle:
             await runs(bus, "succeeded", "failed", "failed")
             samples = await scrape(handle)
-    assert value(samples, "lifecycle_runs_started_total", environment="nightly") == 3
+    assert value(samples, "lifecycle_runs_started_total", lifecycle_environment="nightly") == 3
     finished = "lifecycle_runs_finished_total"
-    assert value(samples, finished, environment="nightly", outcome="succeeded") == 1
-    assert value(samples, finished, environment="nightly", outcome="failed") == 2
-    assert value(samples, "lifecycle_runs_in_progress", environment="nightly") == 0
+    assert value(samples, finished, lifecycle_environment="nightly", outcome="succeeded") == 1
+    assert value(samples, finished, lifecycle_environment="nightly", outcome="failed") == 2
+    assert value(samples, "lifecycle_runs_in_progress", lifecycle_environment="nightly") == 0
 
 
 @pytest.mark.anyio
@@ -91,11 +88,13 @@ async def test_run_duration_is_a_histogram_by_outcome() -> None:
         with attach(bus, port=0, addr="127.0.0.1") as handle:
             await runs(bus, "failed")
             samples = await scrape(handle)
-    labels = {"environment": "nightly", "outcome": "failed"}
+    labels = {"lifecycle_environment": "nightly", "outcome": "failed"}
     assert value(samples, "lifecycle_run_duration_seconds_count", **labels) == 1
     assert value(samples, "lifecycle_run_duration_seconds_bucket", le="+Inf", **labels) == 1
     assert (
-        value(samples, "lifecycle_run_last_success_timestamp_seconds", environment="nightly")
+        value(
+            samples, "lifecycle_run_last_success_timestamp_seconds", lifecycle_environment="nightly"
+        )
         is None
     )
 
@@ -107,9 +106,11 @@ async def test_a_run_in_progress_is_seen_while_it_runs() -> None:
             async with Environment("nightly", bus=bus).running():
                 during = await scrape(handle)
             after = await scrape(handle)
-    assert value(during, "lifecycle_runs_in_progress", environment="nightly") == 1
-    assert value(after, "lifecycle_runs_in_progress", environment="nightly") == 0
-    assert value(after, "lifecycle_run_last_success_timestamp_seconds", environment="nightly")
+    assert value(during, "lifecycle_runs_in_progress", lifecycle_environment="nightly") == 1
+    assert value(after, "lifecycle_runs_in_progress", lifecycle_environment="nightly") == 0
+    assert value(
+        after, "lifecycle_run_last_success_timestamp_seconds", lifecycle_environment="nightly"
+    )
 
 
 @pytest.mark.anyio
@@ -170,7 +171,7 @@ def test_a_given_registry_is_used() -> None:
 class _Receiver(BaseHTTPRequestHandler):
     server: _PushServer
 
-    def do_PUT(self) -> None:
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         self.server.received.append((self.command, self.path, body.decode()))
         self.send_response(self.server.status)
@@ -200,18 +201,34 @@ def pushgateway() -> Iterator[_PushServer]:
     thread.join()
 
 
+def pushed(pushgateway: _PushServer) -> list[tuple[str, str, Samples]]:
+    """What the receiver got: method, path and parsed body, each body promtool-clean."""
+    for _, _, body in pushgateway.received:
+        promtool_check_metrics(body)
+        assert "_created" not in body  # a batch push carries gauges only
+    return [(method, path, parse(body)) for method, path, body in pushgateway.received]
+
+
 @pytest.mark.anyio
-async def test_metrics_are_pushed_when_a_run_exits(pushgateway: _PushServer) -> None:
+async def test_a_run_is_pushed_when_it_starts_and_when_it_exits(pushgateway: _PushServer) -> None:
     url = f"http://127.0.0.1:{pushgateway.server_address[1]}"
     async with EventBus() as bus:
         attach(bus, pushgateway=url, job="etl", grouping_key={"instance": "host-1"})
         await runs(bus, "failed")
         # Pushed before the exited emit returned: a batch job may exit right away.
-        ((method, path, body),) = pushgateway.received
-    assert (method, path) == ("PUT", "/metrics/job/etl/instance/host-1")
-    samples = parse(body)
-    finished = "lifecycle_runs_finished_total"
-    assert value(samples, finished, environment="nightly", outcome="failed") == 1
+        (start, end) = pushed(pushgateway)
+    # POST: the group's other metrics (the last success of an earlier run) stay.
+    group = "/metrics/job/etl/instance/host-1/lifecycle_environment/nightly"
+    assert start[:2] == end[:2] == ("POST", group)
+    assert {name for name, _ in start[2]} == {"lifecycle_run_last_start_timestamp_seconds"}
+    nightly = {"lifecycle_environment": "nightly"}
+    assert value(end[2], "lifecycle_run_last_outcome", outcome="failed", **nightly) == 1
+    assert value(end[2], "lifecycle_run_last_outcome", outcome="succeeded", **nightly) == 0
+    assert value(end[2], "lifecycle_run_last_duration_seconds", **nightly) is not None
+    # No success to report: left out, so the Pushgateway keeps the last one it has.
+    assert value(end[2], "lifecycle_run_last_success_timestamp_seconds", **nightly) is None
+    # Counters of a process that lives for one run would say 1 in every push.
+    assert not [name for name, _ in end[2] if name.endswith(("_total", "_bucket"))]
 
 
 @pytest.mark.anyio
@@ -226,19 +243,150 @@ async def test_a_failed_push_is_a_handler_failure(pushgateway: _PushServer) -> N
     assert run.exit_report is not None
     (failure,) = run.exit_report.failures
     assert failure.handler == "lifecycle_prometheus:export"
-    assert "500" in failure.describe_error()
+    assert "answered 500" in failure.describe_error()
+
+
+async def batch_run(outcome: str, **options: Any) -> None:
+    """One run with a bus and an adapter of its own, as each cron run is a new process."""
+    async with EventBus() as bus:
+        with attach(bus, **options):
+            await runs(bus, outcome)
+
+
+async def replay(bus: EventBus, name: str, outcome: Outcome, *, ended_ago: float) -> float:
+    """Emit a run of ``name`` that ended ``ended_ago`` seconds ago; return its end time."""
+    env, run_id = Environment(name), uuid.uuid4().hex
+    end = datetime.now(timezone.utc) - timedelta(seconds=ended_ago)
+    await bus.emit(env.event(STARTING, run_id, timestamp=end - timedelta(seconds=30)))
+    await bus.emit(env.event(EXITED, run_id, timestamp=end, outcome=outcome, duration=30.0))
+    return end.timestamp()
+
+
+async def read_textfile(path: Path) -> Samples:
+    text = await anyio.Path(path).read_text()
+    promtool_check_metrics(text)
+    assert "_created" not in text
+    assert "_total" not in text
+    return parse(text)
 
 
 @pytest.mark.anyio
 async def test_textfile_is_written_atomically_when_a_run_exits(tmp_path: Path) -> None:
     path = tmp_path / "lifecycle.prom"
-    async with EventBus() as bus:
-        attach(bus, textfile=path)
-        await runs(bus, "succeeded")
-    samples = parse(await anyio.Path(path).read_text())
-    assert value(samples, "lifecycle_runs_started_total", environment="nightly") == 1
+    await batch_run("succeeded", textfile=path)
+    samples = await read_textfile(path)
+    success = value(samples, "lifecycle_run_last_success_timestamp_seconds", **NIGHTLY)
+    assert success == value(samples, "lifecycle_run_last_completion_timestamp_seconds", **NIGHTLY)
     left = [p.name async for p in anyio.Path(tmp_path).iterdir()]
     assert left == ["lifecycle.prom"]  # no temporary file left behind
+
+
+@pytest.mark.anyio
+async def test_the_last_success_survives_failed_runs_in_the_textfile(tmp_path: Path) -> None:
+    path = tmp_path / "lifecycle.prom"
+    await batch_run("succeeded", textfile=path)
+    success = value(
+        await read_textfile(path), "lifecycle_run_last_success_timestamp_seconds", **NIGHTLY
+    )
+    await batch_run("failed", textfile=path)
+    await batch_run("failed", textfile=path)
+    samples = await read_textfile(path)
+    assert value(samples, "lifecycle_run_last_success_timestamp_seconds", **NIGHTLY) == success
+    assert value(samples, "lifecycle_run_last_outcome", outcome="failed", **NIGHTLY) == 1
+    completion = value(samples, "lifecycle_run_last_completion_timestamp_seconds", **NIGHTLY)
+    assert completion is not None
+    assert success is not None
+    assert completion > success
+
+
+@pytest.mark.anyio
+async def test_jobs_sharing_a_textfile_keep_each_their_own_series(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.prom"
+    async with EventBus() as bus:
+        with attach(bus, textfile=path):
+            first = await replay(bus, "backup", Outcome.SUCCEEDED, ended_ago=60)
+    async with EventBus() as bus:
+        with attach(bus, textfile=path):
+            second = await replay(bus, "report", Outcome.SUCCEEDED, ended_ago=30)
+    samples = await read_textfile(path)
+    last_success = "lifecycle_run_last_success_timestamp_seconds"
+    assert value(samples, last_success, lifecycle_environment="backup") == first
+    assert value(samples, last_success, lifecycle_environment="report") == second
+
+
+@pytest.mark.anyio
+async def test_names_that_prefix_or_need_escaping_keep_their_own_series(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.prom"
+    odd = 'etl"2\\x'  # a quote and a backslash, escaped in the file; "etl" is its prefix
+    for name, outcome in (
+        ("etl", Outcome.SUCCEEDED),
+        (odd, Outcome.SUCCEEDED),
+        ("etl", Outcome.FAILED),
+    ):
+        async with EventBus() as bus:
+            with attach(bus, textfile=path):
+                await replay(bus, name, outcome, ended_ago=60)
+    samples = await read_textfile(path)
+    outcome_of = "lifecycle_run_last_outcome"
+    assert value(samples, outcome_of, lifecycle_environment="etl", outcome="failed") == 1
+    assert value(samples, outcome_of, lifecycle_environment=odd, outcome="succeeded") == 1
+    success = "lifecycle_run_last_success_timestamp_seconds"
+    assert value(samples, success, lifecycle_environment="etl") is not None
+    assert value(samples, success, lifecycle_environment=odd) is not None
+    assert len([key for key in samples if key[0] == outcome_of]) == 2 * len(Outcome)
+
+
+@pytest.mark.anyio
+async def test_a_textfile_not_in_the_text_format_is_reported_and_left_alone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobs.prom"
+    path.write_text("this is not { an exposition\n")
+    async with EventBus() as bus:
+        attach(bus, textfile=path)
+        async with Environment("nightly", bus=bus).running() as run:
+            pass
+    assert run.exit_report is not None
+    (failure,) = run.exit_report.failures
+    assert f"textfile {path} is not in the Prometheus text format" in failure.describe_error()
+    assert path.read_text() == "this is not { an exposition\n"
+
+
+@pytest.mark.anyio
+async def test_timestamps_are_the_events_not_the_handlers_clock() -> None:
+    """A run replayed an hour late (lifecycle listen, a flushed spool) is an hour old."""
+    async with EventBus() as bus:
+        with attach(bus, port=0, addr="127.0.0.1") as handle:
+            end = await replay(bus, "nightly", Outcome.SUCCEEDED, ended_ago=3600)
+            samples = await scrape(handle)
+    assert value(samples, "lifecycle_run_last_success_timestamp_seconds", **NIGHTLY) == end
+    assert value(samples, "lifecycle_run_last_start_timestamp_seconds", **NIGHTLY) == end - 30
+
+
+@pytest.mark.anyio
+async def test_an_older_run_replayed_late_does_not_replace_the_last_run() -> None:
+    async with EventBus() as bus:
+        with attach(bus, port=0, addr="127.0.0.1") as handle:
+            success = await replay(bus, "nightly", Outcome.SUCCEEDED, ended_ago=60)
+            await replay(bus, "nightly", Outcome.FAILED, ended_ago=600)
+            samples = await scrape(handle)
+    assert value(samples, "lifecycle_run_last_completion_timestamp_seconds", **NIGHTLY) == success
+    assert value(samples, "lifecycle_run_last_outcome", outcome="succeeded", **NIGHTLY) == 1
+    assert value(samples, "lifecycle_runs_finished_total", outcome="failed", **NIGHTLY) == 1
+
+
+@pytest.mark.anyio
+async def test_the_name_label_is_configurable(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.prom"
+    await batch_run("succeeded", textfile=path, name_label="cron_job")
+    samples = await read_textfile(path)
+    assert value(samples, "lifecycle_run_last_duration_seconds", cron_job="nightly") is not None
+
+
+@pytest.mark.parametrize("bad", ["job", "outcome", "__name", "my-label", ""])
+def test_a_name_label_that_cannot_work_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="name_label"):
+        attach(EventBus(), name_label=bad)
 
 
 def test_bad_port_is_refused() -> None:
@@ -267,6 +415,45 @@ def test_check_does_not_bind_the_port_the_running_job_holds(
     assert "adapters[0].options.port" in capsys.readouterr().err
 
 
+def test_check_warns_that_a_port_dies_with_a_wrapped_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lifecycle._cli import main
+
+    config = tmp_path / "lifecycle.toml"
+    config.write_text('[[adapters]]\nname = "prometheus"\noptions = { port = 9464 }\n')
+    assert main(["check", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: prometheus port=9464" in err
+    assert "not under lifecycle run" in err
+    assert "pushgateway= or textfile=" in err
+    config.write_text(
+        f'[[adapters]]\nname = "prometheus"\noptions = {{ textfile = "{tmp_path}/x.prom" }}\n'
+    )
+    assert main(["check", "--config", str(config)]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("textfile", "warning"),
+    [
+        ("jobs.txt", "reads only files ending in .prom"),
+        ("missing/jobs.prom", "its directory does not exist"),
+    ],
+)
+def test_check_warns_about_a_textfile_node_exporter_would_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], textfile: str, warning: str
+) -> None:
+    from lifecycle._cli import main
+
+    config = tmp_path / "lifecycle.toml"
+    config.write_text(
+        f'[[adapters]]\nname = "prometheus"\noptions = {{ textfile = "{tmp_path / textfile}" }}\n'
+    )
+    assert main(["check", "--config", str(config)]) == 0
+    assert warning in capsys.readouterr().err
+
+
 def test_a_port_in_use_is_an_error_naming_the_address() -> None:
     import socket
 
@@ -287,21 +474,19 @@ async def test_attached_from_a_config_file(tmp_path: Path) -> None:
     async with EventBus() as bus:
         with load_config(config).attach(bus):
             await runs(bus, "failed")
-    samples = parse(await anyio.Path(tmp_path / "jobs.prom").read_text())
-    finished = "lifecycle_runs_finished_total"
-    assert value(samples, finished, environment="nightly", outcome="failed") == 1
+    samples = await read_textfile(tmp_path / "jobs.prom")
+    assert value(samples, "lifecycle_run_last_outcome", outcome="failed", **NIGHTLY) == 1
 
 
-def test_all_lists_the_names_the_module_defines() -> None:
+def test_all_lists_exactly_the_public_names() -> None:
     import lifecycle_prometheus
 
-    defined = {
+    public = {
         name
         for name, obj in vars(lifecycle_prometheus).items()
-        if not name.startswith("_") and getattr(obj, "__module__", None) == "lifecycle_prometheus"
+        if not name.startswith("_") and not isinstance(obj, ModuleType)
     }
-    assert defined <= set(lifecycle_prometheus.__all__)
-    assert all(hasattr(lifecycle_prometheus, name) for name in lifecycle_prometheus.__all__)
+    assert public == set(lifecycle_prometheus.__all__)
 
 
 @pytest.mark.anyio

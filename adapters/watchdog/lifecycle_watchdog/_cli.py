@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
-from lifecycle_nats import NatsError, jetstream_required
+from lifecycle_nats import NatsConnectError, NatsError, jetstream_required
 
 from lifecycle import EXITED, ConfigError, EventBus, escape, log_to_stderr
 from lifecycle.plugins import ADAPTER_GROUP, command
 
 from ._config import WatchConfig, describe_watch, load_watch_config
 from ._jetstream import Settings, connect, run_watchdog, status_subject
-from ._judge import Judge
+from ._judge import ENDED_KEPT, Judge
 from ._model import MISSED, OVERDUE, RECOVERED, RunState
 from ._store import JetStreamStore
 
@@ -52,11 +52,13 @@ def _say(command: str, message: str) -> None:
 
 _EPILOG = {
     "watch": "exit status: 0 when stopped by SIGTERM or SIGINT; 1 when NATS cannot be reached "
-    "(the message names the servers); 2 on a usage mistake or a bad configuration (the "
-    "message names the file, key and value).",
+    "(the message names the servers) or refuses the credentials (said at once, naming the "
+    "option); 2 on a usage mistake or a bad configuration (the message names the file, key "
+    "and value).",
     "runs": "exit status: 0 when the table was printed; 1 when NATS cannot be reached (the "
-    "message names the servers); 2 on a usage mistake or a bad configuration (the message "
-    "names the file, key and value).",
+    "message names the servers) or refuses the credentials (said at once, naming the "
+    "option); 2 on a usage mistake or a bad configuration (the message names the file, key "
+    "and value).",
 }
 
 
@@ -67,11 +69,12 @@ def _parser(command: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help="the configuration: its [watch] table (servers, misses, [[watch.expect]]) and "
-        "the [[adapters]]/[[handlers]] that hear the verdicts (default: ./lifecycle.toml)"
+        help="the configuration: its [watch] table (servers, user/password/token/creds, "
+        "misses, [[watch.expect]]) and the [[adapters]]/[[handlers]] that hear the verdicts "
+        "(default: ./lifecycle.toml)"
         if command == "watch"
-        else "the configuration whose [watch] table names the servers, stream and bucket "
-        "(default: ./lifecycle.toml)",
+        else "the configuration whose [watch] table names the servers, credentials "
+        "(user/password/token/creds), stream and bucket (default: ./lifecycle.toml)",
     )
     parser.add_argument(
         "--server",
@@ -97,11 +100,15 @@ def _load(command: str, args: argparse.Namespace) -> WatchConfig | None:
     return config
 
 
-def _where(config: WatchConfig, args: argparse.Namespace) -> str:
-    """Where the servers came from, for an error that names them: the file's key, or --server."""
+def _where(config: WatchConfig, args: argparse.Namespace, failure: Exception) -> str:
+    """Where what failed came from: the file's servers key, or --server; the ``[watch]``
+    table for refused credentials (the message names the option)."""
+    table = f"{config.file}: watch" if config.file is not None else "watch"
+    if isinstance(failure, NatsConnectError) and not failure.option.startswith("servers"):
+        return table
     if args.server:
         return "--server"
-    return f"{config.file}: watch.servers" if config.file is not None else "watch.servers"
+    return f"{table}.servers"
 
 
 def _console(bus: EventBus) -> Any:
@@ -135,7 +142,7 @@ def watch(argv: list[str]) -> int:
         return STATUS_USAGE
     status, failure = anyio.run(_watch, config, backend="asyncio")
     if failure is not None:
-        _say("watch", f"error: {_where(config, args)}: {failure}")
+        _say("watch", f"error: {_where(config, args, failure)}: {failure}")
     return status
 
 
@@ -189,17 +196,20 @@ async def _watch(config: WatchConfig) -> tuple[int, Exception | None]:
 
 
 def runs(argv: list[str]) -> int:
-    """``lifecycle runs [--config FILE] [--server URL] [--json]``: the live runs.
+    """``lifecycle runs [--config FILE] [--server URL] [--json] [--all]``: the live runs.
 
     Asks a running watchdog for its table; with none answering, reads the stored table
-    (whose heartbeat times are only as fresh as the last start or verdict).
+    (whose heartbeat times are only as fresh as the last start or verdict). ``--all`` adds
+    the runs that ended in the last ``ENDED_KEPT`` seconds, from either.
 
     .. versionadded:: 0.2
     """
     parser = _parser("runs", "List the live runs the watchdog knows: one line per run.")
     parser.add_argument("--json", action="store_true", help="a JSON array, for scripts")
     parser.add_argument(
-        "--all", action="store_true", help="include runs that ended recently (from the store)"
+        "--all",
+        action="store_true",
+        help=f"include runs that ended in the last {ENDED_KEPT / 60:g} minutes",
     )
     args = parser.parse_args(argv)
     config = _load("runs", args)
@@ -209,10 +219,17 @@ def runs(argv: list[str]) -> int:
     try:
         source, rows = anyio.run(_table, config.settings, backend="asyncio")
     except (ConnectionError, NatsError) as exc:
-        _say("runs", f"error: {_where(config, args)}: {exc}")
+        _say("runs", f"error: {_where(config, args, exc)}: {exc}")
         return STATUS_UNREACHABLE
-    if not args.all:
-        rows = [r for r in rows if r.get("state") != RunState.EXITED.value]
+    # The same answer whether a watchdog answered or the stored table did (which keeps
+    # ended runs for days): the live runs, and with --all those that ended recently.
+    ended_since = datetime.now(timezone.utc).timestamp() - ENDED_KEPT
+    rows = [
+        r
+        for r in rows
+        if r.get("state") != RunState.EXITED.value
+        or (args.all and r.get("last_seen", 0) >= ended_since)
+    ]
     if args.json:
         print(json.dumps([_public(row, source) for row in rows], indent=2))
     else:

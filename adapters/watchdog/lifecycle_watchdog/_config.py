@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from lifecycle_nats import NatsOptions
+
 from lifecycle import Config, ConfigError, find_config, load_config
 
 from ._jetstream import Settings
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = ["WatchConfig", "describe_watch", "load_watch_config", "watch_config_from"]
 
+_CREDENTIALS = ("user", "password", "token", "creds")
+"""The credential keys, as lifecycle-nats' ``[listen]`` and adapter options take them."""
 _WATCH_KEYS = frozenset(
     {
         "servers",
@@ -57,6 +61,7 @@ _WATCH_KEYS = frozenset(
         "report_every",
         "resume_grace",
         "expect",
+        *_CREDENTIALS,
     }
 )
 _EXPECT_KEYS = frozenset(
@@ -198,6 +203,13 @@ class _Reader:
         for name in ("tick", "rebuild_window", "connect_timeout", "report_every", "resume_grace"):
             if name in table:
                 options[name] = self.seconds(name, table[name])
+        for name in _CREDENTIALS:
+            if name in table:
+                try:  # checked as lifecycle-nats checks them (a creds file must exist)
+                    NatsOptions.build(**{name: table[name]})
+                except (TypeError, ValueError) as exc:
+                    raise self.error(name, str(exc)) from None
+                options[name] = table[name]
         settings = Settings(**options)
 
         by_env = self.number_table("misses_by_environment", table)

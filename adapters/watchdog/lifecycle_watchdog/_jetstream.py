@@ -35,11 +35,9 @@ import nats
 import nats.aio.client
 import nats.errors
 import structlog
-from lifecycle_nats import NatsOptions, subject_for
+from lifecycle_nats import NatsOptions, show_server, subject_for
 from lifecycle_nats import ensure_stream as _ensure_stream
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
-from lifecycle import redact_url
 
 from ._service import Publish, Watchdog
 from ._store import JetStreamStore
@@ -89,6 +87,8 @@ class Settings:
             network cut) before a run's silence counts again: while the server was away
             no run could store a heartbeat, and publishers take a moment to reconnect
             (lifecycle-nats' ``reconnect_wait`` is 2 s).
+        user, password, token, creds: credentials, as lifecycle-nats takes them
+            (``creds`` is the path of a ``.creds`` file); never shown.
 
     .. versionadded:: 0.2
     """
@@ -105,11 +105,30 @@ class Settings:
     report_every: float = 60.0
     resume_grace: float = 5.0
     name: str = field(default="lifecycle-watchdog")
+    user: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    creds: str | None = None
 
     @property
     def shown_servers(self) -> str:
-        """The servers as messages show them: scheme, host and port only."""
-        return ", ".join(redact_url(url) for url in self.servers)
+        """The servers as messages show them: ``nats://host:port``, nothing else."""
+        return ", ".join(show_server(url) for url in self.servers)
+
+    def nats_options(self) -> NatsOptions:
+        """These settings as lifecycle-nats' options (servers, stream, credentials)."""
+        return NatsOptions.build(
+            servers=self.servers,
+            stream=self.stream,
+            subject_prefix=self.subject_prefix,
+            create_stream=self.create_stream,
+            user=self.user,
+            password=self.password,
+            token=self.token,
+            creds=self.creds,
+            name=self.name,
+            connect_timeout=self.connect_timeout,
+        )
 
 
 def status_subject(settings: Settings) -> str:
@@ -125,8 +144,9 @@ _STATUS_LIMIT = 900_000
 
 
 def status_payload(dog: Watchdog) -> bytes:
-    """The live runs as JSON, the latest seen first kept if it must be cut."""
-    rows = [record.to_dict() for record in dog.live()]
+    """The live runs and those that ended recently as JSON; cut if it must be, ended runs
+    first, then the live runs seen longest ago."""
+    rows = [record.to_dict() for record in (*dog.ended(), *dog.live())]
     for row in rows:
         row.pop("lost_event", None)
     truncated = 0
@@ -140,14 +160,30 @@ def status_payload(dog: Watchdog) -> bytes:
 
 
 async def connect(settings: Settings, on_reconnect: Callable[[], object] | None = None) -> Client:
-    """Connect to NATS within ``connect_timeout``; the error names the servers it tried.
+    """Connect to NATS within ``connect_timeout``.
+
+    Raises:
+        lifecycle_nats.NatsConnectError: no server answered in time (the message names
+            the servers), or one refused the credentials (at once; the message names the
+            credential option and says what the server said).
 
     Once connected, the client reconnects forever (calling ``on_reconnect`` each time):
     a watchdog outlives server restarts.
     """
 
+    options = settings.nats_options()
+    errors: list[BaseException] = []  # of the first connection, for its error message
+    connected = False
+    refused = anyio.CancelScope()
+
     async def on_error(exc: Exception) -> None:
-        logger.warning("watchdog: NATS connection error", error=str(exc) or type(exc).__name__)
+        if connected:
+            logger.warning("watchdog: NATS connection error", error=str(exc) or type(exc).__name__)
+            return
+        errors.append(exc)
+        if options.refuses_credentials(exc):
+            # nats-py would try again forever: the answer will not change, say it now.
+            refused.cancel()
 
     client = nats.aio.client.Client()
 
@@ -163,11 +199,10 @@ async def connect(settings: Settings, on_reconnect: Callable[[], object] | None 
         if on_reconnect is not None:
             on_reconnect()
 
-    shown = settings.shown_servers
     try:
         # nats-py retries the first connection forever too when reconnects are unbounded,
         # so the bound on the first one is ours.
-        with anyio.fail_after(settings.connect_timeout):
+        with anyio.fail_after(settings.connect_timeout), refused:
             await client.connect(
                 list(settings.servers),
                 name=settings.name,
@@ -178,30 +213,23 @@ async def connect(settings: Settings, on_reconnect: Callable[[], object] | None 
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
+                **options.credentials(),
             )
+            connected = True
             return client
+        failure = options.connect_error(errors)  # refused: the scope was cancelled
     except TimeoutError:
-        raise ConnectionError(
-            f"cannot connect to NATS at {shown} (option servers) within "
-            f"{settings.connect_timeout:g} s"
-        ) from None
+        failure = options.connect_error(errors, waited=settings.connect_timeout)
     except Exception as exc:
-        raise ConnectionError(
-            f"cannot connect to NATS at {shown} (option servers): {exc or type(exc).__name__}"
-        ) from None
+        failure = options.connect_error([*errors, exc])
+    with anyio.move_on_after(2, shield=True):
+        await client.close()  # stops nats-py's own attempts
+    raise failure
 
 
 async def ensure_stream(js: JetStreamContext, settings: Settings) -> None:
     """The stream, created with lifecycle-nats' defaults if missing, checked if present."""
-    await _ensure_stream(
-        js,
-        NatsOptions.build(
-            servers=settings.servers,
-            stream=settings.stream,
-            subject_prefix=settings.subject_prefix,
-            create_stream=settings.create_stream,
-        ),
-    )
+    await _ensure_stream(js, settings.nats_options())
 
 
 def publisher(js: JetStreamContext, settings: Settings) -> Publish:

@@ -113,6 +113,11 @@ def _suffix(count: int) -> str:
     return "" if count == 1 else f":{count}"
 
 
+ENDED_KEPT = 600.0
+"""Seconds an ended run is kept in a judge's table: what ``lifecycle runs --all`` shows as
+having ended recently, whether a watchdog answers or the stored table does."""
+
+
 class Judge:
     """The run table and the expected starts, judged at the times it is given.
 
@@ -132,7 +137,7 @@ class Judge:
         expectations: Sequence[Expectation] = (),
         *,
         slots_from: float = 0.0,
-        forget_after: float = 600.0,
+        forget_after: float = ENDED_KEPT,
     ) -> None:
         self.policy = policy or Policy()
         self.expectations = tuple(expectations)

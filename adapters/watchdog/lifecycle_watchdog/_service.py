@@ -285,3 +285,8 @@ class Watchdog:
 
     def live(self) -> list[RunRecord]:
         return [r for r in self.judge.live() if r.state in (RunState.RUNNING, RunState.LOST)]
+
+    def ended(self) -> list[RunRecord]:
+        """The runs that ended within the judge's ``forget_after``, oldest end first."""
+        ended = [r for r in self.judge.table.values() if r.state is RunState.EXITED]
+        return sorted(ended, key=lambda r: r.last_seen)

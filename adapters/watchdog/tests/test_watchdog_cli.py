@@ -35,6 +35,8 @@ LIFECYCLE = [sys.executable, "-m", "lifecycle"]
             "'Mars/Olympus'",
         ),
         ('[[watch.expect]]\nenvironment = "etl"', "watch.expect[0]", ""),
+        ("user = 3", "watch.user", "3"),
+        ('creds = "/no/such.creds"', "watch.creds", "'/no/such.creds'"),
     ],
 )
 def test_a_bad_watch_configuration_names_the_file_the_key_and_the_value(
@@ -76,7 +78,7 @@ def test_check_describes_what_a_watch_table_would_watch(
     out = capsys.readouterr().out
     assert out.endswith(
         "  [watch]: ok:\n"
-        "    servers nats://nats.internal:4222/***, stream LIFECYCLE, run table in bucket "
+        "    servers nats://nats.internal:4222, stream LIFECYCLE, run table in bucket "
         "lifecycle_runs\n"
         "    a run is lost after 3 silent heartbeat intervals (nightly-etl: 5)\n"
         "    expects nightly-etl: cron '0 2 * * *' Europe/Paris, grace 600 s, "
@@ -115,7 +117,7 @@ def test_runs_never_shows_the_credentials_of_a_server_url(
     assert runs(["--config", str(tmp_path / "watch.toml")]) == 1
     error = capsys.readouterr().err
     assert "SECRET" not in error
-    assert f"nats://127.0.0.1:{free_tcp_port}/***" in error
+    assert f"cannot connect to NATS at nats://127.0.0.1:{free_tcp_port} (" in error
 
 
 def test_runs_escapes_control_characters_in_the_table(

@@ -71,9 +71,10 @@ def free_port() -> int:
 class OwnServer:
     """A ``nats-server -js`` on a free port with its own store, which a test may restart."""
 
-    def __init__(self, store: Path, *, jetstream: bool = True) -> None:
+    def __init__(self, store: Path, *args: str, jetstream: bool = True) -> None:
         self.port = free_port()
         self.store = store
+        self.args = args
         self.jetstream = jetstream
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -84,7 +85,7 @@ class OwnServer:
     def start(self) -> None:
         js = ["-js", "-sd", str(self.store)] if self.jetstream else []
         self.process = subprocess.Popen(
-            [NATS_SERVER, *js, "-a", "127.0.0.1", "-p", str(self.port)],
+            [NATS_SERVER, *js, "-a", "127.0.0.1", "-p", str(self.port), *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -130,6 +131,17 @@ def nats_url(nats_server: OwnServer) -> str:
 def no_jetstream(tmp_path: Path) -> Iterator[str]:
     """The URL of a nats-server that runs without JetStream."""
     server = OwnServer(tmp_path / "unused", jetstream=False)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def password_server(tmp_path: Path) -> Iterator[str]:
+    """The URL of a nats-server that wants user ``alice`` with password ``right``."""
+    server = OwnServer(tmp_path / "jetstream", "--user", "alice", "--pass", "right")
     server.start()
     try:
         yield server.url
@@ -579,3 +591,99 @@ def test_watch_says_which_servers_it_could_not_reach(tmp_path: Path) -> None:
     config.write_text(f'[watch]\nservers = ["{url}"]\nconnect_timeout = 0.5\n')
     done = lifecycle_failing("watch", "--config", str(config), cwd=tmp_path)
     assert f"{config}: watch.servers: cannot connect to NATS at {url}" in done.stderr
+
+
+@pytest.mark.parametrize("command", ["watch", "runs"])
+def test_refused_credentials_are_said_at_once_naming_the_option(
+    command: str, password_server: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "watch.toml"
+    # connect_timeout is long: the refusal is said at once, not after trying that long.
+    config.write_text(
+        f'[watch]\nservers = ["{password_server}"]\nuser = "alice"\npassword = "wrong"\n'
+        "connect_timeout = 20\n"
+    )
+    done = lifecycle_failing(command, "--config", str(config), cwd=tmp_path)
+    assert (
+        f"{config}: watch: cannot connect to NATS at {password_server} (check the option "
+        "user/password): the server refused the credentials"
+    ) in done.stderr
+    assert "Authorization Violation" in done.stderr
+    assert "wrong" not in done.stderr
+
+
+def test_credentials_in_the_server_url_are_named_and_never_shown(
+    password_server: str, tmp_path: Path
+) -> None:
+    url = password_server.replace("//", "//alice:SECRET@")
+    done = lifecycle_failing("runs", "--server", url, cwd=tmp_path)
+    assert (
+        f"--server: cannot connect to NATS at {password_server} (check the option servers (the "
+        "credentials in the URL))"
+    ) in done.stderr
+    assert "SECRET" not in done.stderr
+
+
+def test_runs_logs_in_with_the_watch_credentials(password_server: str, tmp_path: Path) -> None:
+    config = tmp_path / "watch.toml"
+    config.write_text(
+        f'[watch]\nservers = ["{password_server}"]\nuser = "alice"\npassword = "right"\n'
+    )
+    done = subprocess.run(
+        [*LIFECYCLE, "runs", "--config", str(config)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "(no live runs)" in done.stderr
+
+
+def runs_listed(*args: str, cwd: Path) -> list[dict[str, object]]:
+    listed = subprocess.run(
+        [*LIFECYCLE, "runs", "--json", *args], cwd=cwd, capture_output=True, text=True, check=True
+    )
+    rows: list[dict[str, object]] = json.loads(listed.stdout)
+    return rows
+
+
+def test_runs_all_gives_the_same_answer_whether_a_watchdog_answers_or_not(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """Runs that ended recently, from the watchdog or the stored table; not older ones."""
+
+    async def store_an_old_run() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            store = await JetStreamStore.open(nc.jetstream())
+            now = time.time()
+            old = RunRecord(
+                run_id="ended-an-hour-ago", environment="etl", started=now - 3700,
+                last_seen=now - 3600, state=RunState.EXITED, outcome="succeeded",
+            )  # fmt: skip
+            await store.transition(run_key(old.run_id), lambda stored: old)
+        finally:
+            await nc.close()
+
+    anyio.run(store_an_old_run)
+    (tmp_path / "lifecycle.toml").write_text(
+        f'[[adapters]]\nname = "nats"\noptions = {{ servers = ["{nats_url}"] }}\n'
+    )
+    env = {**os.environ, SPOOL_ENV: str(tmp_path / "spool")}
+    with watch_service("--server", nats_url, cwd=tmp_path) as service:
+        subprocess.run(
+            [*LIFECYCLE, "run", "--name", "short", "--", "true"], cwd=tmp_path, env=env, check=True
+        )
+        deadline = time.monotonic() + 20
+        while not (from_watchdog := runs_listed("--all", "--server", nats_url, cwd=tmp_path)):
+            assert time.monotonic() < deadline, "the ended run never listed by the watchdog"
+            time.sleep(0.05)
+        assert runs_listed("--server", nats_url, cwd=tmp_path) == []  # without --all: live only
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(20) == 0
+    from_store = runs_listed("--all", "--server", nats_url, cwd=tmp_path)
+
+    def seen(rows: list[dict[str, object]]) -> list[tuple[object, ...]]:
+        return [(r["environment"], r["run_id"], r["state"]) for r in rows]
+
+    assert [r["source"] for r in from_watchdog + from_store] == ["watchdog", "store"]
+    assert seen(from_watchdog) == seen(from_store)
+    assert seen(from_store)[0][::2] == ("short", "exited")
