@@ -359,18 +359,18 @@ def attach(
 
 def _check_options(
     *,
-    sdk: bool,
-    service_name: str,
-    tracer_provider: TracerProvider | None,
-    meter_provider: MeterProvider | None,
-    traces: bool,
-    metrics: bool,
-    handler_spans: bool,
-    record_command: bool,
-    record_attributes: bool,
-    propagate: bool,
-    flush_timeout: float,
-    max_open_runs: int,
+    sdk: bool = False,
+    service_name: str = "lifecycle",
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    traces: bool = True,
+    metrics: bool = True,
+    handler_spans: bool = True,
+    record_command: bool = False,
+    record_attributes: bool = False,
+    propagate: bool = True,
+    flush_timeout: float = 3.0,
+    max_open_runs: int = 10_000,
 ) -> float:
     for option, value in (
         ("sdk", sdk),
@@ -395,42 +395,15 @@ def _check_options(
     return flush
 
 
-def _check(
-    bus: EventBus,
-    *,
-    sdk: bool = False,
-    service_name: str = "lifecycle",
-    tracer_provider: TracerProvider | None = None,
-    meter_provider: MeterProvider | None = None,
-    traces: bool = True,
-    metrics: bool = True,
-    handler_spans: bool = True,
-    record_command: bool = False,
-    record_attributes: bool = False,
-    propagate: bool = True,
-    flush_timeout: float = 3.0,
-    max_open_runs: int = 10_000,
-) -> None:
+def _check(bus: EventBus, **options: Any) -> None:
     # lifecycle check: the options and the OTEL_* exporter choices, with no provider built
-    # (shutting one down would send its empty metrics to the collector).
-    _check_options(
-        sdk=sdk,
-        service_name=service_name,
-        tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
-        traces=traces,
-        metrics=metrics,
-        handler_spans=handler_spans,
-        record_command=record_command,
-        record_attributes=record_attributes,
-        propagate=propagate,
-        flush_timeout=flush_timeout,
-        max_open_runs=max_open_runs,
-    )
-    if sdk:
+    # (shutting one down would send its empty metrics to the collector). The core has
+    # checked the option names against attach's signature.
+    _check_options(**options)
+    if options.get("sdk"):
         from ._sdk import check_sdk
 
-        check_sdk(traces=traces, metrics=metrics)
+        check_sdk(traces=options.get("traces", True), metrics=options.get("metrics", True))
 
 
 adapter(attach, check=_check)
