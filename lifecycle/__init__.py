@@ -24,6 +24,9 @@ if _typing.TYPE_CHECKING:
     from ._childenv import (
         ChildEnvHook as ChildEnvHook,
     )
+    from ._wrap import (
+        HandlerWrap as HandlerWrap,
+    )
     from ._config import (
         AdapterSpec as AdapterSpec,
         Config as Config,
