@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from collections import deque
 from time import time_ns
 from typing import TYPE_CHECKING, Any
 
@@ -21,16 +23,21 @@ from ._spans import RunSpans
 from ._version import VERSION
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from opentelemetry.context import Context
     from opentelemetry.metrics import MeterProvider
-    from opentelemetry.trace import TracerProvider
+    from opentelemetry.trace import Span, TracerProvider
 
-    from lifecycle import Event, EventBus, HandlerResult
+    from lifecycle import Event, EventBus, HandlerResult, Subscription
 
 logger = structlog.get_logger("lifecycle.otel")
 
 SCOPE = "lifecycle_otel"
 """The instrumentation scope of the spans and metrics (the tracer's and meter's name)."""
+
+# Calls of one handler for one event name and run whose results are awaited, at most.
+_MAX_WAITING = 64
 
 # Before every other starting handler: their results find the run's span open.
 _FIRST = -1_000_000
@@ -72,6 +79,8 @@ class OtelAdapter(Attachment):
         self.spans = spans
         self.metrics = metrics
         self.handler_spans = handler_spans and spans is not None
+        self._calls: dict[tuple[str, str, str | None], deque[Span]] = {}
+        self._lock = threading.Lock()
 
     # -- events --------------------------------------------------------------------
 
@@ -113,41 +122,96 @@ class OtelAdapter(Attachment):
         if self.metrics is not None:
             self.metrics.result(bus, result=result)
         if self.handler_spans:
-            self._handler_span(result)
+            self._close_handler_span(result)
 
-    def _handler_span(self, result: HandlerResult) -> None:
-        # Rebuilt from the result: the handler ran before its span exists, so spans it
-        # made itself do not nest under it (see the README).
+    def wrap(self, sub: Subscription, call: Callable[[Event], Any]) -> Callable[[Event], Any]:
+        """Run each handler call inside its span (``bus.wrap_handlers``)."""
+        if sub.name.startswith("otel:"):
+            return call
+        if sub.is_async:
+
+            async def traced_async(event: Event) -> Any:
+                span = self._open_handler_span(sub, event)
+                with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                    return await call(event)
+
+            return traced_async
+
+        def traced(event: Event) -> Any:
+            span = self._open_handler_span(sub, event)
+            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                return call(event)
+
+        return traced
+
+    def _open_handler_span(self, sub: Subscription, event: Event) -> Span:
+        # The span ends when the bus reports the call's result (see result): only then
+        # is its status known (a timeout, an abandoned thread still running).
+        assert self.spans is not None
+        parent = self.spans.span_context(event.run_id)
+        context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent else None
+        span = self.spans.tracer.start_span(
+            f"lifecycle.handler {sub.name}",
+            context=context,
+            kind=SpanKind.INTERNAL,
+            attributes={
+                attr.HANDLER: sub.name,
+                attr.SIGNAL: event.name,
+                attr.BACKGROUND: sub.background,
+                attr.CRITICAL: sub.critical,
+                attr.RUN_ID: event.run_id,
+                attr.EVENT_ID: event.event_id,
+            },
+        )
+        key = (sub.name, event.name, event.run_id)
+        with self._lock:
+            waiting = self._calls.setdefault(key, deque())
+            waiting.append(span)
+            if len(waiting) > _MAX_WAITING:
+                # Results that never came (a hook removed mid-call): do not hold them forever.
+                waiting.popleft().end()
+        return span
+
+    def _close_handler_span(self, result: HandlerResult) -> None:
+        key = (result.handler, result.signal, result.run_id)
+        with self._lock:
+            waiting = self._calls.get(key)
+            span = waiting.popleft() if waiting else None
+            if waiting is not None and not waiting:
+                del self._calls[key]
+        end = time_ns()
+        if span is None:
+            # Not run through the wrapper (refused for hung threads, or subscribed to the
+            # blinker signal directly before the adapter): rebuilt from the result.
+            span = self._rebuilt_handler_span(result, end)
+        status = result.status
+        span.set_attribute(attr.HANDLER_STATUS, status.value)
+        if status is not Status.OK:
+            span.set_attribute(attr.ERROR_TYPE, error_type(result))
+            if result.exception is not None and status is Status.ERROR:
+                span.record_exception(result.exception, timestamp=end)
+            span.set_status(StatusCode.ERROR, result.describe_error())
+        span.end(end_time=end)
+
+    def _rebuilt_handler_span(self, result: HandlerResult, end: int) -> Span:
         assert self.spans is not None
         parent = self.spans.span_context(result.run_id)
-        context: Context | None = None
-        if parent is not None:
-            context = trace.set_span_in_context(NonRecordingSpan(parent))
-        end = time_ns()
-        status = result.status
+        context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent else None
         attributes: dict[str, Any] = {
             attr.HANDLER: result.handler,
             attr.SIGNAL: result.signal,
-            attr.HANDLER_STATUS: status.value,
             attr.BACKGROUND: result.background,
             attr.CRITICAL: result.critical,
         }
         if result.run_id is not None:
             attributes[attr.RUN_ID] = result.run_id
-        if status is not Status.OK:
-            attributes[attr.ERROR_TYPE] = error_type(result)
-        span = self.spans.tracer.start_span(
+        return self.spans.tracer.start_span(
             f"lifecycle.handler {result.handler}",
             context=context,
             kind=SpanKind.INTERNAL,
             attributes=attributes,
             start_time=end - round(result.duration * 1e9),
         )
-        if status is not Status.OK:
-            if result.exception is not None and status is Status.ERROR:
-                span.record_exception(result.exception, timestamp=end)
-            span.set_status(StatusCode.ERROR, result.describe_error())
-        span.end(end_time=end)
 
     # -- the end -------------------------------------------------------------------
 
@@ -261,8 +325,9 @@ def attach(
             ``OTEL_RESOURCE_ATTRIBUTES`` name the service.
         tracer_provider, meter_provider: providers to use instead of the global ones.
         traces, metrics: what to produce.
-        handler_spans: a child span of the run's span per handler call, rebuilt from its
-            result (start = end - duration).
+        handler_spans: a child span of the run's span per handler call, with the
+            handler running inside it (``bus.wrap_handlers``): the spans it makes nest
+            under it.
         record_command: put the command's arguments on the run span
             (``process.command_args``). Off by default: arguments may hold secrets.
         record_attributes: put the run's attributes on the run span
@@ -349,6 +414,8 @@ def attach(
             )
         if spans is not None and propagate:
             adapter.add(bus.on_child_env(adapter.child_env))
+        if adapter.handler_spans:
+            adapter.add(bus.wrap_handlers(adapter.wrap))
         if instruments is not None or adapter.handler_spans:
             adapter.add(bus.on_result(adapter.result))
     except BaseException:

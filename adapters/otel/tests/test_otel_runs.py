@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import lifecycle_otel
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -445,3 +446,47 @@ async def test_a_run_the_watchdog_declared_lost_ends_at_the_verdict(telemetry: T
     assert attributes(span)["lifecycle.run.outcome"] == "lost"
     assert attributes(span)["error.type"] == "lost"
     assert span.status.status_code is StatusCode.ERROR
+
+
+async def test_handlers_run_inside_their_spans(telemetry: Telemetry) -> None:
+    tracer = telemetry.tracer_provider.get_tracer("test")
+
+    def in_thread() -> None:
+        with tracer.start_as_current_span("query"):
+            pass
+
+    def in_emitter() -> None:
+        with tracer.start_as_current_span("log"):
+            pass
+
+    async def in_loop() -> None:
+        with tracer.start_as_current_span("request"):
+            await anyio.lowlevel.checkpoint()
+
+    async def hung() -> None:
+        await anyio.sleep(10)
+
+    async with EventBus() as bus:
+        with attach(bus, telemetry):
+            bus.subscribe(STARTING, in_thread, name="in_thread")
+            bus.subscribe(STARTING, in_emitter, inline=True, name="in_emitter")
+            bus.subscribe(EXITED, in_loop, name="in_loop", background=True)
+            bus.subscribe(EXITED, hung, name="hung", timeout=0.05)
+            async with Environment("nightly", bus=bus).running():
+                pass
+            await bus.drain()
+    run = telemetry.run_span()
+    spans = {span.name: span for span in telemetry.spans()}
+    for handler, inner in (("in_thread", "query"), ("in_emitter", "log"), ("in_loop", "request")):
+        span = spans[f"lifecycle.handler {handler}"]
+        assert span.parent is not None
+        assert span.parent.span_id == run.context.span_id, handler
+        child = spans[inner]
+        assert child.parent is not None
+        assert child.parent.span_id == span.context.span_id, handler
+        assert attributes(span)["lifecycle.handler.status"] == "ok"
+    assert attributes(spans["lifecycle.handler in_loop"])["lifecycle.handler.background"] is True
+    timed_out = spans["lifecycle.handler hung"]
+    assert attributes(timed_out)["lifecycle.handler.status"] == "timeout"
+    assert attributes(timed_out)["error.type"] == "timeout"
+    assert timed_out.status.status_code is StatusCode.ERROR
