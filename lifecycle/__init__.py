@@ -21,6 +21,12 @@ if _typing.TYPE_CHECKING:
         EventBus as EventBus,
         ResultHook as ResultHook,
     )
+    from ._childenv import (
+        ChildEnvHook as ChildEnvHook,
+    )
+    from ._wrap import (
+        HandlerWrap as HandlerWrap,
+    )
     from ._config import (
         AdapterSpec as AdapterSpec,
         Config as Config,

@@ -12,6 +12,7 @@ import blinker
 from blinker import ANY
 
 from ._backends import Backend, Background, backend_for, run_inline_group, running_loop
+from ._childenv import ChildEnvHook
 from ._exceptions import BusClosedError, EmitDepthError
 from ._handle import Handle
 from ._logging import log_failure, logger
@@ -19,6 +20,7 @@ from ._plan import NO_PLAN, Plan, PlanCache, Selection, timeout_buckets
 from ._results import CloseReport, EmitReport, HandlerResult, InlineRun, Status
 from ._subscription import Handler, Subscription, check_timeout, handler_name, is_async_callable
 from ._threads import WorkerPool
+from ._wrap import HandlerWrap, wrapped
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -26,8 +28,10 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
+    from ._childenv import ChildEnvironment
     from ._event import Event
     from ._results import ResultPart
+    from ._wrap import HandlerWrapper
 
 __all__ = ["DEFAULT", "EventBus", "ResultHook"]
 
@@ -152,6 +156,8 @@ class EventBus:
         self._signals = blinker.Namespace()
         self._plans = PlanCache()
         self._results = blinker.Signal("Announces every handler result: receiver(bus, result=...)")
+        self._child_env: list[ChildEnvironment] = []
+        self._wrappers: list[HandlerWrapper] = []
         # Result hooks connected with logs_failures=True; while any is, the bus stays quiet.
         self._failure_loggers = 0
         self._pool = WorkerPool(
@@ -250,6 +256,8 @@ class EventBus:
             labels=labels,
             name=name,
         )
+        if self._wrappers:
+            subscription.call = wrapped(self._wrappers, subscription)
         subscription.connect()
         return subscription
 
@@ -326,6 +334,35 @@ class EventBus:
             self._failure_loggers += 1
         return ResultHook(self, receiver, logs_failures)
 
+    def wrap_handlers(self, wrapper: HandlerWrapper) -> HandlerWrap:
+        """Run every handler call of this bus inside ``wrapper(subscription, call)``.
+
+        ``wrapper`` gets each subscription and its call, and returns the call to make
+        instead: a coroutine function for an async handler (``subscription.is_async``),
+        a plain one otherwise, which runs where the handler runs (the event loop, a
+        worker thread). It is applied when a handler subscribes or the wrapper is added,
+        not per emit, so a bus without wrappers dispatches exactly as before. The
+        wrapper's call must call ``call(event)`` once and return or raise what it does;
+        timeouts, isolation and results are the bus's as usual. A tracing adapter opens
+        a span around each call so, and what the handler does nests under it.
+
+        .. versionadded:: 0.2
+        """
+        return HandlerWrap(self, wrapper)
+
+    def on_child_env(self, hook: ChildEnvironment) -> ChildEnvHook:
+        """Add ``hook(starting) -> {name: value}`` to the environment of the runs' commands.
+
+        A command run by :class:`~lifecycle.SubprocessEnvironment` (``lifecycle run``)
+        for a run of this bus gets the variables the hooks return, called with the run's
+        ``starting`` event after its handlers ran and just before the command starts;
+        they override inherited ones. A hook that raises is logged and adds nothing.
+        A tracing adapter passes the run's ``TRACEPARENT`` so.
+
+        .. versionadded:: 0.2
+        """
+        return ChildEnvHook(self._child_env, hook)
+
     # -- emitting --------------------------------------------------------------------
 
     def _plan(self, name: str, sender: Any) -> Plan:
@@ -346,16 +383,17 @@ class EventBus:
                 subs.append(receiver)
             else:
                 takes_sender = True
-                subs.append(
-                    Subscription(
-                        None,
-                        name,
-                        _blinker_receiver(receiver, sender),
-                        timeout=self.default_timeout,
-                        name=handler_name(receiver),
-                        takes_event=True,
-                    )
+                sub = Subscription(
+                    None,
+                    name,
+                    _blinker_receiver(receiver, sender),
+                    timeout=self.default_timeout,
+                    name=handler_name(receiver),
+                    takes_event=True,
                 )
+                if self._wrappers:
+                    sub.call = wrapped(self._wrappers, sub)
+                subs.append(sub)
         return Plan(subs, len(signal.receivers), takes_sender)
 
     async def emit(self, event: Event, *, sender: Any = ANY) -> EmitReport:

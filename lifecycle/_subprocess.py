@@ -37,6 +37,7 @@ import anyio.abc
 import anyio.to_thread
 
 from . import _deathsig
+from ._childenv import child_environment
 from ._environment import Environment, Run
 from ._event import Event, Outcome
 from ._heartbeat import check_interval, send_heartbeats, sidecar
@@ -421,7 +422,7 @@ class SubprocessEnvironment(Environment):
                 stdout=subprocess.PIPE if forward else None,
                 stderr=subprocess.PIPE if forward else None,
                 cwd=self.cwd,
-                env=self._child_env(forward),
+                env=self._child_env(forward, run),
                 start_new_session=self.new_session,
             )
         except OSError as exc:
@@ -472,14 +473,16 @@ class SubprocessEnvironment(Environment):
                 run.attributes["output_tail"] = tail.text()
         self._settle(run, supervision, returncode)
 
-    def _child_env(self, forward: bool) -> Mapping[str, str] | None:
-        if not forward:
+    def _child_env(self, forward: bool, run: Run) -> Mapping[str, str] | None:
+        starting = run.start_report.event if run.start_report is not None else None
+        added = child_environment(self.bus._child_env, starting) if starting is not None else {}
+        if not forward and not added:
             return self.env
         env = os.environ if self.env is None else self.env
-        if "PYTHONUNBUFFERED" in env:
-            return self.env
-        # A Python child block-buffers a pipe: its output would arrive at exit, not live.
-        return {**env, "PYTHONUNBUFFERED": "1"}
+        if forward and "PYTHONUNBUFFERED" not in env:
+            # A Python child block-buffers a pipe: its output would arrive at exit, not live.
+            added.setdefault("PYTHONUNBUFFERED", "1")
+        return {**env, **added} if added else self.env
 
     async def _help(
         self,

@@ -108,6 +108,7 @@ class Subscription(Handle):
         "sequence",
         "signal_name",
         "timeout",
+        "unwrapped",
     )
 
     def __init__(
@@ -155,6 +156,8 @@ class Subscription(Handle):
             takes_event = _takes_event(handler, self.name)
         self.handler = handler
         self.call: Callable[[Event], Any] = handler if takes_event else _drop_event(handler)
+        # The call without the bus's handler wrappers (EventBus.wrap_handlers).
+        self.unwrapped = self.call
         self._signal = signal
         self.signal_name = signal_name
         self.timeout = check_timeout(timeout)

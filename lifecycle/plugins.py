@@ -69,6 +69,7 @@ _PROJECT_PLUGINS = {
     ADAPTER_GROUP: {
         "apprise": "lifecycle-apprise",
         "nats": "lifecycle-nats",
+        "otel": "lifecycle-otel",
         "prometheus": "lifecycle-prometheus",
         "structlog": "lifecycle-structlog",
         "webhook": "lifecycle-webhook",

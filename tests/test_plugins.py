@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import lifecycle_apprise
 import lifecycle_nats
 import lifecycle_nats._cli
+import lifecycle_otel
 import lifecycle_prometheus
 import lifecycle_structlog
 import lifecycle_watchdog._cli
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ADAPTERS: dict[str, Attach] = {
     "apprise": lifecycle_apprise.attach,
     "nats": lifecycle_nats.attach,
+    "otel": lifecycle_otel.attach,
     "prometheus": lifecycle_prometheus.attach,
     "structlog": lifecycle_structlog.attach,
     "webhook": lifecycle_webhook.attach,
