@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import threading
 import urllib.parse
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 import anyio.to_thread
@@ -68,6 +69,7 @@ class _Service:
         plugin.socket_read_timeout = timeout
         self.notifier = apprise.Apprise()
         self.notifier.add(plugin)
+        self.takes_timeout = "timeout" in inspect.signature(self.notifier.notify).parameters
         shown: str = plugin.url(privacy=True)  # type: ignore[no-untyped-call]  # untyped in Apprise
         self.target = redact_url(shown)
         self.replacements = dict.fromkeys(_secrets(url, shown), _MASK)
@@ -278,11 +280,10 @@ class AppriseAdapter(Attachment):
             left = deadline - anyio.current_time()
             limit = min(self.policy.timeout, max(0.0, left))
             reason = f"no answer within {limit:g} s"
-            call = functools.partial(
-                service.notifier.notify, body=body, title=title, notify_type=kind, timeout=limit
-            )
-            # Apprise ends the call itself at ``limit``; the margin only covers a service
-            # that ignores its timeouts, whose thread is then left to finish on its own.
+            # Apprise 2 ends the call itself at ``limit``; Apprise 1 (the one Prefect allows
+            # on Python 3.10) has only the plugin's socket timeouts, set at attach. The margin
+            # covers a service that ignores them, whose thread is left to finish on its own.
+            call = functools.partial(_send, service, body, title, kind, limit)
             with anyio.move_on_after(limit + 1.0):
                 result = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
                 if result:
@@ -312,8 +313,35 @@ class AppriseAdapter(Attachment):
             await anyio.sleep(wait)
 
 
+class _Answer(NamedTuple):
+    """What Apprise 1 says of a call: True or False, and the warnings it logged meanwhile."""
+
+    ok: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def _send(service: _Service, body: str, title: str, kind: str, limit: float) -> Any:
+    """One attempt, in a worker thread: Apprise 2's result, or an :class:`_Answer`."""
+    notify: Any = service.notifier.notify  # its signature differs across Apprise versions
+    if service.takes_timeout:
+        return notify(body=body, title=title, notify_type=kind, timeout=limit)
+    import apprise
+
+    # Apprise 1 returns a bare bool; the reason is in its log (captured for this call, but
+    # the capture is process-wide: a concurrent failure may lend its words).
+    with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:  # type: ignore[no-untyped-call]
+        ok = bool(notify(body=body, title=title, notify_type=kind))
+    lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+    return _Answer(ok, lines[-1] if lines else "")
+
+
 def _reason(result: Any, service: _Service) -> str:
     """The last warning or error Apprise logged for this call, scrubbed, or its status."""
+    if isinstance(result, _Answer):
+        return service.scrub(result.reason or "the service did not take the notification")
     messages = [
         entry.message for entry in result.logs() if entry.level in ("WARNING", "ERROR", "CRITICAL")
     ]
