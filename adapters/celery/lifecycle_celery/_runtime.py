@@ -4,9 +4,10 @@ Celery task bodies are synchronous and run in the pool's processes (prefork chil
 threads (solo, threads). Each such process gets one :class:`Runtime`: a thread running an
 asyncio loop with an :class:`~lifecycle.EventBus`, the configuration's adapters and
 handlers attached to it, and one ``Environment.running`` per task in flight (so each task
-has its heartbeats and its exactly-once ``exited``). Task threads talk to it through a
-:class:`~anyio.from_thread.BlockingPortal` and wait only for the ``starting`` handlers,
-never longer than ``start_timeout``.
+has its heartbeats and its exactly-once ``exited``). Task threads hand it work with
+``loop.call_soon_threadsafe`` (no round trip: anyio's ``BlockingPortal`` waits for the loop
+at every call, which cost a task a third of its time on a loaded machine) and wait only for
+the ``starting`` handlers, never longer than ``start_timeout``.
 
 A prefork child is a fork of the main process: a thread does not survive a fork, so a
 runtime belongs to the process that created it (``pid``) and a child makes its own.
@@ -14,6 +15,8 @@ runtime belongs to the process that created it (``pid``) and a child makes its o
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import threading
 from dataclasses import dataclass, field
@@ -22,14 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
-from anyio.from_thread import BlockingPortal
 
-from lifecycle import EXITED, STARTING, Environment, ErrorInfo, EventBus, Outcome, Run, heartbeats
+from lifecycle import EXITED, HEARTBEAT, STARTING, Environment, ErrorInfo, EventBus, Outcome
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from anyio.abc import TaskGroup
+    from anyio.abc import TaskGroup, TaskStatus
 
     from lifecycle import Attachment, Config
 
@@ -56,6 +58,8 @@ class TaskRun:
     outcome: Outcome = Outcome.SUCCEEDED
     error: BaseException | None = None
     end_attributes: dict[str, Any] = field(default_factory=dict)
+    started_at: float = field(default_factory=perf_counter)
+    beats: int = 0
     silent: bool = False
     """Ended without ``exited``: another process reports it (see :meth:`Runtime.interrupt`)."""
 
@@ -84,11 +88,14 @@ class Runtime:
         self.start_timeout = start_timeout
         self.close_timeout = close_timeout
         self.runs: dict[str, TaskRun] = {}
+        self._live: dict[str, TaskRun] = {}
+        """The runs whose ``starting`` went out and which have not ended: the beating ones."""
         self._environments: dict[tuple[str, frozenset[str]], Environment] = {}
         self._ready = threading.Event()
         self._closed = threading.Event()
         self._failure: BaseException | None = None
-        self._portal: BlockingPortal | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._work: asyncio.Queue[tuple[Callable[..., object], tuple[Any, ...]]]
         self._group: TaskGroup | None = None
         self._stop: anyio.Event | None = None
         self._bus: EventBus | None = None
@@ -105,7 +112,7 @@ class Runtime:
 
     @property
     def alive(self) -> bool:
-        return self._portal is not None and not self._closed.is_set()
+        return self._loop is not None and not self._closed.is_set()
 
     # -- from task threads ----------------------------------------------------------
 
@@ -184,12 +191,12 @@ class Runtime:
 
     def _submit(self, func: Callable[..., object], *args: Any) -> bool:
         """Start ``func(*args)`` in the loop; ``False`` if the loop is gone."""
-        portal = self._portal
-        if portal is None or self._closed.is_set():
+        loop = self._loop
+        if loop is None or self._closed.is_set():
             return False
         try:
-            portal.start_task_soon(func, *args)
-        except RuntimeError:  # the portal stopped between the check and the call
+            loop.call_soon_threadsafe(self._work.put_nowait, (func, args))
+        except RuntimeError:  # the loop closed between the check and the call
             return False
         return True
 
@@ -209,19 +216,75 @@ class Runtime:
 
     async def _main(self) -> None:
         self._stop = anyio.Event()
+        self._beating = anyio.CancelScope()
         bus = EventBus(name="celery")
         attachment: Attachment | None = None
         try:
             attachment = self.config.attach(bus) if self.config is not None else None
-            async with BlockingPortal() as portal, anyio.create_task_group() as group:
-                self._bus, self._portal, self._group = bus, portal, group
+            async with anyio.create_task_group() as group:
+                self._bus, self._group = bus, group
+                self._work = asyncio.Queue()
+                self._loop = asyncio.get_running_loop()
+                dispatching = await group.start(self._dispatch)
+                if self.heartbeat is not None:
+                    group.start_soon(self._heartbeats, self.heartbeat)
                 self._ready.set()
                 await self._stop.wait()
+                # What came before the stop request is dispatched (one queue, in order); the
+                # runs it ended emit their exited before the task group lets go.
+                dispatching.cancel()
+                self._beating.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await bus.aclose()
                 if attachment is not None:
                     attachment.detach()
+
+    async def _heartbeats(self, interval: float) -> None:
+        """Every ``interval`` seconds, ``environment.heartbeat`` for each run in flight.
+
+        One ticker for the process rather than a task per run (``lifecycle.heartbeats``):
+        most Celery tasks end before their first beat, and should not pay for one. A run's
+        first beat comes within one interval of its start, then one every interval, with
+        the attributes ``lifecycle.heartbeats`` gives (``sequence``, ``interval``,
+        ``elapsed``).
+        """
+        with self._beating:
+            while True:
+                await anyio.sleep(interval)
+                await self._beat(interval)
+
+    async def _beat(self, interval: float) -> None:
+        """One heartbeat for each run in flight."""
+        now = perf_counter()
+        for run in list(self._live.values()):
+            run.beats += 1
+            environment = self._environment(run.name, run.labels)
+            attributes = {
+                "sequence": run.beats,
+                "interval": interval,
+                "elapsed": round(now - run.started_at, 3),
+            }
+            try:
+                await environment.emit(
+                    environment.event(HEARTBEAT, run.run_id, attributes=attributes)
+                )
+            except Exception:
+                logger.exception("heartbeat emit failed", run_id=run.run_id, task=run.name)
+
+    async def _dispatch(
+        self, *, task_status: TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run what task threads handed over, in a task (anyio needs one to start others)."""
+        assert self._group is not None
+        with anyio.CancelScope() as scope:
+            task_status.started(scope)
+            while True:
+                func, args = await self._work.get()
+                if inspect.iscoroutinefunction(func):
+                    self._group.start_soon(func, *args)
+                else:
+                    func(*args)
 
     def _request_stop(self) -> None:
         assert self._stop is not None
@@ -244,14 +307,13 @@ class Runtime:
             run.ended.set()
 
     async def _lifetime(self, run: TaskRun) -> None:
-        """One task's run: ``starting``, heartbeats until the task ends, ``exited``.
+        """One task's run: ``starting``, then (in :meth:`_heartbeats`) beats until it ends, ``exited``.
 
         Not ``Environment.running``: a run may end here without ``exited`` (see
         :meth:`interrupt`), and a critical ``starting`` handler does not stop a Celery task.
         """
         assert run.ended is not None
         environment = self._environment(run.name, run.labels)
-        live = Run(environment, run.run_id, run.attributes)
         attributes = run.attributes
         if self.heartbeat is not None:
             attributes = {**attributes, "heartbeat_interval": self.heartbeat}
@@ -261,10 +323,11 @@ class Runtime:
             logger.exception("starting event not delivered", run_id=run.run_id, task=run.name)
         finally:
             run.started.set()
+        self._live[run.run_id] = run
         try:
-            async with heartbeats(live, self.heartbeat):
-                await run.ended.wait()
+            await run.ended.wait()
         finally:
+            del self._live[run.run_id]
             if self.runs.get(run.run_id) is run:
                 del self.runs[run.run_id]
         if run.silent:
@@ -277,7 +340,7 @@ class Runtime:
                 run.outcome,
                 run.error,
                 {**run.attributes, **run.end_attributes},
-                duration=perf_counter() - live.started_at,
+                duration=perf_counter() - run.started_at,
             )
         if scope.cancelled_caught:
             logger.error(

@@ -17,6 +17,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
@@ -35,6 +37,22 @@ def wait_for(
             raise AssertionError(f"gave up waiting for {what}: {context!r}")
         time.sleep(0.02)
     return value
+
+
+def require_redis() -> None:
+    """Fail, saying what to do, when no Redis answers where the tests expect their broker."""
+    import redis
+
+    client = redis.Redis.from_url(BROKER, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        pytest.fail(
+            f"no Redis answers at {BROKER} ({exc}); the lifecycle-celery tests need one: "
+            "apt-get install redis-server, or set LIFECYCLE_CELERY_TEST_BROKER"
+        )
+    finally:
+        client.close()
 
 
 def handlers_toml(*extra: str) -> str:

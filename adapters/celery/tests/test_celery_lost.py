@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from celery import Celery
-from celery_harness import APP, BROKER, Worker, handlers_toml, wait_for
+from celery_harness import APP, BROKER, Worker, handlers_toml, require_redis, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -119,6 +119,7 @@ def watch(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[W
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Celery]:
+    require_redis()
     app = Celery(APP, broker=BROKER, backend=BROKER)
     yield app
     app.close()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from celery_harness import APP, BROKER, Worker, handlers_toml, run_ids, wait_for
+from celery_harness import APP, BROKER, Worker, handlers_toml, require_redis, run_ids, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -30,6 +30,7 @@ HANDLERS = handlers_toml(
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Celery]:
+    require_redis()
     app = Celery(APP, broker=BROKER, backend=BROKER)
     yield app
     app.close()
