@@ -151,6 +151,8 @@ def measure(pool: str, tasks: int, rounds: int, directory: Path) -> dict[str, fl
         "plain": tasks / statistics.median(times["plain"]),
         "lifecycle": tasks / statistics.median(times["lifecycle"]),
         "ratio": statistics.median(ratios),
+        "low": min(ratios),
+        "high": max(ratios),
     }
 
 
@@ -167,13 +169,16 @@ def main(argv: list[str] | None = None) -> int:
         f"celery {version('celery')}, Python {sys.version.split()[0]}, {os.cpu_count()} cores; "
         f"{tasks} trivial tasks per round, {rounds} rounds, broker {BROKER}"
     )
-    print(f"{'pool':<8} {'without (tasks/s)':>18} {'with (tasks/s)':>15} {'time ratio':>11}")
+    print(
+        f"{'pool':<8} {'without (tasks/s)':>18} {'with (tasks/s)':>15} {'time ratio':>11} "
+        f"{'rounds min-max':>15}"
+    )
     with tempfile.TemporaryDirectory() as directory:
         for pool in args.pools:
             figures = measure(pool, tasks, rounds, Path(directory))
             print(
                 f"{pool:<8} {figures['plain']:>18.0f} {figures['lifecycle']:>15.0f} "
-                f"{figures['ratio']:>10.3f}x"
+                f"{figures['ratio']:>10.3f}x {figures['low']:>7.2f}-{figures['high']:.2f}x"
             )
     return 0
 
