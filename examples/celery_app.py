@@ -25,9 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from celery import Celery
-
 import lifecycle_celery
+from celery import Celery
 
 BROKER = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 

@@ -61,3 +61,11 @@ def sleepy(seconds: float) -> float:
 def handler_hangs(payload: dict[str, Any]) -> str:
     # The result a hanging handler must leave intact.
     return json.dumps(payload, sort_keys=True)
+
+
+@app.task(bind=True, acks_late=True, reject_on_worker_lost=True)
+def sleepy_once(self: Task[Any, Any], seconds: float) -> str:
+    """Sleeps on its first delivery only: its worker is killed meanwhile, and it runs again."""
+    if not (self.request.delivery_info or {}).get("redelivered"):
+        time.sleep(seconds)
+    return "ran again"
