@@ -1,0 +1,97 @@
+"""install's options and configuration errors, the run ids, the outcome mapping: no worker."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import lifecycle_celery
+import pytest
+from billiard.exceptions import SoftTimeLimitExceeded
+from celery import Celery
+from celery.exceptions import Retry
+from lifecycle_celery import outcome_of, run_id_for
+
+from lifecycle import ConfigError, Outcome
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@pytest.fixture
+def app() -> Celery:
+    return Celery("install-tests", broker="memory://", set_as_current=False)
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    public = {name for name in dir(lifecycle_celery) if not name.startswith("_")}
+    assert set(lifecycle_celery.__all__) == public - {"annotations"}
+    assert lifecycle_celery.__all__ == sorted(lifecycle_celery.__all__)
+
+
+def test_run_ids_name_the_attempt_and_the_delivery() -> None:
+    assert run_id_for("t1") == "t1"
+    assert run_id_for("t1", 2) == "t1.retry-2"
+    assert run_id_for("t1", 0, redelivered=True, host="h", pid=7) == "t1.redelivered-7@h"
+
+
+@pytest.mark.parametrize(
+    ("state", "retval", "outcome"),
+    [
+        ("SUCCESS", 42, Outcome.SUCCEEDED),
+        ("IGNORED", None, Outcome.SUCCEEDED),
+        ("FAILURE", ValueError("x"), Outcome.FAILED),
+        ("FAILURE", SoftTimeLimitExceeded(), Outcome.TIMEOUT),
+        ("RETRY", Retry(exc=KeyError("k"), when=5), Outcome.FAILED),
+        ("REJECTED", None, Outcome.FAILED),
+    ],
+)
+def test_celery_states_map_to_outcomes(state: str, retval: Any, outcome: Outcome) -> None:
+    assert outcome_of(state, retval)[0] is outcome
+
+
+def test_a_retry_reports_its_cause_and_when() -> None:
+    cause = KeyError("k")
+    _, error, attributes = outcome_of("RETRY", Retry(exc=cause, when=5))
+    assert error is cause
+    assert attributes == {"celery_state": "RETRY", "celery_retry_when": "5"}
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error", "message"),
+    [
+        ("heartbeat", -1, ValueError, "heartbeat must be a finite number of seconds > 0"),
+        ("heartbeat", "10", TypeError, "heartbeat must be a number of seconds"),
+        ("start_timeout", 0, ValueError, "start_timeout must be a finite number"),
+        ("close_timeout", float("inf"), ValueError, "close_timeout must be a finite number"),
+    ],
+)
+def test_a_bad_option_is_refused_naming_it(
+    app: Celery, tmp_path: Path, option: str, value: Any, error: type[Exception], message: str
+) -> None:
+    config = tmp_path / "lifecycle.toml"
+    config.write_text("")
+    with pytest.raises(error, match=message):
+        lifecycle_celery.install(app, config=config, **{option: value})
+
+
+def test_a_configuration_mistake_fails_install_naming_file_and_key(
+    app: Celery, tmp_path: Path
+) -> None:
+    config = tmp_path / "lifecycle.toml"
+    config.write_text(
+        '[[handlers]]\ntarget = "no_such_module_here:fn"\nsignal = "environment.exited"\n'
+    )
+    with pytest.raises(ConfigError, match=r"lifecycle\.toml.*handlers\[0\]\.target"):
+        lifecycle_celery.install(app, config=config)
+
+
+def test_uninstall_disconnects_the_signals(app: Celery, tmp_path: Path) -> None:
+    from celery import signals
+
+    config = tmp_path / "lifecycle.toml"
+    config.write_text("")
+    before = len(signals.task_prerun.receivers)
+    installation = lifecycle_celery.install(app, config=config)
+    assert len(signals.task_prerun.receivers) == before + 1
+    installation.uninstall()
+    assert len(signals.task_prerun.receivers) == before
