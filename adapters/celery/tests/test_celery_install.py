@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING, Any
 
 import lifecycle_celery
@@ -15,6 +16,9 @@ from lifecycle import ConfigError, Outcome
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+
+AT = datetime.datetime(2026, 12, 6, 23, 0, tzinfo=datetime.timezone.utc)
 
 
 @pytest.fixture
@@ -41,7 +45,7 @@ def test_run_ids_name_the_attempt_and_the_delivery() -> None:
         ("IGNORED", None, Outcome.SUCCEEDED),
         ("FAILURE", ValueError("x"), Outcome.FAILED),
         ("FAILURE", SoftTimeLimitExceeded(), Outcome.TIMEOUT),
-        ("RETRY", Retry(exc=KeyError("k"), when=5), Outcome.FAILED),
+        ("RETRY", Retry(exc=KeyError("k"), when=AT), Outcome.FAILED),
         ("REJECTED", None, Outcome.FAILED),
     ],
 )
@@ -51,9 +55,9 @@ def test_celery_states_map_to_outcomes(state: str, retval: Any, outcome: Outcome
 
 def test_a_retry_reports_its_cause_and_when() -> None:
     cause = KeyError("k")
-    _, error, attributes = outcome_of("RETRY", Retry(exc=cause, when=5))
+    _, error, attributes = outcome_of("RETRY", Retry(exc=cause, when=AT))
     assert error is cause
-    assert attributes == {"celery_state": "RETRY", "celery_retry_when": "5"}
+    assert attributes == {"celery_state": "RETRY", "celery_retry_when": str(AT)}
 
 
 @pytest.mark.parametrize(
