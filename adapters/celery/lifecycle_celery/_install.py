@@ -188,14 +188,15 @@ class Installation:
         if request is not None and request.task is not None and self._mine(request.task):
             self._received[request.id] = request
 
+    def _task_runtime(self, task: Task[Any, Any] | None) -> Runtime | None:
+        """This process's runtime, for a task of this app; ``None`` to leave the task alone."""
+        return self.runtime() if self._mine(task) else None
+
     def _on_prerun(self, task_id: str = "", task: Task[Any, Any] | None = None, **_: Any) -> None:
-        if not self._mine(task):
+        runtime = self._task_runtime(task)
+        if runtime is None or task is None:
             return
-        assert task is not None
         try:
-            runtime = self.runtime()
-            if runtime is None:
-                return
             runtime.begin(self._task_run(task_id, task, task.request))
         except Exception:
             logger.exception("starting a task's lifecycle run failed", task_id=task_id)
@@ -208,13 +209,10 @@ class Installation:
         state: str | None = None,
         **_: Any,
     ) -> None:
-        if not self._mine(task):
+        runtime = self._task_runtime(task)
+        if runtime is None or task is None:
             return
-        assert task is not None
         try:
-            runtime = self.runtime()
-            if runtime is None:
-                return
             request = task.request
             run_id = self._run_id(task_id, request, os.getpid())
             if state is None:

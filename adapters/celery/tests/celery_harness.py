@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator
+
+    from celery import Celery
 
 BROKER = os.environ.get("LIFECYCLE_CELERY_TEST_BROKER", "redis://127.0.0.1:6379/13")
 HERE = Path(__file__).parent
@@ -53,6 +55,16 @@ def require_redis() -> None:
         )
     finally:
         client.close()
+
+
+def celery_client() -> Iterator[Celery]:
+    """A client of the tests' app (sends by name: it needs no task code), once Redis answers."""
+    from celery import Celery
+
+    require_redis()
+    app = Celery(APP, broker=BROKER, backend=BROKER)
+    yield app
+    app.close()
 
 
 def handlers_toml(*extra: str) -> str:

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from celery import Celery
-from celery_harness import APP, BROKER, Worker, handlers_toml, require_redis, wait_for
+from celery_harness import APP, Worker, celery_client, handlers_toml, wait_for
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+
+    from celery import Celery
 
 BEAT = 0.2
 MISSES = 3
@@ -118,15 +119,24 @@ def watch(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[W
     service.stop()
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[Celery]:
-    require_redis()
-    app = Celery(APP, broker=BROKER, backend=BROKER)
-    yield app
-    app.close()
+client = pytest.fixture(scope="module", name="client")(celery_client)
 
 
-def publishing_worker(directory: Path, nats_url: str, concurrency: int) -> Worker:
+@pytest.fixture
+def publishing_worker(nats_url: str, tmp_path: Path) -> Iterator[Callable[[int], Worker]]:
+    """Start a worker publishing to the module's NATS server (stopped after the test)."""
+    started: list[Worker] = []
+
+    def start(concurrency: int) -> Worker:
+        started.append(new_publishing_worker(tmp_path, nats_url, concurrency))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def new_publishing_worker(directory: Path, nats_url: str, concurrency: int) -> Worker:
     adapter = (
         f'[[adapters]]\nname = "nats"\noptions = {{ servers = "{nats_url}", '
         "delivery_timeout = 1, reconnect_wait = 0.2 }\n"
@@ -157,73 +167,66 @@ def assert_lost_once(watch: Watch, run_id: str, killed_at: float, task: str = "s
     assert lost["environment"]["host"] == socket.gethostname()
 
 
+def kill_child(worker: Worker, watch: Watch, run_id: str) -> float:
+    """SIGKILL the pool process running ``run_id`` once the watchdog knows it; the time."""
+    start = worker.wait_event("environment.starting", run_id)
+    watch.wait_live(run_id)
+    os.kill(start["attributes"]["celery_pid"], signal.SIGKILL)
+    return time.time()
+
+
 def settle() -> None:
     """Past every allowance once more, so that a second or a wrong verdict would be in."""
     time.sleep(MISSES * BEAT + 0.5)
 
 
 def test_a_killed_prefork_child_has_its_task_lost_once(
-    client: Celery, watch: Watch, nats_url: str, tmp_path: Path
+    client: Celery, watch: Watch, publishing_worker: Callable[[int], Worker]
 ) -> None:
-    worker = publishing_worker(tmp_path, nats_url, concurrency=2)
-    try:
-        finished = finished_task(client, worker)
-        running = client.send_task(f"{APP}.sleepy", (30,), queue=worker.queue)
-        start = worker.wait_event("environment.starting", running.id)
-        watch.wait_live(running.id)
-        os.kill(start["attributes"]["celery_pid"], signal.SIGKILL)
-        killed_at = time.time()
-        assert_lost_once(watch, running.id, killed_at)
-        # The worker replaced its child and goes on, publishing as before.
-        finished_task(client, worker)
-        settle()
-        assert len(watch.lost(running.id)) == 1
-        assert watch.lost(finished) == []
-    finally:
-        worker.stop()
+    worker = publishing_worker(2)
+    finished = finished_task(client, worker)
+    running = client.send_task(f"{APP}.sleepy", (30,), queue=worker.queue)
+    killed_at = kill_child(worker, watch, running.id)
+    assert_lost_once(watch, running.id, killed_at)
+    # The worker replaced its child and goes on, publishing as before.
+    finished_task(client, worker)
+    settle()
+    assert len(watch.lost(running.id)) == 1
+    assert watch.lost(finished) == []
 
 
 def test_a_killed_worker_has_each_task_in_flight_lost_once(
-    client: Celery, watch: Watch, nats_url: str, tmp_path: Path
+    client: Celery, watch: Watch, publishing_worker: Callable[[int], Worker]
 ) -> None:
-    worker = publishing_worker(tmp_path, nats_url, concurrency=3)
-    try:
-        finished = finished_task(client, worker)
-        running = [client.send_task(f"{APP}.sleepy", (30,), queue=worker.queue) for _ in range(3)]
-        watch.wait_live(*(task.id for task in running))
-        worker.kill_all()
-        killed_at = time.time()
-        for task in running:
-            assert_lost_once(watch, task.id, killed_at)
-        settle()
-        for task in running:
-            assert len(watch.lost(task.id)) == 1
-        assert watch.lost(finished) == []
-    finally:
-        worker.stop()
+    worker = publishing_worker(3)
+    finished = finished_task(client, worker)
+    running = [client.send_task(f"{APP}.sleepy", (30,), queue=worker.queue) for _ in range(3)]
+    watch.wait_live(*(task.id for task in running))
+    worker.kill_all()
+    killed_at = time.time()
+    for task in running:
+        assert_lost_once(watch, task.id, killed_at)
+    settle()
+    for task in running:
+        assert len(watch.lost(task.id)) == 1
+    assert watch.lost(finished) == []
 
 
 def test_a_task_requeued_after_its_child_was_killed_is_a_new_run_naming_the_lost_one(
-    client: Celery, watch: Watch, nats_url: str, tmp_path: Path
+    client: Celery, watch: Watch, publishing_worker: Callable[[int], Worker]
 ) -> None:
     """acks_late + reject_on_worker_lost: lost for the first run, a second run to the end."""
-    worker = publishing_worker(tmp_path, nats_url, concurrency=2)
-    try:
-        task = client.send_task(f"{APP}.sleepy_once", (30,), queue=worker.queue)
-        start = worker.wait_event("environment.starting", task.id)
-        watch.wait_live(task.id)
-        os.kill(start["attributes"]["celery_pid"], signal.SIGKILL)
-        killed_at = time.time()
-        assert task.get(timeout=20) == "ran again"
-        [again] = [
-            event
-            for event in worker.events("environment.starting")
-            if event["attributes"].get("celery_previous_run") == task.id
-        ]
-        assert again["run_id"].startswith(f"{task.id}.redelivered-")
-        assert again["attributes"]["celery_redelivered"] is True
-        assert worker.wait_event("environment.exited", again["run_id"])["outcome"] == "succeeded"
-        assert_lost_once(watch, task.id, killed_at, task="sleepy_once")
-        assert watch.lost(again["run_id"]) == []
-    finally:
-        worker.stop()
+    worker = publishing_worker(2)
+    task = client.send_task(f"{APP}.sleepy_once", (30,), queue=worker.queue)
+    killed_at = kill_child(worker, watch, task.id)
+    assert task.get(timeout=20) == "ran again"
+    [again] = [
+        event
+        for event in worker.events("environment.starting")
+        if event["attributes"].get("celery_previous_run") == task.id
+    ]
+    assert again["run_id"].startswith(f"{task.id}.redelivered-")
+    assert again["attributes"]["celery_redelivered"] is True
+    assert worker.wait_event("environment.exited", again["run_id"])["outcome"] == "succeeded"
+    assert_lost_once(watch, task.id, killed_at, task="sleepy_once")
+    assert watch.lost(again["run_id"]) == []

@@ -10,14 +10,14 @@ import datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from celery_harness import APP, BROKER, Worker, handlers_toml, require_redis, run_ids, wait_for
+from celery_harness import APP, Worker, celery_client, handlers_toml, run_ids, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+    from celery import Celery
     from celery.result import AsyncResult
 
 HANDLERS = handlers_toml(
@@ -28,12 +28,7 @@ HANDLERS = handlers_toml(
 )
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[Celery]:
-    require_redis()
-    app = Celery(APP, broker=BROKER, backend=BROKER)
-    yield app
-    app.close()
+client = pytest.fixture(scope="module", name="client")(celery_client)
 
 
 @pytest.fixture(scope="module")
