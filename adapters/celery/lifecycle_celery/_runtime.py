@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from lifecycle import EXITED, HEARTBEAT, STARTING, Environment, ErrorInfo, EventBus, Outcome
+from lifecycle import (
+    EXITED,
+    HEARTBEAT,
+    STARTING,
+    Environment,
+    ErrorInfo,
+    EventBus,
+    Outcome,
+    Subscription,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -93,6 +102,7 @@ class Runtime:
         self._environments: dict[tuple[str, frozenset[str]], Environment] = {}
         self._ready = threading.Event()
         self._closed = threading.Event()
+        self._waits_for_start = True
         self._failure: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._work: asyncio.Queue[tuple[Callable[..., object], tuple[Any, ...]]]
@@ -117,10 +127,19 @@ class Runtime:
     # -- from task threads ----------------------------------------------------------
 
     def begin(self, run: TaskRun) -> None:
-        """Emit ``starting`` for ``run`` and wait for its handlers (at most ``start_timeout``)."""
+        """Emit ``starting`` for ``run`` and wait for its handlers (at most ``start_timeout``).
+
+        Only handlers that may do real work are waited for: when every ``starting``
+        subscriber is inline (a cheap function run in the emit: the NATS adapter's enqueue,
+        a log line) or background, the task goes on at once, and its ``starting`` still
+        goes out before its ``exited`` (one queue, in order). Waiting costs the task a
+        thread switch, which a loaded machine makes dear.
+        """
         self.runs[run.run_id] = run
         if not self._submit(self._spawn, run):
             self.runs.pop(run.run_id, None)
+            return
+        if not self._waits_for_start:
             return
         if not run.started.wait(self.start_timeout):
             logger.warning(
@@ -223,6 +242,11 @@ class Runtime:
             attachment = self.config.attach(bus) if self.config is not None else None
             async with anyio.create_task_group() as group:
                 self._bus, self._group = bus, group
+                self._waits_for_start = any(
+                    not isinstance(receiver, Subscription)
+                    or not (receiver.inline or receiver.background)
+                    for receiver in bus.signal(STARTING).receivers.values()
+                )
                 self._work = asyncio.Queue()
                 self._loop = asyncio.get_running_loop()
                 dispatching = await group.start(self._dispatch)

@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 
     from celery import Celery
 
-BEAT = 0.2
-MISSES = 3
+BEAT = 0.25
+MISSES = 4
+"""One second of silence before lost: a second a loaded CI machine may well stall a worker
+for, and the watchdog would rightly call that a death."""
 ALLOWANCE = MISSES * BEAT + 2
 """The issue's bound: a dead task is reported within misses x interval + 2 s."""
 
