@@ -222,11 +222,15 @@ def test_a_task_requeued_after_its_child_was_killed_is_a_new_run_naming_the_lost
     task = client.send_task(f"{APP}.sleepy_once", (30,), queue=worker.queue)
     killed_at = kill_child(worker, watch, task.id)
     assert task.get(timeout=20) == "ran again"
-    [again] = [
-        event
-        for event in worker.events("environment.starting")
-        if event["attributes"].get("celery_previous_run") == task.id
-    ]
+    [again] = wait_for(
+        lambda: [
+            event
+            for event in worker.events("environment.starting")
+            if event["attributes"].get("celery_previous_run") == task.id
+        ],
+        "the second run's starting",
+        worker,
+    )
     assert again["run_id"].startswith(f"{task.id}.redelivered-")
     assert again["attributes"]["celery_redelivered"] is True
     assert worker.wait_event("environment.exited", again["run_id"])["outcome"] == "succeeded"
