@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 from typing import TYPE_CHECKING, Any
 
 import lifecycle_celery
@@ -99,3 +100,29 @@ def test_uninstall_disconnects_the_signals(app: Celery, tmp_path: Path) -> None:
     assert len(signals.task_prerun.receivers) == before + 1
     installation.uninstall()
     assert len(signals.task_prerun.receivers) == before
+
+
+def test_a_process_that_ends_with_a_run_in_flight_exits_it_terminated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What worker_process_shutdown and worker_shutdown do: end the runs still in flight."""
+    from celery_harness import handlers_toml
+    from lifecycle_celery._runtime import Runtime, TaskRun
+
+    from lifecycle import load_config
+
+    record = tmp_path / "events.jsonl"
+    monkeypatch.setenv("RECORD_FILE", str(record))
+    config = tmp_path / "lifecycle.toml"
+    config.write_text(handlers_toml())
+    runtime = Runtime(load_config(config), heartbeat=None, start_timeout=5, close_timeout=5)
+    runtime.start()
+    runtime.begin(TaskRun("run-1", "jobs.long", frozenset({"celery"}), {"celery_attempt": 1}))
+    runtime.close()
+    events = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [(event["name"], event["outcome"]) for event in events] == [
+        ("environment.starting", None),
+        ("environment.exited", "terminated"),
+    ]
+    assert events[1]["attributes"]["celery_state"] == "WORKER_SHUTDOWN"
+    assert not runtime.alive
