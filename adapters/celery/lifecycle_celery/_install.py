@@ -20,6 +20,7 @@ sending heartbeats, and ``lifecycle watch`` reports each of them ``lost``, once.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import socket
@@ -163,6 +164,9 @@ class Installation:
                     self._broken_pid = pid
                     return None
                 self._runtime = runtime
+                # A process that ends without a worker signal (tasks run eagerly, a solo
+                # worker's cold shutdown) still hands its last events over.
+                atexit.register(self._on_process_shutdown)
             return self._runtime
 
     def _close(self) -> None:

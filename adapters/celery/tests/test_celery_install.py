@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import lifecycle_celery
@@ -126,3 +129,45 @@ def test_a_process_that_ends_with_a_run_in_flight_exits_it_terminated(
     ]
     assert events[1]["attributes"]["celery_state"] == "WORKER_SHUTDOWN"
     assert not runtime.alive
+
+
+EAGER = """
+from celery import Celery
+import lifecycle_celery
+
+app = Celery("eager", broker="memory://", backend="cache+memory://")
+app.conf.task_always_eager = True
+lifecycle_celery.install(app, config="lifecycle.toml", heartbeat=None)
+
+@app.task
+def add(x, y):
+    return x + y
+
+print(add.delay(1, 2).get())
+"""
+
+
+def test_a_process_that_ends_without_a_worker_signal_still_hands_its_events_over(
+    tmp_path: Path,
+) -> None:
+    """Tasks run eagerly, and an exited handler in the background: emitted before exit."""
+    from celery_harness import HERE, handlers_toml
+
+    (tmp_path / "eager.py").write_text(EAGER)
+    # Background, so that only the drain at exit can have run it.
+    (tmp_path / "lifecycle.toml").write_text(
+        handlers_toml().replace("inline = true", "background = true")
+    )
+    record = tmp_path / "events.jsonl"
+    done = subprocess.run(
+        [sys.executable, "eager.py"],
+        cwd=tmp_path, env={**os.environ, "RECORD_FILE": str(record), "PYTHONPATH": str(HERE)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "3\n"
+    events = [json.loads(line) for line in record.read_text().splitlines()]
+    assert sorted(event["name"] for event in events) == [
+        "environment.exited",
+        "environment.starting",
+    ]
