@@ -14,7 +14,7 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanKind, StatusCode
 
-from lifecycle import EXITED, HEARTBEAT, STARTING, Attachment, Status
+from lifecycle import EXITED, HEARTBEAT, MISSED, OVERDUE, STARTING, Attachment, Status
 from lifecycle.plugins import adapter
 
 from . import _attributes as attr
@@ -97,6 +97,10 @@ class OtelAdapter(Attachment):
         was_open = self.spans.exited(event) if self.spans is not None else True
         if self.metrics is not None:
             self.metrics.run_ended(event, was_open=was_open)
+
+    def verdict(self, event: Event) -> None:
+        assert self.spans is not None
+        self.spans.verdict(event)
 
     def child_env(self, starting: Event) -> dict[str, str] | None:
         """``TRACEPARENT``/``TRACESTATE`` of the run's span, for the command it runs."""
@@ -412,6 +416,11 @@ def attach(
             adapter.add(
                 bus.subscribe(HEARTBEAT, adapter.heartbeat, inline=True, name="otel:heartbeat")
             )
+        if spans is not None:
+            for verdict in (MISSED, OVERDUE):
+                adapter.add(
+                    bus.subscribe(verdict, adapter.verdict, inline=True, name="otel:verdict")
+                )
         if spans is not None and propagate:
             adapter.add(bus.on_child_env(adapter.child_env))
         if adapter.handler_spans:

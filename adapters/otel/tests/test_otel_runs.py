@@ -23,6 +23,8 @@ from opentelemetry.trace import StatusCode
 from lifecycle import (
     EXITED,
     HEARTBEAT,
+    MISSED,
+    OVERDUE,
     STARTING,
     Environment,
     EnvironmentInfo,
@@ -490,3 +492,69 @@ async def test_handlers_run_inside_their_spans(telemetry: Telemetry) -> None:
     assert attributes(timed_out)["lifecycle.handler.status"] == "timeout"
     assert attributes(timed_out)["error.type"] == "timeout"
     assert timed_out.status.status_code is StatusCode.ERROR
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+CARRIED = (0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331)
+
+
+def carrying(event: Event) -> Event:
+    """``event`` as the NATS publisher sends it from a traced run."""
+    return event.evolve(attributes={**event.attributes, "traceparent": TRACEPARENT})
+
+
+async def test_a_run_whose_events_carry_its_span_is_not_spanned_again_and_its_handlers_nest(
+    telemetry: Telemetry,
+) -> None:
+    starting, exited = (carrying(e) for e in events_from_elsewhere(Outcome.SUCCEEDED))
+    async with EventBus() as bus:
+        bus.subscribe(STARTING, lambda event: None, name="notify")
+        bus.subscribe(EXITED, lambda event: None, name="notify")
+        with attach(bus, telemetry, record_attributes=True):
+            await bus.emit(starting)
+            await bus.emit(exited)
+    assert telemetry.spans("lifecycle.run ") == []
+    handlers = telemetry.spans("lifecycle.handler notify")
+    assert len(handlers) == 2
+    for span in handlers:
+        assert span.context is not None
+        assert span.parent is not None
+        assert (span.context.trace_id, span.parent.span_id) == CARRIED
+    # The run still counts in the observer's metrics.
+    [point] = telemetry.points("lifecycle.run.duration")
+    assert point.count == 1
+
+
+async def test_overdue_and_missed_verdicts_are_spans_at_their_time(telemetry: Telemetry) -> None:
+    starting, _ = events_from_elsewhere(Outcome.SUCCEEDED)
+    at = starting.timestamp + timedelta(seconds=70)
+    overdue = carrying(
+        Event(
+            OVERDUE,
+            "run-1",
+            starting.environment,
+            {"max_duration": 60, "elapsed": 70.0},
+            timestamp=at,
+        )
+    )
+    missed = Event(
+        MISSED,
+        "slot-1",
+        EnvironmentInfo("etl", host="", pid=0),
+        {"expectation": "etl", "due": "2026-01-02T03:00:00+00:00"},
+        timestamp=at,
+    )
+    async with EventBus() as bus:
+        with attach(bus, telemetry):
+            await bus.emit(overdue)
+            await bus.emit(missed)
+    [over] = telemetry.spans("lifecycle.overdue etl")
+    assert (over.start_time, over.end_time) == (ns(at), ns(at))
+    assert over.status.status_code is StatusCode.ERROR
+    assert attributes(over)["lifecycle.verdict.max_duration"] == 60
+    [link] = over.links
+    assert (link.context.trace_id, link.context.span_id) == CARRIED
+    [miss] = telemetry.spans("lifecycle.missed etl")
+    assert miss.links == ()
+    assert attributes(miss)["lifecycle.verdict.expectation"] == "etl"
+    assert "process.pid" not in attributes(miss)
