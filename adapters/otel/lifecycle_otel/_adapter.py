@@ -209,12 +209,13 @@ class OtelAdapter(Attachment):
         }
         if result.run_id is not None:
             attributes[attr.RUN_ID] = result.run_id
+        start = result.start_time  # when the bus started the call, if it says
         return self.spans.tracer.start_span(
             f"lifecycle.handler {result.handler}",
             context=context,
             kind=SpanKind.INTERNAL,
             attributes=attributes,
-            start_time=end - round(result.duration * 1e9),
+            start_time=end - round(result.duration * 1e9) if start is None else round(start * 1e9),
         )
 
     # -- the end -------------------------------------------------------------------
