@@ -183,11 +183,18 @@ class OtelAdapter(Attachment):
             span = waiting.popleft() if waiting else None
             if waiting is not None and not waiting:
                 del self._calls[key]
-        end = time_ns()
+        now = time_ns()
+        ended = result.end_time
+        # The call's own end (or the moment it was given up), which the bus may report
+        # later (inline handlers' results are built when their group is done); never
+        # before the span's start, which another clock read.
+        end = now if ended is None else min(now, round(ended * 1e9))
         if span is None:
             # Not run through the wrapper (refused for hung threads, or subscribed to the
             # blinker signal directly before the adapter): rebuilt from the result.
             span = self._rebuilt_handler_span(result, end)
+        else:
+            end = max(end, getattr(span, "start_time", None) or end)
         status = result.status
         span.set_attribute(attr.HANDLER_STATUS, status.value)
         if status is not Status.OK:

@@ -30,6 +30,7 @@ from lifecycle import (
     EnvironmentInfo,
     Event,
     EventBus,
+    HandlerResult,
     Outcome,
     StartAborted,
     SubprocessEnvironment,
@@ -558,3 +559,29 @@ async def test_overdue_and_missed_verdicts_are_spans_at_their_time(telemetry: Te
     assert miss.links == ()
     assert attributes(miss)["lifecycle.verdict.expectation"] == "etl"
     assert "process.pid" not in attributes(miss)
+
+
+async def test_a_handler_span_ends_when_the_handler_did_not_when_its_group_did(
+    telemetry: Telemetry,
+) -> None:
+    results: dict[str, HandlerResult] = {}
+
+    async def slow(event: Event) -> None:
+        await anyio.sleep(0.2)
+
+    async with EventBus() as bus:
+        bus.subscribe(STARTING, lambda event: None, inline=True, name="quick")
+        bus.subscribe(STARTING, slow, name="slow")
+        bus.on_result(lambda bus, *, result: results.__setitem__(result.handler, result))
+        with attach(bus, telemetry):
+            await bus.emit(Event(STARTING, "run-1", EnvironmentInfo.current("job")))
+    [quick] = telemetry.spans("lifecycle.handler quick")
+    assert quick.end_time is not None
+    assert quick.start_time is not None
+    # The inline handler's result is reported with its group's, 0.2 s later; its span
+    # ends at its own end (1 ms for the two clocks' readings).
+    assert quick.end_time - quick.start_time <= results["quick"].duration * 1e9 + 1e6
+    [slow_span] = telemetry.spans("lifecycle.handler slow")
+    assert slow_span.end_time is not None
+    assert slow_span.start_time is not None
+    assert slow_span.end_time - slow_span.start_time >= 0.2e9
