@@ -146,3 +146,40 @@ def test_the_spool_keeps_the_trace_context(tmp_path: Path) -> None:
     [(_, loaded)] = spool.load()
     assert loaded == message
     assert dict(loaded.headers) == {"traceparent": TRACEPARENT, "tracestate": "a=b"}
+
+
+async def test_a_trace_context_sent_only_as_headers_reaches_the_listeners_bus(
+    shared_nats: NatsServer, tmp_path: Path
+) -> None:
+    sent = Event(STARTING, "r", EnvironmentInfo.current("job"), {"k": 1})
+    client = await nats.connect(shared_nats.url)
+    try:
+        js = client.jetstream()
+        await lifecycle_nats.ensure_stream(js, stream="TRACEONLY", subject_prefix="traceonly")
+        await js.publish(
+            lifecycle_nats.subject_for(STARTING, "job", "traceonly"),
+            sent.to_json().encode(),
+            headers={"traceparent": TRACEPARENT, "tracestate": "a=b"},
+        )
+    finally:
+        await client.close()
+    received: list[Event] = []
+    got = anyio.Event()
+
+    def record(event: Event) -> None:
+        received.append(event)
+        got.set()
+
+    async with EventBus() as bus, anyio.create_task_group() as group:
+        bus.subscribe(STARTING, record, inline=True)
+        consumer = source(
+            bus, servers=shared_nats.url, stream="TRACEONLY", subject_prefix="traceonly",
+            state_dir=tmp_path / "state",
+        )  # fmt: skip
+        await group.start(consumer.run)
+        with anyio.fail_after(10):
+            await got.wait()
+        consumer.stop()
+    [event] = received
+    assert event.event_id == sent.event_id
+    assert event.attributes == {"k": 1, "traceparent": TRACEPARENT, "tracestate": "a=b"}
