@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+import json
 import random
 from collections import deque
 from pathlib import Path
@@ -134,12 +135,18 @@ def message_for(
     headers: tuple[tuple[str, str], ...] = ()
     if trace:
         headers = tuple((name, trace[name]) for name in TRACE_HEADERS if trace.get(name))
-        if headers:
-            event = event.evolve(attributes={**event.attributes, **dict(headers)})
+    if headers:
+        # The event's JSON with two more attributes (str: nothing to validate), built
+        # directly rather than through a new Event, which would freeze them all again.
+        data = event.to_dict()
+        data["attributes"] = {**data["attributes"], **dict(headers)}
+        payload = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    else:
+        payload = event.to_json()
     return SpooledMessage(
         subject=_subject(event.name, event.environment.name, prefix),
         msg_id=event.event_id if msg_id is None else msg_id,
-        payload=event.to_json().encode(),
+        payload=payload.encode(),
         signal=event.name,
         headers=headers,
     )

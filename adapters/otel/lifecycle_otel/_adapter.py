@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from opentelemetry.context import Context
     from opentelemetry.metrics import MeterProvider
-    from opentelemetry.trace import Span, TracerProvider
+    from opentelemetry.trace import Span, SpanContext, TracerProvider
 
     from lifecycle import Event, EventBus, HandlerResult, Subscription
 
@@ -80,6 +80,7 @@ class OtelAdapter(Attachment):
         self.metrics = metrics
         self.handler_spans = handler_spans and spans is not None
         self._calls: dict[tuple[str, str, str | None], deque[Span]] = {}
+        self._last_child_env: tuple[SpanContext, dict[str, str]] | None = None
         self._lock = threading.Lock()
 
     # -- events --------------------------------------------------------------------
@@ -108,13 +109,20 @@ class OtelAdapter(Attachment):
         span_context = self.spans.span_context(starting.run_id)
         if span_context is None or not span_context.is_valid:
             return None
+        # Asked again for every event the NATS publisher sends: the last run's answer is
+        # kept (a span context is a tuple; the same one gives the same variables).
+        last = self._last_child_env
+        if last is not None and last[0] == span_context:
+            return dict(last[1])
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         carrier: dict[str, str] = {}
         TraceContextTextMapPropagator().inject(
             carrier, trace.set_span_in_context(NonRecordingSpan(span_context))
         )
-        return {key.upper(): value for key, value in carrier.items()}
+        found = {key.upper(): value for key, value in carrier.items()}
+        self._last_child_env = (span_context, found)
+        return dict(found)
 
     def untracked(self, environment: str) -> None:
         if self.metrics is not None:
