@@ -357,7 +357,8 @@ class EventBus:
         for a run of this bus gets the variables the hooks return, called with the run's
         ``starting`` event after its handlers ran and just before the command starts;
         they override inherited ones. A hook that raises is logged and adds nothing.
-        A tracing adapter passes the run's ``TRACEPARENT`` so.
+        A tracing adapter passes the run's ``TRACEPARENT`` so. :meth:`child_env` may
+        call it with a later event of the run too: answer for the run (``run_id``).
 
         .. versionadded:: 0.2
         """
