@@ -585,3 +585,32 @@ async def test_a_handler_span_ends_when_the_handler_did_not_when_its_group_did(
     assert slow_span.end_time is not None
     assert slow_span.start_time is not None
     assert slow_span.end_time - slow_span.start_time >= 0.2e9
+
+
+async def test_a_lost_verdict_on_a_traced_run_is_a_run_span_linked_to_it(
+    telemetry: Telemetry,
+) -> None:
+    starting, _ = events_from_elsewhere(Outcome.SUCCEEDED)
+    verdict = carrying(
+        Event(
+            EXITED,
+            "run-1",
+            starting.environment,
+            {"misses": 3},
+            timestamp=starting.timestamp + timedelta(seconds=40),
+            outcome=Outcome.LOST,
+            duration=40.0,
+        )
+    )
+    async with EventBus() as bus:
+        with attach(bus, telemetry, record_attributes=True):
+            await bus.emit(carrying(starting))
+            await bus.emit(verdict)
+    span = telemetry.run_span()
+    assert (span.start_time, span.end_time) == (ns(starting.timestamp), ns(verdict.timestamp))
+    assert attributes(span)["lifecycle.run.outcome"] == "lost"
+    assert attributes(span)["lifecycle.run.attributes.misses"] == 3
+    assert "lifecycle.run.attributes.traceparent" not in attributes(span)
+    [link] = span.links
+    assert (link.context.trace_id, link.context.span_id) == CARRIED
+    assert span.parent is None
