@@ -12,7 +12,7 @@ import blinker
 from blinker import ANY
 
 from ._backends import Backend, Background, backend_for, run_inline_group, running_loop
-from ._childenv import ChildEnvHook
+from ._childenv import ChildEnvHook, child_environment
 from ._exceptions import BusClosedError, EmitDepthError
 from ._handle import Handle
 from ._logging import log_failure, logger
@@ -357,11 +357,27 @@ class EventBus:
         for a run of this bus gets the variables the hooks return, called with the run's
         ``starting`` event after its handlers ran and just before the command starts;
         they override inherited ones. A hook that raises is logged and adds nothing.
-        A tracing adapter passes the run's ``TRACEPARENT`` so.
+        A tracing adapter passes the run's ``TRACEPARENT`` so. :meth:`child_env` may
+        call it with a later event of the run too: answer for the run (``run_id``).
 
         .. versionadded:: 0.2
         """
         return ChildEnvHook(self._child_env, hook)
+
+    def child_env(self, event: Event) -> dict[str, str]:
+        """What the :meth:`on_child_env` hooks give the run of ``event``, for what it hands on.
+
+        The variables a command of the run gets; a publisher that carries the run's
+        events elsewhere (the NATS adapter) asks for each event it sends and keeps the
+        trace context (``TRACEPARENT``/``TRACESTATE``) in the message, so that the
+        handlers on the other side join the run's trace. Hooks may so be called with any
+        event of the run, not only its ``starting``. Empty, at no cost, without hooks.
+
+        .. versionadded:: 0.2
+        """
+        if not self._child_env:
+            return {}
+        return child_environment(self._child_env, event)
 
     # -- emitting --------------------------------------------------------------------
 

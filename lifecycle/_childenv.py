@@ -58,7 +58,7 @@ def child_environment(hooks: list[ChildEnvironment], starting: Event) -> dict[st
         except Exception as exc:
             # The command runs all the same: a hook only adds to its environment.
             logger.warning(
-                "child environment hook failed; the command starts without its variables",
+                "child environment hook failed; its variables are left out",
                 hook=getattr(hook, "__qualname__", repr(hook)),
                 error=f"{type(exc).__name__}: {exc}",
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
+from time import perf_counter, time
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -48,10 +49,44 @@ class HandlerResult(NamedTuple):
     critical: bool = False
     background: bool = False
     run_id: str | None = None
+    started: float | None = None
+    """When the handler started, on the :func:`time.perf_counter` clock (``None`` for a
+    result built by hand); ``ended`` is ``started + duration``, and :attr:`start_time`
+    and :attr:`end_time` give both as wall-clock time.
+
+    .. versionadded:: 0.2
+    """
 
     @property
     def ok(self) -> bool:
         return self.status is Status.OK
+
+    @property
+    def ended(self) -> float | None:
+        """When the handler ended (or was given up), on the ``perf_counter`` clock."""
+        return None if self.started is None else self.started + self.duration
+
+    @property
+    def start_time(self) -> float | None:
+        """When the handler started, in POSIX seconds (``time.time()``'s clock).
+
+        Converted from :attr:`started` when asked, at the offset between the two clocks
+        then: a result costs no wall-clock reading to build. ``None`` if not known.
+
+        .. versionadded:: 0.2
+        """
+        if self.started is None:
+            return None
+        return time() - (perf_counter() - self.started)
+
+    @property
+    def end_time(self) -> float | None:
+        """When the handler ended (or was given up), in POSIX seconds; ``None`` if not known.
+
+        .. versionadded:: 0.2
+        """
+        start = self.start_time
+        return None if start is None else start + self.duration
 
     def describe_error(self) -> str:
         """A one-line description of what went wrong (empty for ``ok``)."""
@@ -101,7 +136,7 @@ class InlineRun:
             out.append(
                 new(
                     HandlerResult,
-                    (sub.name, name, status, now - last, exc, sub.critical, False, run_id),
+                    (sub.name, name, status, now - last, exc, sub.critical, False, run_id, last),
                 )
             )
             last = now

@@ -61,7 +61,12 @@ SKIP_YIELDS = 16
 
 
 def result_of(
-    sub: Subscription, event: Event, future: asyncio.Future[Any], duration: float, timed_out: bool
+    sub: Subscription,
+    event: Event,
+    future: asyncio.Future[Any],
+    started: float,
+    ended: float,
+    timed_out: bool,
 ) -> HandlerResult:
     """The result of a finished (or given up) handler future."""
     if timed_out:
@@ -72,7 +77,15 @@ def result_of(
         exc = future.exception()
         status = Status.OK if exc is None else Status.ERROR
     return HandlerResult(
-        sub.name, event.name, status, duration, exc, sub.critical, sub.background, event.run_id
+        sub.name,
+        event.name,
+        status,
+        ended - started,
+        exc,
+        sub.critical,
+        sub.background,
+        event.run_id,
+        started,
     )
 
 
@@ -236,7 +249,7 @@ class _BackgroundBatch(Timed):
             sub, event, started, _ = entry
             future.cancel()
             self.pending -= 1
-            background.finished(result_of(sub, event, future, perf_counter() - started, True))
+            background.finished(result_of(sub, event, future, started, perf_counter(), True))
         futures.clear()
         if self.pending <= 0 and not self.closed:
             self.close()
@@ -393,7 +406,17 @@ class AsyncioBackend:
             results.append(
                 new(
                     HandlerResult,
-                    (sub.name, name, status, duration, exc, sub.critical, sub.background, run_id),
+                    (
+                        sub.name,
+                        name,
+                        status,
+                        duration,
+                        exc,
+                        sub.critical,
+                        sub.background,
+                        run_id,
+                        started,
+                    ),
                 )
             )
 
@@ -453,4 +476,4 @@ class AsyncioBackend:
         sub, event, started, batch = entry
         if batch is not None:
             batch.release()
-        background.finished(result_of(sub, event, future, perf_counter() - started, False))
+        background.finished(result_of(sub, event, future, started, perf_counter(), False))

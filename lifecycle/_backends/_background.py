@@ -101,7 +101,7 @@ class Background:
             key.cancel()
             result = HandlerResult(
                 sub.name, event.name, Status.CANCELLED, perf_counter() - started, None,
-                sub.critical, True, event.run_id,
+                sub.critical, True, event.run_id, started,
             )  # fmt: skip
             cancelled.append(result)
             self.finished(result)

@@ -35,6 +35,7 @@ def run_inline(sub: Subscription, event: Event) -> HandlerResult:
         sub.critical,
         False,
         event.run_id,
+        started,
     )
 
 

@@ -59,6 +59,7 @@ async def _run_one(
         sub.critical,
         sub.background,
         event.run_id,
+        started,
     )
 
 
@@ -93,6 +94,7 @@ async def _run_until(
                 sub.critical,
                 sub.background,
                 event.run_id,
+                started,
             )
 
 

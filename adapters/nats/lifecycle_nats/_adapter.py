@@ -10,13 +10,15 @@ import structlog
 from lifecycle import EXITED, HEARTBEAT, MISSED, OVERDUE, RECOVERED, STARTING, Attachment
 
 from ._options import DEFAULT_SERVERS, NatsOptions
-from ._publisher import Publisher, PublisherState, message_for, require_asyncio
+from ._publisher import Publisher, PublisherState, message_for, require_asyncio, trace_context
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from pathlib import Path
 
     from lifecycle import Event, EventBus
+
+    from ._spool import SpooledMessage
 
 __all__ = ["DEFAULT_SIGNALS", "NatsAdapter", "attach"]
 
@@ -43,10 +45,15 @@ class NatsAdapter(Attachment):
     """
 
     def __init__(
-        self, publisher: Publisher, delivery_timeout: float, wait_for: frozenset[str]
+        self,
+        publisher: Publisher,
+        delivery_timeout: float,
+        wait_for: frozenset[str],
+        bus: EventBus | None = None,
     ) -> None:
         super().__init__()
         self.publisher = publisher
+        self.bus = bus
         self.delivery_timeout = delivery_timeout
         self.wait_for = wait_for
         self._prefix = publisher.options.subject_prefix
@@ -67,9 +74,13 @@ class NatsAdapter(Attachment):
         if event.name in self.wait_for:
             if self._queued.pop(event.event_id, None) is not None:
                 return  # deliver() started first (an eagerly started task) and queued it
-            self._queued[event.event_id] = publisher.submit(message_for(event, self._prefix))
+            self._queued[event.event_id] = publisher.submit(self._message(event))
             return
-        publisher.submit(message_for(event, self._prefix))
+        publisher.submit(self._message(event))
+
+    def _message(self, event: Event) -> SpooledMessage:
+        trace = trace_context(self.bus, event) if self.bus is not None else None
+        return message_for(event, self._prefix, trace=trace)
 
     async def deliver(self, event: Event) -> None:
         """Wait for the acknowledgement of a ``wait_for`` event (an ``exited``).
@@ -85,7 +96,7 @@ class NatsAdapter(Attachment):
         if entry is None:
             if publisher.state is PublisherState.CLOSED:
                 return
-            entry = publisher.submit(message_for(event, self._prefix))
+            entry = publisher.submit(self._message(event))
             self._queued[event.event_id] = entry  # tells enqueue() it is queued
         # Awaited bare: a cancellation at the timeout cancels only this waiter, never
         # the entry, which stays in the outbox.
@@ -219,7 +230,7 @@ def attach(
     if isinstance(wait_for, str):
         raise TypeError(f"wait_for must be a list of signal names, not the string {wait_for!r}")
     waiting = frozenset(wait_for) & frozenset(wanted)
-    adapter = NatsAdapter(publisher, float(delivery_timeout), waiting)
+    adapter = NatsAdapter(publisher, float(delivery_timeout), waiting, bus)
     name = f"lifecycle_nats:{options.stream}"
     try:
         for signal in wanted:

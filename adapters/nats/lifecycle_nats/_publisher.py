@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+import json
 import random
 from collections import deque
 from pathlib import Path
@@ -44,16 +45,24 @@ from ._stream import ensure_stream
 from ._subject import subject_for
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
     from types import TracebackType
 
     from nats.aio.client import Client
     from nats.js import JetStreamContext
     from typing_extensions import Self
 
-    from lifecycle import Event
+    from lifecycle import Event, EventBus
 
-__all__ = ["Publisher", "PublisherState", "message_for", "reconnect_waits", "require_asyncio"]
+__all__ = [
+    "TRACE_HEADERS",
+    "Publisher",
+    "PublisherState",
+    "message_for",
+    "reconnect_waits",
+    "require_asyncio",
+    "trace_context",
+]
 
 logger = structlog.get_logger("lifecycle.nats")
 
@@ -107,16 +116,50 @@ def reconnect_waits(longest: float, rng: random.Random | None = None) -> Iterato
         wait = min(wait * 2, longest)
 
 
+TRACE_HEADERS = ("traceparent", "tracestate")
+"""The W3C trace context a message carries, as headers and as attributes of its event."""
+
+
 def message_for(
-    event: Event, prefix: str = "lifecycle", msg_id: str | None = None
+    event: Event,
+    prefix: str = "lifecycle",
+    msg_id: str | None = None,
+    trace: Mapping[str, str] | None = None,
 ) -> SpooledMessage:
-    """The message that carries ``event``: its subject, ``Nats-Msg-Id`` and JSON payload."""
+    """The message that carries ``event``: its subject, ``Nats-Msg-Id`` and JSON payload.
+
+    ``trace`` (``traceparent``, ``tracestate``: the run's trace context) goes both into
+    the message's headers and into the event's attributes, which the spool keeps and a
+    listener reads whatever route the message took.
+    """
+    headers: tuple[tuple[str, str], ...] = ()
+    if trace:
+        headers = tuple((name, trace[name]) for name in TRACE_HEADERS if trace.get(name))
+    if headers:
+        # The event's JSON with two more attributes (str: nothing to validate), built
+        # directly rather than through a new Event, which would freeze them all again.
+        data = event.to_dict()
+        data["attributes"] = {**data["attributes"], **dict(headers)}
+        payload = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    else:
+        payload = event.to_json()
     return SpooledMessage(
         subject=_subject(event.name, event.environment.name, prefix),
         msg_id=event.event_id if msg_id is None else msg_id,
-        payload=event.to_json().encode(),
+        payload=payload.encode(),
         signal=event.name,
+        headers=headers,
     )
+
+
+def trace_context(bus: EventBus, event: Event) -> dict[str, str] | None:
+    """The run's ``traceparent``/``tracestate`` as a tracing adapter on ``bus`` gives them
+    to the run's children (``bus.child_env``), or ``None``."""
+    given = bus.child_env(event)
+    if not given:
+        return None
+    found = {name: given[name.upper()] for name in TRACE_HEADERS if given.get(name.upper())}
+    return found or None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -478,7 +521,7 @@ class Publisher:
                         future = await js.publish_async(
                             message.subject,
                             message.payload,
-                            headers={"Nats-Msg-Id": message.msg_id},
+                            headers={"Nats-Msg-Id": message.msg_id, **dict(message.headers)},
                         )
                     except (nats.errors.Error, OSError) as exc:
                         raise _Lost(f"publishing failed: {type(exc).__name__}: {exc}") from None

@@ -39,7 +39,7 @@ from lifecycle import Event
 
 from ._exceptions import NatsError, StreamConfigError
 from ._options import NatsOptions, _seconds
-from ._publisher import reconnect_waits, require_asyncio
+from ._publisher import TRACE_HEADERS, reconnect_waits, require_asyncio
 from ._shared import DEFAULT_BUCKET, SharedRecord, check_bucket, record_key
 from ._stream import ensure_stream
 from ._subject import encode_token, signal_kind
@@ -378,7 +378,7 @@ class Source:
 
     async def _parse(self, message: Msg) -> Event | None:
         try:
-            return Event.from_json(message.data)
+            return _with_trace(Event.from_json(message.data), message.headers)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             self.terminated += 1
             logger.error(
@@ -561,6 +561,15 @@ class Source:
             with contextlib.suppress(Exception):
                 with anyio.move_on_after(2):
                     await client.close()
+
+
+def _with_trace(event: Event, headers: dict[str, str] | None) -> Event:
+    """``event`` with the trace context of the message's headers, if it does not carry one
+    (a publisher that sets only the headers): a tracing adapter on the bus finds it there."""
+    if not headers or event.attributes.get("traceparent") or not headers.get("traceparent"):
+        return event
+    trace = {name: headers[name] for name in TRACE_HEADERS if headers.get(name)}
+    return event.evolve(attributes={**event.attributes, **trace})
 
 
 async def _give_back(message: Msg) -> None:

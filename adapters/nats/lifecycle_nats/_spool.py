@@ -30,12 +30,17 @@ _counter = itertools.count()
 
 @dataclass(frozen=True)
 class SpooledMessage:
-    """One message as it will be published: subject, ``Nats-Msg-Id``, payload, signal."""
+    """One message as it will be published: subject, ``Nats-Msg-Id``, payload, signal.
+
+    ``headers`` are the other headers it goes with (the run's ``traceparent`` and
+    ``tracestate``), as (name, value) pairs.
+    """
 
     subject: str
     msg_id: str
     payload: bytes
     signal: str
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class Spool:
@@ -65,12 +70,14 @@ class Spool:
         stamp = time.time_ns()
         for message in messages:
             name = f"{stamp:020d}-{pid}-{next(_counter):08d}.json"
-            record = {
+            record: dict[str, Any] = {
                 "subject": message.subject,
                 "msg_id": message.msg_id,
                 "signal": message.signal,
                 "payload": message.payload.decode(),
             }
+            if message.headers:
+                record["headers"] = dict(message.headers)
             data = json.dumps(record, separators=(",", ":")).encode()
             temporary = self.directory / f".{name}.tmp"
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -126,6 +133,10 @@ class Spool:
                     msg_id=str(record["msg_id"]),
                     payload=str(record["payload"]).encode(),
                     signal=str(record.get("signal", "")),
+                    headers=tuple(
+                        (str(name), str(value))
+                        for name, value in dict(record.get("headers") or {}).items()
+                    ),
                 )
             except FileNotFoundError:
                 continue  # sent and removed by another process just now

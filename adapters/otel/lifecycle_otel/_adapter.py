@@ -14,7 +14,7 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanKind, StatusCode
 
-from lifecycle import EXITED, HEARTBEAT, STARTING, Attachment, Status
+from lifecycle import EXITED, HEARTBEAT, MISSED, OVERDUE, STARTING, Attachment, Status
 from lifecycle.plugins import adapter
 
 from . import _attributes as attr
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from opentelemetry.context import Context
     from opentelemetry.metrics import MeterProvider
-    from opentelemetry.trace import Span, TracerProvider
+    from opentelemetry.trace import Span, SpanContext, TracerProvider
 
     from lifecycle import Event, EventBus, HandlerResult, Subscription
 
@@ -80,6 +80,7 @@ class OtelAdapter(Attachment):
         self.metrics = metrics
         self.handler_spans = handler_spans and spans is not None
         self._calls: dict[tuple[str, str, str | None], deque[Span]] = {}
+        self._last_child_env: tuple[SpanContext, dict[str, str]] | None = None
         self._lock = threading.Lock()
 
     # -- events --------------------------------------------------------------------
@@ -98,19 +99,30 @@ class OtelAdapter(Attachment):
         if self.metrics is not None:
             self.metrics.run_ended(event, was_open=was_open)
 
+    def verdict(self, event: Event) -> None:
+        assert self.spans is not None
+        self.spans.verdict(event)
+
     def child_env(self, starting: Event) -> dict[str, str] | None:
         """``TRACEPARENT``/``TRACESTATE`` of the run's span, for the command it runs."""
         assert self.spans is not None
         span_context = self.spans.span_context(starting.run_id)
         if span_context is None or not span_context.is_valid:
             return None
+        # Asked again for every event the NATS publisher sends: the last run's answer is
+        # kept (a span context is a tuple; the same one gives the same variables).
+        last = self._last_child_env
+        if last is not None and last[0] == span_context:
+            return dict(last[1])
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         carrier: dict[str, str] = {}
         TraceContextTextMapPropagator().inject(
             carrier, trace.set_span_in_context(NonRecordingSpan(span_context))
         )
-        return {key.upper(): value for key, value in carrier.items()}
+        found = {key.upper(): value for key, value in carrier.items()}
+        self._last_child_env = (span_context, found)
+        return dict(found)
 
     def untracked(self, environment: str) -> None:
         if self.metrics is not None:
@@ -179,11 +191,18 @@ class OtelAdapter(Attachment):
             span = waiting.popleft() if waiting else None
             if waiting is not None and not waiting:
                 del self._calls[key]
-        end = time_ns()
+        now = time_ns()
+        ended = result.end_time
+        # The call's own end (or the moment it was given up), which the bus may report
+        # later (inline handlers' results are built when their group is done); never
+        # before the span's start, which another clock read.
+        end = now if ended is None else min(now, round(ended * 1e9))
         if span is None:
             # Not run through the wrapper (refused for hung threads, or subscribed to the
             # blinker signal directly before the adapter): rebuilt from the result.
             span = self._rebuilt_handler_span(result, end)
+        else:
+            end = max(end, getattr(span, "start_time", None) or end)
         status = result.status
         span.set_attribute(attr.HANDLER_STATUS, status.value)
         if status is not Status.OK:
@@ -205,12 +224,13 @@ class OtelAdapter(Attachment):
         }
         if result.run_id is not None:
             attributes[attr.RUN_ID] = result.run_id
+        start = result.start_time  # when the bus started the call, if it says
         return self.spans.tracer.start_span(
             f"lifecycle.handler {result.handler}",
             context=context,
             kind=SpanKind.INTERNAL,
             attributes=attributes,
-            start_time=end - round(result.duration * 1e9),
+            start_time=end - round(result.duration * 1e9) if start is None else round(start * 1e9),
         )
 
     # -- the end -------------------------------------------------------------------
@@ -412,6 +432,11 @@ def attach(
             adapter.add(
                 bus.subscribe(HEARTBEAT, adapter.heartbeat, inline=True, name="otel:heartbeat")
             )
+        if spans is not None:
+            for verdict in (MISSED, OVERDUE):
+                adapter.add(
+                    bus.subscribe(verdict, adapter.verdict, inline=True, name="otel:verdict")
+                )
         if spans is not None and propagate:
             adapter.add(bus.on_child_env(adapter.child_env))
         if adapter.handler_spans:

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import Link, NonRecordingSpan, SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from lifecycle import Outcome
+from lifecycle import MISSED, Outcome
 
 from . import _attributes as attr
 from ._attributes import attribute_value, nanoseconds, run_attributes
@@ -30,18 +31,46 @@ if TYPE_CHECKING:
 
     from lifecycle import Event
 
+# What the verdict span says of its event's attributes (lifecycle.verdict.<key>).
+_VERDICT_ATTRIBUTES = ("expectation", "due", "max_duration", "elapsed", "last_seen")
+_CARRIED = frozenset({"traceparent", "tracestate"})
+
 # Ended runs whose span context is kept, so that the results of ``exited`` handlers,
 # which arrive after the span ended, still find their parent.
 _RECENTLY_ENDED = 1024
 
 
-class _Open:
-    __slots__ = ("environment", "heartbeats", "span")
+_PROPAGATOR = TraceContextTextMapPropagator()
 
-    def __init__(self, span: Span, environment: str) -> None:
+
+def carried_context(event: Event) -> SpanContext | None:
+    """The run's span context an event carries from another process, if any.
+
+    The NATS publisher puts the run's ``traceparent``/``tracestate`` (what this adapter
+    gives the run's children) in the attributes of every event it sends; the watchdog
+    copies them into its verdicts.
+    """
+    traceparent = event.attributes.get(attr.TRACEPARENT)
+    if not traceparent or not isinstance(traceparent, str):
+        return None
+    carrier = {attr.TRACEPARENT: traceparent}
+    tracestate = event.attributes.get(attr.TRACESTATE)
+    if tracestate and isinstance(tracestate, str):
+        carrier[attr.TRACESTATE] = tracestate
+    found = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+    return found if found.is_valid else None
+
+
+class _Open:
+    __slots__ = ("environment", "heartbeats", "remote", "span")
+
+    def __init__(self, span: Span, environment: str, *, remote: bool = False) -> None:
         self.span = span
         self.environment = environment
         self.heartbeats = 0
+        # The run's span is another process's (its context came with the event): this
+        # one's handler spans are its children, and it has nothing to end.
+        self.remote = remote
 
 
 class RunSpans:
@@ -78,6 +107,13 @@ class RunSpans:
         """Open the run's span; ``None`` if it is open already (a redelivered event)."""
         if event.run_id in self.open:
             return None
+        carried = carried_context(event)
+        if carried is not None:
+            entry = _Open(NonRecordingSpan(carried), event.environment.name, remote=True)
+            self.open[event.run_id] = entry
+            if len(self.open) > self.max_open_runs:
+                self.evict()
+            return entry.span
         attributes = run_attributes(event)
         attributes[attr.EVENT_ID] = event.event_id
         self._record(attributes, event)
@@ -110,22 +146,31 @@ class RunSpans:
     def exited(self, event: Event) -> bool:
         """End the run's span at ``event``; return whether it had been open."""
         entry = self.open.pop(event.run_id, None)
-        if entry is None:
-            # Its start was not seen (attached late, or a listener of exited events only):
-            # the span is rebuilt from the run's duration.
+        carried = carried_context(event)
+        lost = event.outcome is Outcome.LOST
+        if entry is not None and not entry.remote:
+            span, heartbeats = entry.span, entry.heartbeats
+        elif carried is not None and not lost:
+            # The run's own span, in the process that ran it, ends there.
+            self._remember(event.run_id, carried)
+            return entry is not None
+        else:
+            # Its start was not seen (attached late, or a listener of exited events only),
+            # or this is a watchdog's verdict on a run whose span is elsewhere (and never
+            # ended, its process having died): a span rebuilt from the run's duration,
+            # linked to the run's span when the verdict names it.
             end = nanoseconds(event.timestamp)
             start = end - round((event.duration or 0.0) * 1e9)
             attributes = run_attributes(event)
             span = self.tracer.start_span(
                 f"lifecycle.run {event.environment.name}",
-                context=self._context(),
+                context=None if carried is not None else self._context(),
                 kind=SpanKind.INTERNAL,
                 attributes=attributes,
+                links=[Link(carried, {attr.LINK_KIND: "lost"})] if carried is not None else None,
                 start_time=start,
             )
             heartbeats = 0
-        else:
-            span, heartbeats = entry.span, entry.heartbeats
         self._finish(span, event, heartbeats)
         return entry is not None
 
@@ -166,6 +211,40 @@ class RunSpans:
         span.end(end_time=end)
         self._remember(event.run_id, span.get_span_context())
 
+    def verdict(self, event: Event) -> None:
+        """A span for a watchdog's ``missed`` or ``overdue`` verdict, at its time.
+
+        Linked to the run's span when the verdict carries its context (``overdue``; a
+        missed start has no run). Its status is ERROR: a verdict is an alarm.
+        """
+        kind = "missed" if event.name == MISSED else "overdue"
+        at = nanoseconds(event.timestamp)
+        carried = carried_context(event)
+        attributes = run_attributes(event)
+        attributes[attr.EVENT_ID] = event.event_id
+        attributes[attr.VERDICT] = kind
+        for key in _VERDICT_ATTRIBUTES:
+            value = event.attributes.get(key)
+            if value is not None:
+                attributes[attr.VERDICT_PREFIX + key] = attribute_value(value)
+        if kind == "missed":
+            del attributes[attr.HOST], attributes[attr.PID], attributes[attr.RUN_ID]
+        span = self.tracer.start_span(
+            f"lifecycle.{kind} {event.environment.name}",
+            context=None if carried is not None else self._context(),
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            links=[Link(carried, {attr.LINK_KIND: kind})] if carried is not None else None,
+            start_time=at,
+        )
+        found = event.attributes
+        if kind == "missed":
+            description = f"missed: no start of {found.get('expectation')} due {found.get('due')}"
+        else:
+            description = f"overdue: running past max_duration {found.get('max_duration')} s"
+        span.set_status(StatusCode.ERROR, description)
+        span.end(end_time=at)
+
     def _record(self, attributes: dict[str, AttributeValue], event: Event) -> None:
         """The opted-in parts: the command's arguments, the run's attributes."""
         command = event.attributes.get("command")
@@ -173,7 +252,7 @@ class RunSpans:
             attributes[attr.COMMAND_ARGS] = tuple(str(part) for part in command)
         if self.record_attributes:
             for key, value in event.attributes.items():
-                if key != "command":
+                if key != "command" and key not in _CARRIED:
                     attributes[attr.RUN_ATTRIBUTE + key] = attribute_value(value)
 
     def _remember(self, run_id: str, context: SpanContext) -> None:

@@ -23,11 +23,14 @@ from opentelemetry.trace import StatusCode
 from lifecycle import (
     EXITED,
     HEARTBEAT,
+    MISSED,
+    OVERDUE,
     STARTING,
     Environment,
     EnvironmentInfo,
     Event,
     EventBus,
+    HandlerResult,
     Outcome,
     StartAborted,
     SubprocessEnvironment,
@@ -490,3 +493,124 @@ async def test_handlers_run_inside_their_spans(telemetry: Telemetry) -> None:
     assert attributes(timed_out)["lifecycle.handler.status"] == "timeout"
     assert attributes(timed_out)["error.type"] == "timeout"
     assert timed_out.status.status_code is StatusCode.ERROR
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+CARRIED = (0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331)
+
+
+def carrying(event: Event) -> Event:
+    """``event`` as the NATS publisher sends it from a traced run."""
+    return event.evolve(attributes={**event.attributes, "traceparent": TRACEPARENT})
+
+
+async def test_a_run_whose_events_carry_its_span_is_not_spanned_again_and_its_handlers_nest(
+    telemetry: Telemetry,
+) -> None:
+    starting, exited = (carrying(e) for e in events_from_elsewhere(Outcome.SUCCEEDED))
+    async with EventBus() as bus:
+        bus.subscribe(STARTING, lambda event: None, name="notify")
+        bus.subscribe(EXITED, lambda event: None, name="notify")
+        with attach(bus, telemetry, record_attributes=True):
+            await bus.emit(starting)
+            await bus.emit(exited)
+    assert telemetry.spans("lifecycle.run ") == []
+    handlers = telemetry.spans("lifecycle.handler notify")
+    assert len(handlers) == 2
+    for span in handlers:
+        assert span.context is not None
+        assert span.parent is not None
+        assert (span.context.trace_id, span.parent.span_id) == CARRIED
+    # The run still counts in the observer's metrics.
+    [point] = telemetry.points("lifecycle.run.duration")
+    assert point.count == 1
+
+
+async def test_overdue_and_missed_verdicts_are_spans_at_their_time(telemetry: Telemetry) -> None:
+    starting, _ = events_from_elsewhere(Outcome.SUCCEEDED)
+    at = starting.timestamp + timedelta(seconds=70)
+    overdue = carrying(
+        Event(
+            OVERDUE,
+            "run-1",
+            starting.environment,
+            {"max_duration": 60, "elapsed": 70.0},
+            timestamp=at,
+        )
+    )
+    missed = Event(
+        MISSED,
+        "slot-1",
+        EnvironmentInfo("etl", host="", pid=0),
+        {"expectation": "etl", "due": "2026-01-02T03:00:00+00:00"},
+        timestamp=at,
+    )
+    async with EventBus() as bus:
+        with attach(bus, telemetry):
+            await bus.emit(overdue)
+            await bus.emit(missed)
+    [over] = telemetry.spans("lifecycle.overdue etl")
+    assert (over.start_time, over.end_time) == (ns(at), ns(at))
+    assert over.status.status_code is StatusCode.ERROR
+    assert attributes(over)["lifecycle.verdict.max_duration"] == 60
+    [link] = over.links
+    assert (link.context.trace_id, link.context.span_id) == CARRIED
+    [miss] = telemetry.spans("lifecycle.missed etl")
+    assert miss.links == ()
+    assert attributes(miss)["lifecycle.verdict.expectation"] == "etl"
+    assert "process.pid" not in attributes(miss)
+
+
+async def test_a_handler_span_ends_when_the_handler_did_not_when_its_group_did(
+    telemetry: Telemetry,
+) -> None:
+    results: dict[str, HandlerResult] = {}
+
+    async def slow(event: Event) -> None:
+        await anyio.sleep(0.2)
+
+    async with EventBus() as bus:
+        bus.subscribe(STARTING, lambda event: None, inline=True, name="quick")
+        bus.subscribe(STARTING, slow, name="slow")
+        bus.on_result(lambda bus, *, result: results.__setitem__(result.handler, result))
+        with attach(bus, telemetry):
+            await bus.emit(Event(STARTING, "run-1", EnvironmentInfo.current("job")))
+    [quick] = telemetry.spans("lifecycle.handler quick")
+    assert quick.end_time is not None
+    assert quick.start_time is not None
+    # The inline handler's result is reported with its group's, 0.2 s later; its span
+    # ends at its own end (1 ms for the two clocks' readings).
+    assert quick.end_time - quick.start_time <= results["quick"].duration * 1e9 + 1e6
+    [slow_span] = telemetry.spans("lifecycle.handler slow")
+    assert slow_span.end_time is not None
+    assert slow_span.start_time is not None
+    assert slow_span.end_time - slow_span.start_time >= 0.2e9
+
+
+async def test_a_lost_verdict_on_a_traced_run_is_a_run_span_linked_to_it(
+    telemetry: Telemetry,
+) -> None:
+    starting, _ = events_from_elsewhere(Outcome.SUCCEEDED)
+    verdict = carrying(
+        Event(
+            EXITED,
+            "run-1",
+            starting.environment,
+            {"misses": 3},
+            timestamp=starting.timestamp + timedelta(seconds=40),
+            outcome=Outcome.LOST,
+            duration=40.0,
+        )
+    )
+    async with EventBus() as bus:
+        with attach(bus, telemetry, record_attributes=True):
+            await bus.emit(carrying(starting))
+            await bus.emit(verdict)
+    span = telemetry.run_span()
+    assert (span.start_time, span.end_time) == (ns(starting.timestamp), ns(verdict.timestamp))
+    assert attributes(span)["lifecycle.run.outcome"] == "lost"
+    assert attributes(span)["lifecycle.run.attributes.misses"] == 3
+    assert "lifecycle.run.attributes.traceparent" not in attributes(span)
+    [link] = span.links
+    assert (link.context.trace_id, link.context.span_id) == CARRIED
+    assert span.parent is None

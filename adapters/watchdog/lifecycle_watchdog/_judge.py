@@ -98,6 +98,15 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+_TRACE_KEYS = ("traceparent", "tracestate")
+
+
+def _trace(attributes: Mapping[str, Any]) -> dict[str, str] | None:
+    """The run's trace context from an event's attributes (the NATS publisher puts it there)."""
+    found = {key: attributes[key] for key in _TRACE_KEYS if isinstance(attributes.get(key), str)}
+    return found if found.get("traceparent") else None
+
+
 def _lost_id(run_id: str, count: int) -> str:
     return verdict_id("lost", run_id, *([count] if count > 1 else []))
 
@@ -234,6 +243,7 @@ class Judge:
             last_heartbeat=beat,
             interval=interval,
             seq=seq,
+            trace=_trace(attributes),
         )
 
     def _create(self, record: RunRecord, event: Event, seen_at: float, seq: int) -> Change:
@@ -484,6 +494,7 @@ class Judge:
                 "heartbeat_interval": interval,
                 "misses": misses,
                 "deadline": iso(deadline),
+                **(record.trace or {}),
             },
         )
         new = record.evolve(
@@ -523,6 +534,7 @@ class Judge:
                 "max_duration": limit,
                 "elapsed": round(now - record.started, 3),
                 "last_seen": iso(record.last_seen),
+                **(record.trace or {}),
             },
         )
 

@@ -108,6 +108,9 @@ class RunRecord:
     lost_event: dict[str, Any] | None = field(default=None, compare=False)
     announced: bool = True
     """False between winning a ``lost`` verdict and having published and emitted it."""
+    trace: dict[str, str] | None = field(default=None, compare=False)
+    """The run's W3C trace context (``traceparent``, ``tracestate``) as its events carry
+    it, copied into the verdicts so that a tracing adapter links them to the run's trace."""
 
     def evolve(self, **changes: Any) -> RunRecord:
         return replace(self, **changes)

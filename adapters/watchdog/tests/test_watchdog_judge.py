@@ -477,3 +477,60 @@ async def test_a_verdict_written_whose_reply_was_lost_is_still_announced_once() 
     await rig.judge(T0 + 3.2)
     assert len(rig.lost()) == 1
     assert [e.outcome for e in rig.emitted] == [Outcome.LOST]
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.anyio
+async def test_lost_and_overdue_verdicts_are_spans_linked_to_the_runs_trace() -> None:
+    import lifecycle_otel
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    rig = Rig(expectations=(Expectation("nightly-etl", max_duration=2),))
+    traced: dict[str, Any] = {"traceparent": TRACEPARENT, "tracestate": "vendor=1"}
+    with lifecycle_otel.attach(rig.bus, tracer_provider=provider, metrics=False):
+        # The run's events, as the NATS publisher sends them, carry its trace context.
+        await rig.feed(event(STARTING, heartbeat_interval=1.0, **traced), T0)
+        await rig.judge(T0 + 2.5)  # overdue (past 2 s), and lost (3 misses of 1 s) later
+        await rig.judge(T0 + 3)
+    [lost] = rig.lost()
+    [overdue] = rig.stream.named(OVERDUE)
+    assert (lost.attributes["traceparent"], overdue.attributes["tracestate"]) == (
+        TRACEPARENT,
+        "vendor=1",
+    )
+    spans = {
+        span.name: span
+        for span in exporter.get_finished_spans()
+        if not span.name.startswith("lifecycle.handler ")
+    }
+    assert set(spans) == {"lifecycle.run nightly-etl", "lifecycle.overdue nightly-etl"}
+    for span in spans.values():
+        [link] = span.links
+        assert (link.context.trace_id, link.context.span_id) == (
+            0x0AF7651916CD43DD8448EB211C80319C,
+            0xB7AD6B7169203331,
+        )
+        # A verdict is another process's, later: its own trace, linked to the run's.
+        assert span.context is not None
+        assert span.context.trace_id != link.context.trace_id
+    lost_span = spans["lifecycle.run nightly-etl"]
+    assert dict(lost_span.attributes or {})["lifecycle.run.outcome"] == "lost"
+    assert spans["lifecycle.overdue nightly-etl"].status.description == (
+        "overdue: running past max_duration 2 s"
+    )
+
+
+@pytest.mark.anyio
+async def test_a_verdict_on_an_untraced_run_carries_no_trace_context() -> None:
+    rig = Rig()
+    await start_beating(rig, beats=1)
+    await rig.judge(T0 + 60)
+    [lost] = rig.lost()
+    assert "traceparent" not in lost.attributes
