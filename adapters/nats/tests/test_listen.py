@@ -20,10 +20,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from lifecycle_nats import Source
+    from lifecycle_testing import NatsServer
 
-    from .conftest import NatsServer  # type: ignore[import-not-found,unused-ignore]
-
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.asyncio_only]  # nats-py runs on asyncio only
 
 
 def event(name: str = EXITED, env: str = "job", labels: tuple[str, ...] = ()) -> Event:

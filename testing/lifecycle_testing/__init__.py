@@ -1,0 +1,18 @@
+"""Test support shared by lifecycle-bus and its adapters (dev-only; also a pytest plug-in)."""
+
+from __future__ import annotations
+
+from ._nats import NatsServer, nats_server_binary
+from ._poll import poll, poll_blocking
+from ._recorder import RECORD_FILE, Recorder, record_handlers, record_to_file
+
+__all__ = [
+    "RECORD_FILE",
+    "NatsServer",
+    "Recorder",
+    "nats_server_binary",
+    "poll",
+    "poll_blocking",
+    "record_handlers",
+    "record_to_file",
+]
