@@ -33,6 +33,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     Added as a ``parametrize`` mark, before pytest reads the marks: pytest then uses it
     instead of any ``anyio_backend`` fixture (anyio's own among them), whichever plug-in
     was loaded last. A test that parametrizes ``anyio_backend`` itself keeps its choice.
+    Module-scoped, as anyio's own fixture is: a module-scoped async fixture (a cluster,
+    a connection) then shares its tests' event loop.
     """
     if "anyio_backend" not in metafunc.fixturenames:
         return
@@ -44,7 +46,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             return
     only = metafunc.definition.get_closest_marker(ASYNCIO_ONLY) is not None
     backends = BACKENDS[:1] if only else BACKENDS
-    metafunc.definition.add_marker(pytest.mark.parametrize("anyio_backend", backends))
+    metafunc.definition.add_marker(
+        pytest.mark.parametrize("anyio_backend", backends, scope="module")
+    )
 
 
 @pytest.fixture(scope="module")

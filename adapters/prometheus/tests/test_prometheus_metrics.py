@@ -33,12 +33,6 @@ if TYPE_CHECKING:
     from lifecycle_prometheus import PrometheusAdapter
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """The adapter is loop-agnostic: its tests run on both backends anyio supports."""
-    return str(request.param)
-
-
 NIGHTLY = {"lifecycle_environment": "nightly"}
 
 

@@ -31,12 +31,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    backend: str = request.param
-    return backend
-
-
 @dataclass(frozen=True)
 class Answer:
     """What the server does with one request: answer ``status``, or hang until teardown."""

@@ -48,12 +48,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    backend: str = request.param
-    return backend
-
-
 # -- the vendors' schemas, from their documentation --------------------------------------
 
 # PagerDuty Events API v2, "Send an Alert Event": the top-level and payload fields, the
