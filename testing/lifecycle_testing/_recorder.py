@@ -6,6 +6,8 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+import anyio
+
 from lifecycle import EXITED, HEARTBEAT, STARTING
 
 if TYPE_CHECKING:
@@ -24,8 +26,21 @@ class Recorder:
 
     def __init__(self, bus: EventBus, names: Iterable[str] = (STARTING, HEARTBEAT, EXITED)) -> None:
         self.events: list[Event] = []
+        self._waiting: tuple[int, anyio.Event] | None = None
         for name in names:
-            bus.subscribe(name, self.events.append, inline=True)
+            bus.subscribe(name, self._got, inline=True)
+
+    def _got(self, event: Event) -> None:
+        self.events.append(event)
+        if self._waiting is not None and len(self.events) >= self._waiting[0]:
+            self._waiting[1].set()
+
+    async def wait(self, count: int, *, limit: float = 20) -> None:
+        """Return once ``count`` events are recorded; fail after ``limit`` seconds."""
+        if len(self.events) < count:
+            self._waiting = (count, anyio.Event())
+            with anyio.fail_after(limit):
+                await self._waiting[1].wait()
 
     def names(self) -> list[str]:
         return [event.name for event in self.events]
