@@ -64,20 +64,18 @@ def shared_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 
 @pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A JetStream server of this test's own, started; it may stop and start it."""
-    server = NatsServer(tmp_path / "nats")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
     """A JetStream server of this test's own, not started yet: for tests of broker faults."""
     server = NatsServer(tmp_path / "nats")
     yield server
     server.stop()
+
+
+@pytest.fixture
+def nats_server(own_nats: NatsServer) -> NatsServer:
+    """A JetStream server of this test's own, started; it may stop and start it."""
+    own_nats.start()
+    return own_nats
 
 
 @pytest.fixture(scope="module")
