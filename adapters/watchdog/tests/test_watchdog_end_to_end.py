@@ -94,7 +94,11 @@ class Wrapper:
 def wrapper(nats_url: str, tmp_path: Path) -> Iterator[Callable[..., Wrapper]]:
     """Start `lifecycle run --heartbeat 0.2 -- sleep 60` publishing to the test's server."""
     config = tmp_path / "lifecycle.toml"
-    config.write_text(f'[[adapters]]\nname = "nats"\noptions = {{ servers = ["{nats_url}"] }}\n')
+    # Reconnecting within 0.2 s (not the default 2 s): the server-restart test then waits a
+    # shorter resume_grace for the wrapper's first heartbeat after the outage.
+    config.write_text(
+        f'[[adapters]]\nname = "nats"\noptions = {{ servers = ["{nats_url}"], reconnect_wait = 0.2 }}\n'
+    )
     started: list[Wrapper] = []
 
     def start(name: str = "nightly-etl") -> Wrapper:
@@ -159,9 +163,10 @@ async def watchdog(
     *,
     misses: float = 3,
     expectations: tuple[Expectation, ...] = (),
+    resume_grace: float = Settings.resume_grace,
 ) -> AsyncIterator[Watcher]:
     watcher = Watcher()
-    settings = Settings(servers=(url,), tick=0.05, checkpoint_every=0.2)
+    settings = Settings(servers=(url,), tick=0.05, checkpoint_every=0.2, resume_grace=resume_grace)
     async with EventBus() as bus, anyio.create_task_group() as group:
         watcher.emitted = Recorder(bus, (EXITED, HEARTBEAT, MISSED, RECOVERED))
         judge = Judge(Policy(misses=misses), expectations)
@@ -298,7 +303,8 @@ async def test_a_server_restart_longer_than_the_allowance_is_no_alarm_and_is_sur
     """NATS away for 2.5 allowances, then back: the watchdog reads on (its consumer is
     recreated), calls no live run lost for the silence the outage forced on it, and
     still reports the run that dies afterwards, once."""
-    async with watchdog(nats_server.url) as dog:
+    # The wrapper reconnects within 0.2 s: 2 s of grace (not the default 5 s) is ample.
+    async with watchdog(nats_server.url, resume_grace=2.0) as dog:
         run = wrapper()
         await dog.until(beating(dog))
         assert dog.dog is not None
@@ -313,7 +319,7 @@ async def test_a_server_restart_longer_than_the_allowance_is_no_alarm_and_is_sur
         assert dog.lost() == []
         assert dog.dog.judge.silence_from > back  # the outage's silence did not count
         run.kill_wrapper()
-        await dog.until(lambda: bool(dog.lost()), limit=15)  # after resume_grace (5 s) at most
+        await dog.until(lambda: bool(dog.lost()), limit=15)  # after resume_grace at most
         await settled(nats_server.url, dog)
     assert len(dog.lost()) == 1
     assert len(lost_in(await stored(nats_server.url))) == 1
