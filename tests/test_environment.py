@@ -3,6 +3,7 @@ from __future__ import annotations
 import anyio
 import anyio.lowlevel
 import pytest
+from lifecycle_testing import Recorder
 from structlog.testing import capture_logs
 
 from lifecycle import (
@@ -21,24 +22,6 @@ from lifecycle import (
 pytestmark = pytest.mark.anyio
 
 FOREVER = 60.0
-
-
-class Recorder:
-    """Collects the events an environment emits, and how often each signal fired."""
-
-    def __init__(self, bus: EventBus) -> None:
-        self.events: list[Event] = []
-        bus.subscribe(STARTING, self.events.append, inline=True)
-        bus.subscribe(EXITED, self.events.append, inline=True)
-
-    @property
-    def exited(self) -> list[Event]:
-        return [e for e in self.events if e.name == EXITED]
-
-    @property
-    def only_exit(self) -> Event:
-        (event,) = self.exited
-        return event
 
 
 async def test_on_start_and_on_exit_receive_their_environments_events() -> None:

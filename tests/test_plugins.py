@@ -63,6 +63,8 @@ def workspace_entry_points() -> dict[str, dict[str, str]]:
         for pyproject in sorted(ROOT.glob(f"{pattern}/pyproject.toml")):
             project = toml.loads(pyproject.read_text())["project"]
             for group, points in project.get("entry-points", {}).items():
+                if not group.startswith("lifecycle."):
+                    continue  # another program's plug-ins (lifecycle-testing's pytest11)
                 for name in points:
                     declared.setdefault(group, {})[name] = project["name"]
     return declared

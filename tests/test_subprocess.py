@@ -13,6 +13,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
+from lifecycle_testing import Recorder
 
 import lifecycle._subprocess
 from lifecycle import (
@@ -63,21 +64,6 @@ class Sink(io.BytesIO):
         with anyio.fail_after(WIDE):
             while not await anyio.to_thread.run_sync(self.seen.wait, 0.5):
                 pass
-
-
-class Recorder:
-    def __init__(self, bus: EventBus) -> None:
-        self.events: list[Event] = []
-        for name in (STARTING, EXITED, HEARTBEAT):
-            bus.subscribe(name, self.events.append, inline=True)
-
-    def names(self) -> list[str]:
-        return [event.name for event in self.events]
-
-    @property
-    def only_exit(self) -> Event:
-        (event,) = [e for e in self.events if e.name == EXITED]
-        return event
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 import pytest
+from lifecycle_testing import poll
 from structlog.testing import capture_logs
 
 from lifecycle import (
@@ -46,11 +47,11 @@ def hang_event(name: str = HANG) -> Event:
 
 async def wait_for_count(bus: EventBus, count: int) -> None:
     """Wait until ``bus.abandoned_threads`` is ``count`` (abandoned threads end on their own)."""
-    with anyio.fail_after(FOREVER / 4):
-        # The count drops in the abandoned thread itself, after its handler returns: there
-        # is no event to wait on, so look again until it is right (bounded above).
-        while bus.abandoned_threads != count:  # noqa: ASYNC110
-            await anyio.sleep(0.01)
+    # The count drops in the abandoned thread itself, after its handler returns: there is
+    # no event to wait on, so look again until it is right (bounded above).
+    await poll(
+        lambda: bus.abandoned_threads == count, f"{count} abandoned threads", limit=FOREVER / 4
+    )
 
 
 async def abandon_one(bus: EventBus, release: threading.Event) -> None:
@@ -227,13 +228,12 @@ async def abandon_call(bus: EventBus, hang: Hang) -> None:
 
 async def wait_for_log(logs: list[MutableMapping[str, Any]], text: str) -> MutableMapping[str, Any]:
     """The log line containing ``text``; abandoned threads log after their count drops."""
-    with anyio.fail_after(FOREVER / 4):
-        while True:
-            found = [log for log in logs if text in str(log["event"])]
-            if found:
-                (line,) = found
-                return line
-            await anyio.sleep(0.01)
+    (line,) = await poll(
+        lambda: [log for log in logs if text in str(log["event"])],
+        f"a log line with {text!r}",
+        limit=FOREVER / 4,
+    )
+    return line
 
 
 def refusals(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:

@@ -13,25 +13,19 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 import structlog
 from lifecycle_apprise import AppriseDeliveryError, attach
+from lifecycle_testing import QuietHandler, StandIn, serve_http
 
 from lifecycle import Environment, EventBus, HandlerResult, Status, load_config
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    backend: str = request.param
-    return backend
 
 
 APPRISE_TYPES = {"info", "success", "warning", "failure"}
@@ -64,8 +58,8 @@ class Services:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+class _Handler(QuietHandler):
+    server: StandIn[Services]
 
     def do_POST(self) -> None:
         owner = self.server.owner
@@ -89,28 +83,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: Services
-
 
 @pytest.fixture
 def services() -> Iterator[Services]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    owner = server.owner = Services(port=server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
+    with serve_http(_Handler, Services, release=lambda owner: owner.released.set()) as owner:
         yield owner
-    finally:
-        owner.released.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
     assert owner.refused == []
 
 

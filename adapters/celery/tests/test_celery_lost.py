@@ -7,7 +7,6 @@ process, ``celery worker`` processes publishing through the nats adapter, SIGKIL
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from celery import Celery
+    from lifecycle_testing import NatsServer
 
 BEAT = 0.25
 MISSES = 4
@@ -32,17 +32,6 @@ MISSES = 4
 for, and the watchdog would rightly call that a death."""
 ALLOWANCE = MISSES * BEAT + 2
 """The issue's bound: a dead task is reported within misses x interval + 2 s."""
-
-
-def _nats_harness() -> Any:
-    """The lifecycle-nats tests' conftest (its ``NatsServer``), loaded by path."""
-    path = Path(__file__).parents[2] / "nats" / "tests" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("lifecycle_nats_test_harness", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class Watch:
@@ -107,11 +96,8 @@ class Watch:
 
 
 @pytest.fixture(scope="module")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = _nats_harness().NatsServer(tmp_path_factory.mktemp("nats"))
-    server.start()
-    yield server.url
-    server.stop(signal.SIGTERM)
+def nats_url(shared_nats: NatsServer) -> str:
+    return shared_nats.url
 
 
 @pytest.fixture(scope="module")

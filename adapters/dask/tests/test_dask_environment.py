@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 pytestmark = [
     pytest.mark.anyio,
+    pytest.mark.asyncio_only,  # distributed runs on asyncio; the module shares one loop
     # Dask's own timing remark, not a behaviour: each scheduler, worker and nanny warns
     # when making its scratch directory took over 1 s (distributed.core, warn_on_duration),
     # which a loaded 2-core CI machine can cause. Everything else still fails the test.
@@ -46,12 +47,6 @@ pytestmark = [
 # Each test's own cluster opens a dashboard; ":0" picks a free port, so no
 # "Port 8787 is already in use" UserWarning (an error under filterwarnings = error).
 QUIET = {"dashboard_address": ":0", "processes": False}
-
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    # Module-scoped, so the module's cluster and the tests share one asyncio loop.
-    return "asyncio"
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 pytestmark = [
     pytest.mark.anyio,
+    pytest.mark.asyncio_only,  # distributed runs on asyncio; the module shares one loop
     # Dask's own timing remark, not a behaviour: each scheduler, worker and nanny warns
     # when making its scratch directory took over 1 s (distributed.core, warn_on_duration),
     # which a loaded 2-core CI machine can cause. Everything else still fails the test.
@@ -37,12 +38,6 @@ pytestmark = [
 def untyped(obj: Any) -> Any:
     """``obj`` as ``Any``: distributed's constructors and Client methods are untyped."""
     return obj
-
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    # Module-scoped, so the module's cluster and the tests share one asyncio loop.
-    return "asyncio"
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from .conftest import Listener, lifecycle_run, wait_for  # type: ignore[import-not-found]
+from lifecycle_testing import poll_blocking
+
+from .conftest import Listener, lifecycle_run  # type: ignore[import-not-found]
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .conftest import NatsServer  # type: ignore[import-not-found,unused-ignore]
+    from lifecycle_testing import NatsServer
 
 
 def test_the_listener_handles_what_the_run_handled(shared_nats: NatsServer, tmp_path: Path) -> None:
@@ -26,6 +28,8 @@ def test_the_listener_handles_what_the_run_handled(shared_nats: NatsServer, tmp_
     names = [e["name"] for e in ran]
     assert (names[0], names[-1]) == ("environment.starting", "environment.exited")
     assert "environment.heartbeat" in names
-    wait_for(lambda: len(listener.events()) >= len(ran), "the listener to catch up", listener)
+    poll_blocking(
+        lambda: len(listener.events()) >= len(ran), "the listener to catch up", context=listener
+    )
     assert listener.stop() == 0
     assert listener.events() == ran

@@ -16,20 +16,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 from lifecycle_nats import Publisher
+from lifecycle_testing import RECORD_FILE, poll_blocking, record_handlers
 
 from lifecycle import HEARTBEAT, EnvironmentInfo, Event
 
-from .conftest import (  # type: ignore[import-not-found,unused-ignore]
-    RECORDER,
-    Listener,
-    lifecycle_run,
-    wait_for,
-)
+from .conftest import Listener, lifecycle_run  # type: ignore[import-not-found,unused-ignore]
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .conftest import NatsServer  # type: ignore[import-not-found,unused-ignore]
+    from lifecycle_testing import NatsServer
 
 WAIT_FOR_GO = "import os, time\nwhile not os.path.exists('go'):\n    time.sleep(0.02)\n"
 
@@ -41,21 +37,16 @@ class BackgroundRun:
         directory.mkdir()
         self.directory = directory
         self.record = directory / "ran.jsonl"
-        (directory / "recorder.py").write_text(RECORDER)
         config = directory / "cfg.toml"
         config.write_text(
             f'[[adapters]]\nname = "nats"\noptions = {{ servers = "{server.url}", '
-            "delivery_timeout = 1, reconnect_wait = 0.2 }\n\n"
-            + "".join(
-                f'[[handlers]]\ntarget = "recorder:record"\nsignal = "{s}"\ninline = true\n'
-                for s in ("environment.starting", "environment.heartbeat", "environment.exited")
-            )
+            "delivery_timeout = 1, reconnect_wait = 0.2 }\n\n" + record_handlers()
         )
         with (directory / "run.log").open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "lifecycle", "run", "--config", str(config),
                  "--heartbeat", "0.1", "--", sys.executable, "-c", WAIT_FOR_GO],
-                cwd=directory, env={**os.environ, "RECORD_FILE": str(self.record)},
+                cwd=directory, env={**os.environ, RECORD_FILE: str(self.record)},
                 stdout=subprocess.DEVNULL, stderr=log,
             )  # fmt: skip
 
@@ -74,16 +65,21 @@ def ids(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def test_broker_down_before_the_run_then_started(own_nats: NatsServer, tmp_path: Path) -> None:
+    own_nats.pick_port()
     run = BackgroundRun(tmp_path / "run", own_nats)
-    wait_for(lambda: len(run.events()) >= 4, "starting and some heartbeats", run.events)
+    poll_blocking(
+        lambda: len(run.events()) >= 4, "starting and some heartbeats", context=run.events
+    )
     own_nats.start()
     (tmp_path / "listen").mkdir()
     listener = Listener(tmp_path / "listen", own_nats)
     listener.start()
-    wait_for(lambda: len(listener.events()) >= 4, "the waiting events to arrive", listener)
+    poll_blocking(
+        lambda: len(listener.events()) >= 4, "the waiting events to arrive", context=listener
+    )
     assert run.finish() == 0
     ran = run.events()
-    wait_for(lambda: len(listener.events()) >= len(ran), "the rest", listener)
+    poll_blocking(lambda: len(listener.events()) >= len(ran), "the rest", context=listener)
     assert listener.stop() == 0
     assert ids(listener.events()) == ids(ran)
     print(f"broker down before the run: {len(ran)} events, each once, in order")
@@ -95,15 +91,21 @@ def test_broker_restarted_mid_run(own_nats: NatsServer, tmp_path: Path) -> None:
     listener = Listener(tmp_path / "listen", own_nats)
     listener.start()
     run = BackgroundRun(tmp_path / "run", own_nats)
-    wait_for(lambda: len(listener.events()) >= 3, "events before the restart", listener)
+    poll_blocking(
+        lambda: len(listener.events()) >= 3, "events before the restart", context=listener
+    )
     own_nats.stop(signal.SIGTERM)
     before = len(run.events())
-    wait_for(lambda: len(run.events()) >= before + 3, "heartbeats during the outage", run.events)
+    poll_blocking(
+        lambda: len(run.events()) >= before + 3, "heartbeats during the outage", context=run.events
+    )
     own_nats.start()
-    wait_for(lambda: len(listener.events()) >= before + 3, "events after the restart", listener)
+    poll_blocking(
+        lambda: len(listener.events()) >= before + 3, "events after the restart", context=listener
+    )
     assert run.finish() == 0
     ran = run.events()
-    wait_for(lambda: len(listener.events()) >= len(ran), "the rest", listener)
+    poll_blocking(lambda: len(listener.events()) >= len(ran), "the rest", context=listener)
     assert listener.stop() == 0
     assert ids(listener.events()) == ids(ran)
     print(f"broker restarted mid-run: {len(ran)} events, each once, in order")
@@ -145,7 +147,9 @@ def test_broker_killed_during_the_wrappers_exit(
         )
         assert status == 0
         ran = ran + after  # the spooled events first, then the new run's
-    wait_for(lambda: len(listener.events()) >= len(ran), "the spooled events", listener)
+    poll_blocking(
+        lambda: len(listener.events()) >= len(ran), "the spooled events", context=listener
+    )
     assert listener.stop() == 0
     assert ids(listener.events()) == ids(ran)
     assert [n for n in os.listdir(tmp_path / "spool") if n.endswith(".json")] == []
@@ -169,13 +173,13 @@ def test_listener_killed_mid_stream_and_restarted(shared_nats: NatsServer, tmp_p
     (tmp_path / "listen").mkdir()
     listener = Listener(tmp_path / "listen", shared_nats, stream="KILL", subject_prefix="kill")
     listener.start(SLOW="0.05")
-    wait_for(lambda: len(listener.events()) >= 10, "some events handled", listener)
+    poll_blocking(lambda: len(listener.events()) >= 10, "some events handled", context=listener)
     seen = len(listener.events())
     listener.stop(signal.SIGKILL)
     killed_at = len(listener.events())
     assert killed_at < len(sent), (seen, killed_at)
     listener.start()
-    wait_for(lambda: len(listener.events()) >= len(sent), "the rest", listener)
+    poll_blocking(lambda: len(listener.events()) >= len(sent), "the rest", context=listener)
     assert listener.stop() == 0
     assert [e["event_id"] for e in listener.events()] == [e.event_id for e in sent]
     print(f"listener SIGKILLed after {killed_at} of {len(sent)}: each handled once, none skipped")

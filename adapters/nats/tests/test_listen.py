@@ -10,6 +10,7 @@ import anyio
 import nats
 import pytest
 from lifecycle_nats import Publisher, StreamConfigError, ensure_stream, source, subject_for
+from lifecycle_testing import Recorder
 
 from lifecycle import EXITED, HEARTBEAT, STARTING, EnvironmentInfo, Event, EventBus
 
@@ -20,35 +21,13 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from lifecycle_nats import Source
+    from lifecycle_testing import NatsServer
 
-    from .conftest import NatsServer  # type: ignore[import-not-found,unused-ignore]
-
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.asyncio_only]  # nats-py runs on asyncio only
 
 
 def event(name: str = EXITED, env: str = "job", labels: tuple[str, ...] = ()) -> Event:
     return Event(name=name, run_id="run-1", environment=EnvironmentInfo.current(env, labels))
-
-
-class Received:
-    """The events a bus handled, and a way to wait for the n-th."""
-
-    def __init__(self, bus: EventBus) -> None:
-        self.events: list[Event] = []
-        self._waiting: tuple[int, anyio.Event] | None = None
-        for signal_name in (STARTING, HEARTBEAT, EXITED):
-            bus.subscribe(signal_name, self._got, inline=True)
-
-    def _got(self, event: Event) -> None:
-        self.events.append(event)
-        if self._waiting is not None and len(self.events) >= self._waiting[0]:
-            self._waiting[1].set()
-
-    async def wait(self, count: int) -> None:
-        if len(self.events) < count:
-            self._waiting = (count, anyio.Event())
-            with anyio.fail_after(20):
-                await self._waiting[1].wait()
 
 
 async def make_stream(url: str, stream: str, prefix: str) -> None:
@@ -69,7 +48,7 @@ async def publish_raw(url: str, subject: str, data: bytes, msg_id: str | None = 
 
 
 class Consuming:
-    def __init__(self, consumer: Source, received: Received) -> None:
+    def __init__(self, consumer: Source, received: Recorder) -> None:
         self.source = consumer
         self.received = received
 
@@ -79,7 +58,7 @@ async def consuming(
     server: NatsServer, stream: str, tmp_path: Path, **options: Any
 ) -> AsyncIterator[Consuming]:
     async with EventBus() as bus, anyio.create_task_group() as group:
-        received = Received(bus)
+        received = Recorder(bus)
         consumer = source(
             bus, servers=server.url, stream=stream, subject_prefix=stream.lower(),
             state_dir=tmp_path / "state", **options,
@@ -149,7 +128,7 @@ async def test_a_hanging_handler_holds_up_only_its_own_run(
             await release.wait()
 
     async with EventBus() as bus, anyio.create_task_group() as group:
-        received = Received(bus)
+        received = Recorder(bus)
         bus.subscribe(STARTING, hang, timeout=60)
         consumer = source(
             bus, servers=shared_nats.url, stream="HANG", subject_prefix="hang",

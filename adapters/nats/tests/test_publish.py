@@ -30,11 +30,10 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
 
+    from lifecycle_testing import NatsServer
     from nats.aio.msg import Msg
 
-    from .conftest import NatsServer  # type: ignore[import-not-found,unused-ignore]
-
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.asyncio_only]  # nats-py runs on asyncio only
 
 
 async def stored(url: str, stream: str, subjects: str = ">") -> list[Msg]:
@@ -155,6 +154,7 @@ async def test_a_missing_stream_is_an_error_when_create_stream_is_false(
 async def test_events_wait_while_the_server_is_down_and_go_out_in_order(
     own_nats: NatsServer, tmp_path: Path
 ) -> None:
+    own_nats.pick_port()
     events = [event(STARTING), *(event(HEARTBEAT) for _ in range(5)), event(EXITED)]
     async with Publisher(servers=own_nats.url, spool_dir=tmp_path, reconnect_wait=0.1) as publisher:
         entries = [publisher.submit(_message(e)) for e in events]
@@ -193,6 +193,7 @@ async def test_past_the_bound_the_oldest_heartbeats_go_never_starting_or_exited(
 async def test_what_is_unsent_at_close_is_spooled_and_sent_first_next_time(
     own_nats: NatsServer, tmp_path: Path
 ) -> None:
+    own_nats.pick_port()
     first = [event(STARTING), event(EXITED)]
     async with EventBus() as bus:
         adapter = attach(bus, servers=own_nats.url, spool_dir=tmp_path, delivery_timeout=0.05)

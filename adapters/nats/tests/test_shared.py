@@ -17,10 +17,9 @@ import nats
 import pytest
 from lifecycle_nats import Publisher, StreamConfigError, source
 from lifecycle_nats._shared import record_key
+from lifecycle_testing import NatsServer
 
 from lifecycle import EXITED, HEARTBEAT, STARTING, EnvironmentInfo, Event, EventBus
-
-from .conftest import NatsServer  # type: ignore[import-not-found,unused-ignore]
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 
     from lifecycle_nats import Source
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.asyncio_only]  # nats-py runs on asyncio only
 
 USERS = """
 authorization {

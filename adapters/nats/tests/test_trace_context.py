@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import lifecycle_nats
@@ -29,9 +29,9 @@ from lifecycle import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .conftest import NatsServer  # type: ignore[import-not-found,unused-ignore]
+    from lifecycle_testing import NatsServer
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.asyncio_only]  # nats-py runs on asyncio only
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -63,7 +63,11 @@ async def test_the_listeners_handler_spans_are_children_of_the_runs_span(
         if result.handler == "notify" and len(handled) == 2:
             both_handled.set()
 
-    options = {"servers": shared_nats.url, "stream": "TRACE", "subject_prefix": "trace"}
+    options: dict[str, Any] = {
+        "servers": shared_nats.url,
+        "stream": "TRACE",
+        "subject_prefix": "trace",
+    }
     async with EventBus() as far, anyio.create_task_group() as group:
         far.subscribe(STARTING, notify, name="notify")
         far.subscribe(EXITED, notify, name="notify")
@@ -102,7 +106,11 @@ async def test_the_message_carries_the_trace_context_in_its_headers(
     shared_nats: NatsServer, tmp_path: Path
 ) -> None:
     spans = Spans()
-    options = {"servers": shared_nats.url, "stream": "TRACEHDR", "subject_prefix": "tracehdr"}
+    options: dict[str, Any] = {
+        "servers": shared_nats.url,
+        "stream": "TRACEHDR",
+        "subject_prefix": "tracehdr",
+    }
     async with EventBus() as bus:
         with (
             lifecycle_otel.attach(bus, tracer_provider=spans.provider, metrics=False),

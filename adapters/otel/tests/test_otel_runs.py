@@ -50,11 +50,6 @@ _: Attach = lifecycle_otel.attach  # mypy checks attach against the contract
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @dataclass
 class Telemetry:
     """A real SDK whose spans and metrics stay in memory."""

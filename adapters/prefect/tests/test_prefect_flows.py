@@ -9,24 +9,24 @@ processes. Waits are bounded polls on the thing awaited, never assertions on tim
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from lifecycle_testing import poll_blocking
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from lifecycle_testing import NatsServer
 
 pytest.importorskip(
     "lifecycle_prefect",
@@ -37,7 +37,6 @@ pytest.importorskip(
 pytestmark = pytest.mark.timeout(120)
 
 FLOWS = Path(__file__).with_name("prefect_flows.py")
-NATS_URL = "nats://127.0.0.1:4222"
 BEAT = 0.2
 MISSES = 3
 
@@ -47,18 +46,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def wait_for(what: str, check: Any, timeout: float = 30.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` past ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +77,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             return False
 
     try:
-        wait_for("the Prefect server", healthy, timeout=90)
+        poll_blocking(healthy, "the Prefect server", limit=90)
         yield url
     finally:
         server.terminate()
@@ -267,16 +254,19 @@ def test_a_served_flow_run_is_a_run_of_its_deployment(tmp_path: Path, prefect_ap
     flows.env["PREFECT_RUNNER_POLL_FREQUENCY"] = "1"
     runner = flows.start("serve")
     try:
-        (deployment,) = wait_for(
-            "the served deployment",
+        (deployment,) = poll_blocking(
             lambda: post(
                 prefect_api, "/deployments/filter", {"deployments": {"name": {"any_": ["served"]}}}
             ),
+            "the served deployment",
+            limit=30,
         )
         flow_run_id = post(prefect_api, f"/deployments/{deployment['id']}/create_flow_run", {})[
             "id"
         ]
-        (exited,) = wait_for("the served run's exited", lambda: flows.events("environment.exited"))
+        (exited,) = poll_blocking(
+            lambda: flows.events("environment.exited"), "the served run's exited", limit=30
+        )
     finally:
         runner.terminate()
         runner.communicate(timeout=30)
@@ -291,7 +281,7 @@ def test_a_served_flow_run_is_a_run_of_its_deployment(tmp_path: Path, prefect_ap
 
 @pytest.fixture(scope="module")
 def names() -> dict[str, str]:
-    """A stream, subjects and a bucket of this module's own on the machine's NATS server."""
+    """A stream, subjects and a bucket of their own (the module shares one NATS server)."""
     tag = uuid.uuid4().hex[:8].upper()
     return {
         "stream": f"LCPREFECT{tag}",
@@ -302,13 +292,16 @@ def names() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def watchdogs(
-    tmp_path_factory: pytest.TempPathFactory, prefect_api: str, names: dict[str, str]
+    tmp_path_factory: pytest.TempPathFactory,
+    prefect_api: str,
+    names: dict[str, str],
+    shared_nats: NatsServer,
 ) -> Iterator[Path]:
     """Two ``lifecycle watch`` replicas that mark lost flow runs Crashed; yields their notes."""
     directory = tmp_path_factory.mktemp("watch")
     notes = directory / "verdicts.jsonl"
     (directory / "watch.toml").write_text(
-        f'[watch]\nservers = ["{NATS_URL}"]\nstream = "{names["stream"]}"\n'
+        f'[watch]\nservers = ["{shared_nats.url}"]\nstream = "{names["stream"]}"\n'
         f'subject_prefix = "{names["subject_prefix"]}"\nbucket = "{names["bucket"]}"\n'
         f"tick = 0.05\nmisses = {MISSES}\n\n"
         '[[handlers]]\ntarget = "lifecycle_prefect:mark_crashed"\n'
@@ -347,29 +340,17 @@ def watchdogs(
                 replica.wait()
             if replica.stderr is not None:
                 replica.stderr.close()
-        asyncio.run(_delete(names))
-
-
-async def _delete(names: dict[str, str]) -> None:
-    import nats
-    import nats.js.errors
-
-    client = await nats.connect(NATS_URL)
-    try:
-        for stream in (names["stream"], f"KV_{names['bucket']}"):
-            with contextlib.suppress(nats.js.errors.NotFoundError):  # never created
-                await client.jetstream().delete_stream(stream)
-    finally:
-        await client.close()
 
 
 @pytest.fixture
-def published(tmp_path: Path, prefect_api: str, names: dict[str, str]) -> Flows:
+def published(
+    tmp_path: Path, prefect_api: str, names: dict[str, str], shared_nats: NatsServer
+) -> Flows:
     """Flows whose events go to NATS, where the watchdogs read them."""
     return Flows(
         tmp_path,
         prefect_api,
-        f'[[adapters]]\nname = "nats"\noptions = {{ servers = ["{NATS_URL}"], '
+        f'[[adapters]]\nname = "nats"\noptions = {{ servers = ["{shared_nats.url}"], '
         f'stream = "{names["stream"]}", subject_prefix = "{names["subject_prefix"]}" }}\n\n'
         + NOTE_ALL,
     )
@@ -388,14 +369,18 @@ def test_a_killed_flow_run_is_lost_once_and_marked_crashed_once(
     child = published.start("waits_to_be_killed")
     assert child.stdout is not None
     assert child.stdout.readline().startswith("WAITING")
-    (starting,) = wait_for("starting", lambda: published.events("environment.starting"))
+    (starting,) = poll_blocking(
+        lambda: published.events("environment.starting"), "starting", limit=30
+    )
     run_id = starting["run_id"]
     child.send_signal(signal.SIGKILL)
     child.communicate()
 
-    (lost,) = wait_for("the lost verdict", lambda: verdicts(watchdogs, run_id))
+    (lost,) = poll_blocking(lambda: verdicts(watchdogs, run_id), "the lost verdict", limit=30)
     assert lost["environment"]["name"] == "waits-to-be-killed"
-    wait_for("Crashed in Prefect", lambda: "Crashed" in states_of(prefect_api, run_id))
+    poll_blocking(
+        lambda: "Crashed" in states_of(prefect_api, run_id), "Crashed in Prefect", limit=30
+    )
     # Both replicas judged the run; one announced it, and Prefect was told once.
     assert len(verdicts(watchdogs, run_id)) == 1
     assert states_of(prefect_api, run_id).count("Crashed") == 1

@@ -6,8 +6,8 @@ import threading
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ import anyio
 import anyio.to_thread
 import pytest
 from lifecycle_prometheus import attach
+from lifecycle_testing import QuietHandler, StandIn, serve_http
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from lifecycle import EXITED, STARTING, Environment, EventBus, Outcome, load_config
@@ -31,12 +32,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from lifecycle_prometheus import PrometheusAdapter
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """The adapter is loop-agnostic: its tests run on both backends anyio supports."""
-    return str(request.param)
 
 
 NIGHTLY = {"lifecycle_environment": "nightly"}
@@ -168,40 +163,39 @@ def test_a_given_registry_is_used() -> None:
 # -- batch jobs: Pushgateway and textfile ----------------------------------------------
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    server: _PushServer
+@dataclass
+class Pushgateway:
+    """What a Pushgateway would have received (method, path, body), and its answer."""
+
+    port: int
+    status: int = 200
+    received: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class _Receiver(QuietHandler):
+    server: StandIn[Pushgateway]
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.server.received.append((self.command, self.path, body.decode()))
-        self.send_response(self.server.status)
+        owner = self.server.owner
+        owner.received.append((self.command, self.path, body.decode()))
+        self.send_response(owner.status)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _PushServer(ThreadingHTTPServer):
-    daemon_threads = True
-    status = 200
-    received: list[tuple[str, str, str]]
-
 
 @pytest.fixture
-def pushgateway() -> Iterator[_PushServer]:
+def pushgateway() -> Iterator[Pushgateway]:
     """A real HTTP receiver on 127.0.0.1 that records what a Pushgateway would get."""
-    server = _PushServer(("127.0.0.1", 0), _Receiver)
-    server.received = []
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serve_http(_Receiver, Pushgateway) as owner:
+        yield owner
 
 
-def pushed(pushgateway: _PushServer) -> list[tuple[str, str, Samples]]:
+def pushed(pushgateway: Pushgateway) -> list[tuple[str, str, Samples]]:
     """What the receiver got: method, path and parsed body, each body promtool-clean."""
     for _, _, body in pushgateway.received:
         promtool_check_metrics(body)
@@ -210,8 +204,8 @@ def pushed(pushgateway: _PushServer) -> list[tuple[str, str, Samples]]:
 
 
 @pytest.mark.anyio
-async def test_a_run_is_pushed_when_it_starts_and_when_it_exits(pushgateway: _PushServer) -> None:
-    url = f"http://127.0.0.1:{pushgateway.server_address[1]}"
+async def test_a_run_is_pushed_when_it_starts_and_when_it_exits(pushgateway: Pushgateway) -> None:
+    url = pushgateway.url
     async with EventBus() as bus:
         attach(bus, pushgateway=url, job="etl", grouping_key={"instance": "host-1"})
         await runs(bus, "failed")
@@ -232,9 +226,9 @@ async def test_a_run_is_pushed_when_it_starts_and_when_it_exits(pushgateway: _Pu
 
 
 @pytest.mark.anyio
-async def test_a_failed_push_is_a_handler_failure(pushgateway: _PushServer) -> None:
+async def test_a_failed_push_is_a_handler_failure(pushgateway: Pushgateway) -> None:
     pushgateway.status = 500
-    url = f"http://127.0.0.1:{pushgateway.server_address[1]}"
+    url = pushgateway.url
     async with EventBus() as bus:
         attach(bus, pushgateway=url)
         env = Environment("nightly", bus=bus)

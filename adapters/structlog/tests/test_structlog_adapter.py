@@ -22,12 +22,6 @@ if TYPE_CHECKING:
     from lifecycle import Event
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """The adapter is loop-agnostic: it runs on both backends anyio supports."""
-    return str(request.param)
-
-
 async def failing_run(bus: EventBus) -> None:
     """One run of "nightly" (labels etl, batch) that sets exit code 3 and raises."""
     with pytest.raises(ValueError, match="boom"):

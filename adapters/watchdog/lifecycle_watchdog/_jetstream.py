@@ -404,7 +404,7 @@ async def _watch(
                 if not caught_up_once or dog.has_due(now):
                     pending = (await stream_end(), now)
                 else:
-                    dog.rounds += 1  # judged: nothing was due
+                    dog._round_done()  # nothing was due
         if now >= next_report:
             next_report = now + settings.report_every
             logger.info(

@@ -73,7 +73,8 @@ class Watchdog:
         self.verdicts: dict[str, int] = {}
         """How many verdicts of each kind this watchdog won (``lost``, ``missed``, ...)."""
         self.rounds = 0
-        """How many times it judged."""
+        """How many times it judged (a round that found nothing due counts too)."""
+        self._judged = anyio.Event()
         self.background: TaskGroup | None = None
         """Where bookkeeping writes go (``start``, ``exit``); ``None``: written in line.
 
@@ -203,6 +204,22 @@ class Watchdog:
         """Wait for the bookkeeping writes in flight."""
         await self._idle.wait()
 
+    def _round_done(self) -> None:
+        """Count a round of judgement as done, and wake whoever waits for one."""
+        self.rounds += 1
+        self._judged.set()
+        self._judged = anyio.Event()
+
+    async def wait_judged(self, rounds: int = 1) -> None:
+        """Return once this watchdog has finished judging ``rounds`` more times.
+
+        What a round decided (a verdict emitted, a run seen) is in place by then: tests and
+        embedders wait on this instead of looking at the table again and again.
+        """
+        target = self.rounds + rounds
+        while self.rounds < target:
+            await self._judged.wait()
+
     def has_due(self, now: float) -> bool:
         """Whether judging at ``now`` would find anything (it changes nothing)."""
         return self.judge.runs_due(now) or self.judge.slots_pending(now)
@@ -220,17 +237,16 @@ class Watchdog:
         is declared (a watchdog that lags behind the stream would otherwise call a live
         run lost).
         """
-        self.rounds += 1
         for key, (count, event, msg_id) in list(self._unannounced.items()):
             await self._announce(key, count, event, msg_id)
         if now is None:
             now = self.clock()
-        if caught_up is not None and self.has_due(now) and not await caught_up():
-            return []
         won: list[Change] = []
-        for change in self.judge.due(now):
-            if await self.apply(change):
-                won.append(change)
+        if caught_up is None or not self.has_due(now) or await caught_up():
+            for change in self.judge.due(now):
+                if await self.apply(change):
+                    won.append(change)
+        self._round_done()  # counted once its verdicts are out, so that a waiter sees them
         return won
 
     async def apply(self, change: Change, depth: int = 0) -> bool:

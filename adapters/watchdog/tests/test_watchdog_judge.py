@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import anyio
 import pytest
 from lifecycle_watchdog import (
     MISSED,
@@ -24,12 +25,6 @@ from lifecycle_watchdog import (
 from lifecycle import EXITED, HEARTBEAT, STARTING, EnvironmentInfo, Event, EventBus, Outcome
 
 T0 = 1_800_000_000.0  # a fixed "now" far from any slot edge
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """The judgement and the memory store are backend-neutral."""
-    return str(request.param)
 
 
 @dataclass
@@ -343,6 +338,41 @@ async def test_a_lagging_watchdog_declares_nothing() -> None:
 
     assert await rig.dog.judge_now(caught_up=behind) == []
     assert rig.lost() == []
+
+
+@pytest.mark.anyio
+async def test_a_waiter_for_a_judgement_wakes_once_its_verdict_is_out() -> None:
+    rig = Rig()
+    await start_beating(rig)
+    woke: list[int] = []
+
+    async def wait() -> None:
+        await rig.dog.wait_judged()
+        woke.append(len(rig.lost()))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(wait)
+        await anyio.wait_all_tasks_blocked()
+        assert woke == []  # nothing judged yet
+        await rig.judge(T0 + 10)
+    assert woke == [1]
+
+
+@pytest.mark.anyio
+async def test_a_round_held_back_by_a_lagging_reader_still_counts_as_judged() -> None:
+    rig = Rig()
+    rig.clock.now = T0 + 100
+
+    async def behind() -> bool:
+        return False
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(rig.dog.wait_judged, 2)
+            await anyio.wait_all_tasks_blocked()
+            await rig.dog.judge_now()
+            await rig.dog.judge_now(caught_up=behind)
+    assert rig.dog.rounds == 2
 
 
 @pytest.mark.anyio

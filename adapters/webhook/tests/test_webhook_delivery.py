@@ -7,12 +7,12 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 import structlog
+from lifecycle_testing import QuietHandler, StandIn, serve_http
 from lifecycle_webhook import NOT_SUCCEEDED, WebhookDeliveryError, attach, template_fields
 
 from lifecycle import (
@@ -29,12 +29,6 @@ from lifecycle import (
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    backend: str = request.param
-    return backend
 
 
 @dataclass(frozen=True)
@@ -60,13 +54,12 @@ class Received:
 class WebhookServer:
     """The server's script (answers in order, then 200) and the requests it received."""
 
-    def __init__(self, server: ThreadingHTTPServer) -> None:
-        self.server = server
+    def __init__(self, port: int) -> None:
         self.script: list[Answer] = []
         self.requests: list[Received] = []
         self.released = threading.Event()
         self.lock = threading.Lock()
-        self.port = server.server_address[1]
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}/hook"
 
     def answer(self, request: Received) -> Answer:
@@ -75,8 +68,8 @@ class WebhookServer:
             return self.script.pop(0) if self.script else Answer()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+class _Handler(QuietHandler):
+    server: StandIn[WebhookServer]
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -95,28 +88,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # keep test output quiet
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: WebhookServer
-
 
 @pytest.fixture
 def webhook_server() -> Iterator[WebhookServer]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    owner = server.owner = WebhookServer(server)
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
+    with serve_http(_Handler, WebhookServer, release=lambda owner: owner.released.set()) as owner:
         yield owner
-    finally:
-        owner.released.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 # -- helpers -------------------------------------------------------------------------

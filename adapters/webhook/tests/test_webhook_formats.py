@@ -21,13 +21,13 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 import pytest
 import structlog
+from lifecycle_testing import QuietHandler, StandIn, serve_http
 from lifecycle_webhook import WebhookAdapter, attach
 
 from lifecycle import (
@@ -46,12 +46,6 @@ from lifecycle import (
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    backend: str = request.param
-    return backend
 
 
 # -- the vendors' schemas, from their documentation --------------------------------------
@@ -282,8 +276,8 @@ class Vendors:
         return 404, "not found"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+class _Handler(QuietHandler):
+    server: StandIn[Vendors]
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -302,27 +296,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: Vendors
-
 
 @pytest.fixture
 def vendors() -> Iterator[Vendors]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    owner = server.owner = Vendors(port=server.server_address[1])
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
+    with serve_http(_Handler, Vendors) as owner:
         yield owner
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
     assert owner.refused == [], "the stand-in refused what was sent"
 
 

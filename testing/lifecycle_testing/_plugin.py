@@ -1,0 +1,96 @@
+"""The pytest plug-in: fixtures and a marker for every test of the workspace."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ._nats import NatsServer
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+BACKENDS = ("asyncio", "trio")
+ASYNCIO_ONLY = "asyncio_only"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{ASYNCIO_ONLY}: run the anyio tests on asyncio alone (what they drive needs it: "
+        "nats-py, dask); without it they run on asyncio and trio",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses ``anyio_backend`` runs on both backends, or asyncio alone.
+
+    Added as a ``parametrize`` mark, before pytest reads the marks: pytest then uses it
+    instead of any ``anyio_backend`` fixture (anyio's own among them), whichever plug-in
+    was loaded last. A test that parametrizes ``anyio_backend`` itself keeps its choice.
+    Module-scoped, as anyio's own fixture is: a module-scoped async fixture (a cluster,
+    a connection) then shares its tests' event loop.
+    """
+    if "anyio_backend" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+        if isinstance(names, str):
+            names = [name.strip() for name in names.split(",")]
+        if "anyio_backend" in names:
+            return
+    only = metafunc.definition.get_closest_marker(ASYNCIO_ONLY) is not None
+    backends = BACKENDS[:1] if only else BACKENDS
+    metafunc.definition.add_marker(
+        pytest.mark.parametrize("anyio_backend", backends, scope="module")
+    )
+
+
+@pytest.fixture(scope="module")
+def shared_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One JetStream server for a whole module, for tests that leave it running.
+
+    Each test keeps to streams (and subjects) of its own.
+    """
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A JetStream server of this test's own, not started yet: for tests of broker faults."""
+    server = NatsServer(tmp_path / "nats")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nats_server(own_nats: NatsServer) -> NatsServer:
+    """A JetStream server of this test's own, started; it may stop and start it."""
+    own_nats.start()
+    return own_nats
+
+
+@pytest.fixture(scope="module")
+def no_jetstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A server that runs without JetStream (it keeps no state: one per module)."""
+    server = NatsServer(tmp_path_factory.mktemp("nats-plain"), jetstream=False)
+    server.start()
+    yield server
+    server.stop(signal.SIGTERM)
+
+
+@pytest.fixture
+def nowhere() -> Iterator[str]:
+    """The URL of a port where nothing listens: held bound (never listening) for the test,
+    so that connections to it are refused and no other server can take it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"nats://127.0.0.1:{sock.getsockname()[1]}"
