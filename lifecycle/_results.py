@@ -33,6 +33,20 @@ class Status(str, Enum):
         return self.value
 
 
+_offset: tuple[float, float] = (float("-inf"), 0.0)  # (perf_counter when read, time - perf)
+
+
+def _wall_offset() -> float:
+    """``time() - perf_counter()``, read again once a second: a wall clock step is followed."""
+    global _offset
+    now = perf_counter()
+    read_at, offset = _offset
+    if now - read_at > 1.0:
+        offset = time() - perf_counter()
+        _offset = (now, offset)
+    return offset
+
+
 class HandlerResult(NamedTuple):
     """The result of one handler for one event (immutable).
 
@@ -71,13 +85,15 @@ class HandlerResult(NamedTuple):
         """When the handler started, in POSIX seconds (``time.time()``'s clock).
 
         Converted from :attr:`started` when asked, at the offset between the two clocks
-        then: a result costs no wall-clock reading to build. ``None`` if not known.
+        (read at most once a second, so that the start and end of one result, converted
+        one after the other, are exactly ``duration`` apart): a result costs no wall-clock
+        reading to build. ``None`` if not known.
 
         .. versionadded:: 0.2
         """
         if self.started is None:
             return None
-        return time() - (perf_counter() - self.started)
+        return self.started + _wall_offset()
 
     @property
     def end_time(self) -> float | None:
