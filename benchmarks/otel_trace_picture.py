@@ -19,7 +19,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from lifecycle_testing import NatsServer, poll_blocking
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -123,36 +123,14 @@ class Receiver:
         self.server.server_close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_until(condition: Any, what: str, limit: float = 20) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"gave up waiting for {what}")
-        time.sleep(0.02)
-
-
-def start_nats(directory: Path) -> tuple[subprocess.Popen[bytes], str] | None:
-    binary = shutil.which("nats-server") or (
-        "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None
-    )
-    if binary is None:
+def start_nats(directory: Path) -> NatsServer | None:
+    """The tests' own harness (a nats-server that picks its port), or None without one."""
+    if not (shutil.which("nats-server") or os.access("/usr/sbin/nats-server", os.X_OK)):
         print("no nats-server: the picture leaves the listener out", file=sys.stderr)
         return None
-    port, log = free_port(), directory / "nats.log"
-    process = subprocess.Popen(
-        [binary, "-js", "-sd", str(directory / "store"), "-a", "127.0.0.1", "-p", str(port),
-         "-l", str(log)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    wait_until(lambda: log.exists() and b"Server is ready" in log.read_bytes(), "nats-server")
-    return process, f"nats://127.0.0.1:{port}"
+    server = NatsServer(directory)
+    server.start()
+    return server
 
 
 def record_trace(directory: Path) -> list[tuple[str, Any]]:
@@ -180,7 +158,7 @@ def record_trace(directory: Path) -> list[tuple[str, Any]]:
     nats_adapter = ""
     try:
         if nats is not None:
-            url = nats[1]
+            url = nats.url
             nats_adapter = f'[[adapters]]\nname = "nats"\noptions = {{ servers = "{url}", stream = "PICTURE" }}\n'
             (directory / "listen.toml").write_text(
                 f'[listen]\nservers = "{url}"\nstream = "PICTURE"\ndurable = "picture"\n\n'
@@ -196,7 +174,7 @@ def record_trace(directory: Path) -> list[tuple[str, Any]]:
                     [sys.executable, "-m", "lifecycle", "listen", "--config", "listen.toml"],
                     cwd=directory, env=env, stdout=out, stderr=out,
                 )  # fmt: skip
-            wait_until(lambda: b"listening" in log.read_bytes(), "the listener")
+            poll_blocking(lambda: b"listening" in log.read_bytes(), "the listener")
         (directory / "run.toml").write_text(
             '[[adapters]]\nname = "otel"\noptions = { sdk = true, service_name = "nightly-host" }\n\n'
             + nats_adapter
@@ -223,7 +201,7 @@ def record_trace(directory: Path) -> list[tuple[str, Any]]:
             time.sleep(0.03)
         provider.shutdown()
         if listener is not None:
-            wait_until((directory / "listened").exists, "the listener's exited handler")
+            poll_blocking((directory / "listened").exists, "the listener's exited handler")
             listener.send_signal(signal.SIGTERM)
             listener.wait(timeout=20)
             listener = None
@@ -237,8 +215,7 @@ def record_trace(directory: Path) -> list[tuple[str, Any]]:
             listener.kill()
             listener.wait()
         if nats is not None:
-            nats[0].terminate()
-            nats[0].wait(timeout=20)
+            nats.stop(signal.SIGTERM)
         receiver.close()
 
 
