@@ -7,7 +7,6 @@ import enum
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
 import blinker
 from blinker import ANY
 
@@ -564,7 +563,8 @@ class EventBus:
         ``None`` waits until they finish (each is still bounded by its own timeout).
         """
         grace = check_timeout(grace, "grace")
-        return await self._background.drain(grace, self._backend_here().new_event)
+        backend = self._backend_here()
+        return await self._background.drain(grace, backend.new_event, backend.wait_for)
 
     # -- closing ---------------------------------------------------------------------
 
@@ -578,7 +578,7 @@ class EventBus:
             return CloseReport()
         self._state = BusState.CLOSING
         try:
-            with anyio.CancelScope(shield=True):
+            with self._backend_here().shielded():
                 report = await self.drain(self.close_grace if grace is DEFAULT else grace)
         finally:
             self._state = BusState.CLOSED

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, overload
-
-import anyio
-import anyio.to_thread
 
 from ._bus import EventBus
 from ._event import EXITED, STARTING, EnvironmentInfo, ErrorInfo, Event, Outcome, new_id
@@ -26,6 +25,8 @@ from ._logging import logger
 from ._subscription import Handler, check_timeout, handler_name
 
 if TYPE_CHECKING:
+    import anyio
+
     from ._results import EmitReport
 
 __all__ = ["Environment", "Run"]
@@ -223,25 +224,20 @@ class Environment:
                 checking critical handlers: the caller's body, told of the stop, must end
                 at once, and ``exited`` follows.
         """
+        import anyio
+
         timeout = check_timeout(timeout)
         heartbeat = check_interval(heartbeat)
         announced = check_interval(heartbeat_interval) or heartbeat
         run = Run(self, run_id or new_id(), attributes or {})
-        # Most environments hold nothing: no generator-based context per run for them.
-        custom = type(self).lifespan is not Environment.lifespan
-        async with self.lifespan(run) if custom else contextlib.nullcontext():
-            starting = self.event(
-                STARTING,
-                run.run_id,
-                attributes=run.attributes
-                if announced is None
-                else {**run.attributes, "heartbeat_interval": announced},
-            )
+        async with self._lifespan(run):
+            starting = self._starting_event(run, announced)
             try:
                 with stop_starting or contextlib.nullcontext():
                     run.start_report = await self.emit(starting)
-            except anyio.get_cancelled_exc_class():
-                await self._exited(run, Outcome.CANCELLED)
+            except BaseException as exc:
+                if is_cancellation(exc):
+                    await self._exited(run, Outcome.CANCELLED)
                 raise
             # No start report: a stop request cut the emit short (the caller logged it), and
             # the body, told of the stop, ends at once.
@@ -265,6 +261,18 @@ class Environment:
                 raise timed_out
             await self._exited(run, run.outcome or Outcome.SUCCEEDED, error=run.error)
 
+    def _lifespan(self, run: Run) -> AbstractAsyncContextManager[None]:
+        # Most environments hold nothing: no generator-based context per run for them.
+        if type(self).lifespan is Environment.lifespan:
+            return contextlib.nullcontext()
+        return self.lifespan(run)
+
+    def _starting_event(self, run: Run, heartbeat_interval: float | None) -> Event:
+        attributes = run.attributes
+        if heartbeat_interval is not None:
+            attributes = {**attributes, "heartbeat_interval": heartbeat_interval}
+        return self.event(STARTING, run.run_id, attributes=attributes)
+
     async def _exited(
         self,
         run: Run,
@@ -273,13 +281,42 @@ class Environment:
         error: BaseException | None = None,
         exit_code: int | None = None,
     ) -> None:
+        import anyio
+
+        outcome, exit_code = self._final(run, outcome, exit_code)
+        if type(self).collect is not Environment.collect:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.exit_grace) as scope:
+                await self._collect_safely(run, outcome)
+            if scope.cancelled_caught:
+                self._cut_off(run, "collect", outcome)
+        event = self._exit_event(run, outcome, error, exit_code)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.exit_grace) as scope:
+            await self._deliver_exited(run, event)
+        if scope.cancelled_caught:
+            self._cut_off(run, "exited handlers", outcome)
+
+    # The steps of ``_exited``, shared with ``lifecycle run``'s own asyncio runner.
+
+    def _final(
+        self, run: Run, outcome: Outcome, exit_code: int | None
+    ) -> tuple[Outcome, int | None]:
         if exit_code is None:
             exit_code = run.exit_code
         if outcome is Outcome.SUCCEEDED and exit_code:
             outcome = Outcome.FAILED
-        if type(self).collect is not Environment.collect:
-            await self._collect(run, outcome)
-        event = self.event(
+        return outcome, exit_code
+
+    async def _collect_safely(self, run: Run, outcome: Outcome) -> None:
+        try:
+            await self.collect(run, outcome)
+        except Exception:
+            # What the run did is worth less than telling that it ended.
+            logger.exception("collect failed", environment=self.name, run_id=run.run_id)
+
+    def _exit_event(
+        self, run: Run, outcome: Outcome, error: BaseException | None, exit_code: int | None
+    ) -> Event:
+        run.exited = self.event(
             EXITED,
             run.run_id,
             attributes=run.attributes,
@@ -288,47 +325,34 @@ class Environment:
             exit_code=exit_code,
             error=_error_info(error, outcome),
         )
-        run.exited = event
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.exit_grace) as scope:
-            try:
-                run.exit_report = await self.emit(event)
-            except LifecycleError as exc:
-                # The run's own outcome (and exception) matters more than this failure, so
-                # say loudly that the event was not delivered, and why, instead of raising.
-                logger.error(
-                    "exited event not delivered",
-                    environment=self.name,
-                    run_id=run.run_id,
-                    outcome=outcome.value,
-                    reason=str(exc),
-                )
-                return
-            if self._owns_bus:
-                # Nobody else will close this bus: its background handlers end with the run.
-                await self.bus.drain(self.exit_grace)
-        if scope.cancelled_caught:
-            logger.error(
-                "exited handlers cut off by the exit grace period",
-                environment=self.name,
-                run_id=run.run_id,
-                outcome=outcome.value,
-                grace=self.exit_grace,
-            )
+        return run.exited
 
-    async def _collect(self, run: Run, outcome: Outcome) -> None:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.exit_grace) as scope:
-            try:
-                await self.collect(run, outcome)
-            except Exception:
-                # What the run did is worth less than telling that it ended.
-                logger.exception("collect failed", environment=self.name, run_id=run.run_id)
-        if scope.cancelled_caught:
+    async def _deliver_exited(self, run: Run, event: Event) -> None:
+        try:
+            run.exit_report = await self.emit(event)
+        except LifecycleError as exc:
+            # The run's own outcome (and exception) matters more than this failure, so
+            # say loudly that the event was not delivered, and why, instead of raising.
             logger.error(
-                "collect cut off by the exit grace period",
+                "exited event not delivered",
                 environment=self.name,
                 run_id=run.run_id,
-                grace=self.exit_grace,
+                outcome=event.outcome.value if event.outcome else None,
+                reason=str(exc),
             )
+            return
+        if self._owns_bus:
+            # Nobody else will close this bus: its background handlers end with the run.
+            await self.bus.drain(self.exit_grace)
+
+    def _cut_off(self, run: Run, what: str, outcome: Outcome) -> None:
+        logger.error(
+            f"{what} cut off by the exit grace period",
+            environment=self.name,
+            run_id=run.run_id,
+            outcome=outcome.value,
+            grace=self.exit_grace,
+        )
 
     @overload
     async def run(
@@ -338,6 +362,8 @@ class Environment:
     async def run(self, fn: Callable[..., T], *args: Any, run_id: str | None = None) -> T: ...
     async def run(self, fn: Callable[..., Any], *args: Any, run_id: str | None = None) -> Any:
         """Run ``fn(*args)`` (async, or sync in a worker thread) as one run; return its result."""
+        import anyio.to_thread
+
         async with self.running(run_id):
             if inspect.iscoroutinefunction(fn):
                 return await fn(*args)
@@ -382,6 +408,14 @@ class Environment:
         return run_blocking(self, fn, args, run_id=run_id, backend=backend)
 
 
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is the event loop's cancellation (asyncio's, or trio's)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    trio = sys.modules.get("trio")  # imported already wherever trio runs
+    return trio is not None and isinstance(exc, trio.Cancelled)
+
+
 def _error_info(error: BaseException | None, outcome: Outcome) -> ErrorInfo | None:
     # Cancellation and a clean SystemExit are not errors; their exceptions are plumbing.
     if error is None or outcome in (Outcome.SUCCEEDED, Outcome.CANCELLED):
@@ -399,7 +433,7 @@ def _classify(exc: BaseException) -> tuple[Outcome, int | None]:
         return Outcome.TERMINATED, 128 + exc.signum
     if isinstance(exc, RunTerminated):  # a nested blocking run; before SystemExit, its base
         return Outcome.TERMINATED, exc.exit_status
-    if isinstance(exc, anyio.get_cancelled_exc_class()):
+    if is_cancellation(exc):
         return Outcome.CANCELLED, None
     if isinstance(exc, KeyboardInterrupt):
         return Outcome.TERMINATED, 130

@@ -11,13 +11,11 @@ import math
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from ._event import HEARTBEAT
 from ._logging import logger
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Coroutine
+    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 
     from anyio.abc import TaskStatus
 
@@ -50,6 +48,8 @@ async def sidecar(task: Callable[..., Coroutine[Any, Any, object]]) -> AsyncIter
     ``Environment.running`` still see a ``KeyboardInterrupt`` or a cancellation for what
     it is, not inside an ``ExceptionGroup``.
     """
+    import anyio
+
     error: BaseException | None = None
     async with anyio.create_task_group() as group:
         await group.start(task)
@@ -66,28 +66,38 @@ async def sidecar(task: Callable[..., Coroutine[Any, Any, object]]) -> AsyncIter
             error = None  # break the reference cycle through the traceback
 
 
-async def send_heartbeats(run: Run, interval: float) -> None:
+async def send_heartbeats(
+    run: Run,
+    interval: float,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], Awaitable[object]] | None = None,
+) -> None:
     """Emit ``environment.heartbeat`` for ``run`` every ``interval`` seconds, until cancelled.
 
     Beats keep to a fixed schedule: a slow handler delays its own beat, and missed beats
     are skipped rather than sent in a burst. A failing emit is logged, never raised.
+    ``clock`` and ``sleep`` are the event loop's (default: anyio's, for either loop).
     """
+    if clock is None or sleep is None:
+        import anyio
+
+        clock, sleep = anyio.current_time, anyio.sleep
     environment = run.environment
-    start = anyio.current_time()
+    start = clock()
     sequence = 0
     while True:
         sequence += 1
-        now = anyio.current_time()
+        now = clock()
         due = start + sequence * interval
         if due < now:
             # Handlers outlived the interval: skip to the next beat in the future.
             sequence = math.floor((now - start) / interval) + 1
             due = start + sequence * interval
-        await anyio.sleep(due - now)
+        await sleep(due - now)
         attributes = {
             "sequence": sequence,
             "interval": interval,
-            "elapsed": round(anyio.current_time() - start, 3),
+            "elapsed": round(clock() - start, 3),
         }
         try:
             await environment.emit(environment.event(HEARTBEAT, run.run_id, attributes=attributes))
@@ -124,6 +134,7 @@ async def heartbeats(run: Run, interval: float | None = 30.0) -> AsyncIterator[N
     if checked is None:
         yield
         return
+    import anyio
 
     async def beat(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

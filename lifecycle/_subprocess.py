@@ -19,7 +19,6 @@ so a wrapper can exit with the status the command would have given::
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import signal
@@ -30,11 +29,7 @@ from collections import deque
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from time import perf_counter
-from typing import IO, TYPE_CHECKING, Any, Literal
-
-import anyio
-import anyio.abc
-import anyio.to_thread
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 from . import _deathsig
 from ._childenv import child_environment
@@ -45,7 +40,10 @@ from ._logging import logger
 from ._subscription import check_timeout
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+
+    import anyio
+    import anyio.abc
 
     from ._bus import EventBus
     from ._environment import Callback
@@ -187,17 +185,54 @@ class OutputTail:
         return "\n".join(line.decode("utf-8", "replace").rstrip("\r") for line in lines)
 
 
-class _Supervision:
-    """What happened to one run's child, filled in as it happens."""
+class Child(Protocol):
+    """A started child process: anyio's, or asyncio's (``lifecycle run``'s)."""
 
-    def __init__(self) -> None:
-        self.process: anyio.abc.Process | None = None
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def send_signal(self, signal: signal.Signals) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
+class Flag(Protocol):
+    """An event of the running loop."""
+
+    def set(self) -> None: ...
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> object: ...
+
+
+WaitFor: TypeAlias = "Callable[[Callable[[], Awaitable[object]], float | None], Awaitable[bool]]"
+
+
+def _nothing() -> None:
+    pass
+
+
+class Supervision:
+    """What happened to one run's child, filled in as it happens.
+
+    Args:
+        new_event: makes an event of the running loop.
+        wait_for: the loop's bounded wait (``_backends.wait_for_here()``).
+    """
+
+    def __init__(self, new_event: Callable[[], Flag], wait_for: WaitFor) -> None:
+        self.process: Child | None = None
         self.received: list[int] = []
-        self.stop_requested = anyio.Event()
-        # Around the ``starting`` emit: a signal before the child exists cancels it, so a
-        # slow or hung starting handler cannot hold up the stop.
-        self.starting = anyio.CancelScope()
-        self.exited = anyio.Event()
+        self.stop_requested = new_event()
+        # Cancels the ``starting`` emit: a signal before the child exists stops it, so a
+        # slow or hung starting handler cannot hold up the stop. Set by the runner.
+        self.cancel_starting: Callable[[], object] = _nothing
+        self.exited = new_event()
+        self.wait_for = wait_for
         self.start_error: OSError | None = None
         self.timed_out = False
         self.killed_after_grace = False
@@ -329,7 +364,13 @@ class SubprocessEnvironment(Environment):
         Raises:
             StartAborted: a critical ``starting`` handler failed; the command never ran.
         """
-        supervision = _Supervision()
+        import anyio
+
+        from ._backends import wait_for_here
+
+        supervision = Supervision(anyio.Event, wait_for_here())
+        starting = anyio.CancelScope()
+        supervision.cancel_starting = starting.cancel
         attrs = {**(attributes or {}), "command": list(self.command)}
         started = perf_counter()
         async with (
@@ -338,7 +379,7 @@ class SubprocessEnvironment(Environment):
                 run_id,
                 attributes=attrs,
                 heartbeat_interval=self.heartbeat,
-                stop_starting=supervision.starting,
+                stop_starting=starting,
             ) as run,
         ):
             await self._supervise(run, supervision)
@@ -346,11 +387,13 @@ class SubprocessEnvironment(Environment):
 
     # -- signals ---------------------------------------------------------------------
 
-    def _signals_forwarded(self, supervision: _Supervision) -> AbstractAsyncContextManager[None]:
+    def _signals_forwarded(self, supervision: Supervision) -> AbstractAsyncContextManager[None]:
         """Receive the forwarded signals for the whole run, ``starting`` and ``exited`` too."""
         if not self.forward_signals or threading.current_thread() is not threading.main_thread():
             # Only the main thread may receive signals; elsewhere the caller must stop us.
             return contextlib.nullcontext()
+
+        import anyio
 
         async def receive(
             *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -362,7 +405,7 @@ class SubprocessEnvironment(Environment):
 
         return sidecar(receive)
 
-    def _on_signal(self, supervision: _Supervision, signum: int) -> None:
+    def _on_signal(self, supervision: Supervision, signum: int) -> None:
         if supervision.exited.is_set():
             logger.warning(
                 "signal noted while the run exits",
@@ -378,7 +421,7 @@ class SubprocessEnvironment(Environment):
                 environment=self.name,
                 signal=signal_name(signum),
             )
-            supervision.starting.cancel()
+            supervision.cancel_starting()
         else:
             logger.info(
                 "forwarding signal to the command",
@@ -389,7 +432,7 @@ class SubprocessEnvironment(Environment):
             self._signal(process, signum)
         supervision.stop_requested.set()
 
-    def _signal(self, process: anyio.abc.Process, signum: int) -> None:
+    def _signal(self, process: Child, signum: int) -> None:
         if process.returncode is not None:
             return  # reaped: its pid may already belong to someone else
         try:
@@ -402,12 +445,10 @@ class SubprocessEnvironment(Environment):
 
     # -- the run ---------------------------------------------------------------------
 
-    async def _supervise(self, run: Run, supervision: _Supervision) -> None:
-        if supervision.received:
-            # A signal arrived while ``starting`` was emitted: never start.
-            run.exit_code = exit_status(-supervision.received[0])
-            run.attributes["received_signal"] = signal_name(supervision.received[0])
-            run.outcome = Outcome.TERMINATED
+    async def _supervise(self, run: Run, supervision: Supervision) -> None:
+        import anyio
+
+        if self._never_started(run, supervision):
             return
         forward = self.output == "forward"
         try:
@@ -416,30 +457,11 @@ class SubprocessEnvironment(Environment):
                 if self.die_with_parent and _deathsig.available()
                 else anyio.open_process
             )
-            process = await spawn(
-                self.command,
-                stdin=None,
-                stdout=subprocess.PIPE if forward else None,
-                stderr=subprocess.PIPE if forward else None,
-                cwd=self.cwd,
-                env=self._child_env(forward, run),
-                start_new_session=self.new_session,
-            )
+            process = await spawn(self.command, **self._spawn_options(forward, run))
         except OSError as exc:
-            status = (
-                STATUS_NOT_FOUND if isinstance(exc, FileNotFoundError) else STATUS_NOT_EXECUTABLE
-            )
-            # The traceback runs through subprocess internals: noise, not news, for the user.
-            exc = exc.with_traceback(None)
-            run.exit_code = status
-            supervision.start_error = exc
-            run.outcome, run.error = Outcome.FAILED, exc
+            self._start_failed(run, supervision, exc)
             return
-        supervision.process = process
-        run.attributes["child_pid"] = process.pid
-        for signum in supervision.received:
-            # It arrived while the child was being started: the child must hear it too.
-            self._signal(process, signum)
+        self._started(run, supervision, process)
         tail = OutputTail(self.tail_lines, self.tail_bytes)
         try:
             async with anyio.create_task_group() as group:
@@ -473,6 +495,42 @@ class SubprocessEnvironment(Environment):
                 run.attributes["output_tail"] = tail.text()
         self._settle(run, supervision, returncode)
 
+    # -- the steps of ``_supervise``, shared with ``lifecycle run``'s asyncio runner -------
+
+    def _never_started(self, run: Run, supervision: Supervision) -> bool:
+        if not supervision.received:
+            return False
+        # A signal arrived while ``starting`` was emitted: never start.
+        run.exit_code = exit_status(-supervision.received[0])
+        run.attributes["received_signal"] = signal_name(supervision.received[0])
+        run.outcome = Outcome.TERMINATED
+        return True
+
+    def _spawn_options(self, forward: bool, run: Run) -> dict[str, Any]:
+        return {
+            "stdin": None,
+            "stdout": subprocess.PIPE if forward else None,
+            "stderr": subprocess.PIPE if forward else None,
+            "cwd": self.cwd,
+            "env": self._child_env(forward, run),
+            "start_new_session": self.new_session,
+        }
+
+    def _start_failed(self, run: Run, supervision: Supervision, exc: OSError) -> None:
+        status = STATUS_NOT_FOUND if isinstance(exc, FileNotFoundError) else STATUS_NOT_EXECUTABLE
+        # The traceback runs through subprocess internals: noise, not news, for the user.
+        exc = exc.with_traceback(None)
+        run.exit_code = status
+        supervision.start_error = exc
+        run.outcome, run.error = Outcome.FAILED, exc
+
+    def _started(self, run: Run, supervision: Supervision, process: Child) -> None:
+        supervision.process = process
+        run.attributes["child_pid"] = process.pid
+        for signum in supervision.received:
+            # It arrived while the child was being started: the child must hear it too.
+            self._signal(process, signum)
+
     def _child_env(self, forward: bool, run: Run) -> Mapping[str, str] | None:
         starting = run.start_report.event if run.start_report is not None else None
         added = child_environment(self.bus._child_env, starting) if starting is not None else {}
@@ -489,9 +547,11 @@ class SubprocessEnvironment(Environment):
         scope: anyio.CancelScope,
         run: Run,
         process: anyio.abc.Process,
-        supervision: _Supervision,
+        supervision: Supervision,
     ) -> None:
         """Heartbeats and the time limit, until the child exits (then ``scope`` is cancelled)."""
+        import anyio
+
         with scope:
             async with anyio.create_task_group() as group:
                 if self.heartbeat is not None:
@@ -506,6 +566,8 @@ class SubprocessEnvironment(Environment):
         name: str,
         tail: OutputTail,
     ) -> None:
+        import anyio.to_thread
+
         sink = _sink(self.stdout if name == "stdout" else self.stderr, name)
         with scope:
             async for chunk in stream:
@@ -514,11 +576,9 @@ class SubprocessEnvironment(Environment):
                     # A slow reader of our output must not stall signals and heartbeats.
                     await anyio.to_thread.run_sync(_write, sink, chunk, abandon_on_cancel=True)
 
-    async def _enforce(self, process: anyio.abc.Process, supervision: _Supervision) -> None:
+    async def _enforce(self, process: Child, supervision: Supervision) -> None:
         """Stop the child at its time limit or on a forwarded signal; kill it after the grace."""
-        with anyio.move_on_after(math.inf if self.timeout is None else self.timeout):
-            await supervision.stop_requested.wait()
-        if not supervision.stop_requested.is_set():
+        if not await supervision.wait_for(supervision.stop_requested.wait, self.timeout):
             supervision.timed_out = True
             logger.warning(
                 "command outlived its time limit; stopping it",
@@ -527,9 +587,7 @@ class SubprocessEnvironment(Environment):
                 child_pid=process.pid,
             )
             self._signal(process, signal.SIGTERM)
-        with anyio.move_on_after(self.kill_grace):
-            await supervision.exited.wait()
-        if not supervision.exited.is_set():
+        if not await supervision.wait_for(supervision.exited.wait, self.kill_grace):
             supervision.killed_after_grace = True
             logger.warning(
                 "command still alive after the grace period; killing it",
@@ -539,19 +597,18 @@ class SubprocessEnvironment(Environment):
             )
             self._signal(process, signal.SIGKILL)
 
-    async def _stop(self, process: anyio.abc.Process, supervision: _Supervision) -> None:
+    async def _stop(self, process: Child, supervision: Supervision) -> None:
         """Stop the child because the run was cancelled: SIGTERM, grace, SIGKILL."""
         if process.returncode is not None:
             return
         self._signal(process, signal.SIGTERM)
-        with anyio.move_on_after(self.kill_grace):
-            await process.wait()
+        if await supervision.wait_for(process.wait, self.kill_grace):
             return
         supervision.killed_after_grace = True
         self._signal(process, signal.SIGKILL)
         await process.wait()
 
-    def _settle(self, run: Run, supervision: _Supervision, returncode: int) -> None:
+    def _settle(self, run: Run, supervision: Supervision, returncode: int) -> None:
         run.attributes["returncode"] = returncode
         if returncode < 0:
             run.attributes["signal"] = signal_name(-returncode)
@@ -573,7 +630,7 @@ class SubprocessEnvironment(Environment):
             outcome = Outcome.SUCCEEDED if returncode == 0 else Outcome.FAILED
         run.outcome = outcome
 
-    def _result(self, run: Run, supervision: _Supervision, duration: float) -> CommandResult:
+    def _result(self, run: Run, supervision: Supervision, duration: float) -> CommandResult:
         exited = run.exited
         outcome = exited.outcome if exited is not None and exited.outcome else Outcome.FAILED
         returncode = run.attributes.get("returncode")

@@ -34,15 +34,14 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import anyio
-import anyio.to_thread
-
 from ._exceptions import AbandonedThreadsError
 from ._logging import logger
 from ._subscription import handler_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    import anyio
 
 _IDLE_SECONDS = 30.0
 
@@ -171,10 +170,11 @@ class WorkerPool:
         # of quick handlers costs the loop one wake-up, not one per handler.
         self._finished: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
         self._finished_lock = threading.Lock()
-        # anyio's threads (trio) are bounded by this limiter, which a job leaves when it is
-        # given up; the threads themselves are unbounded, so an abandoned one holds nothing.
-        self._limiter = anyio.CapacityLimiter(max_workers)
-        self._unbounded = anyio.CapacityLimiter(math.inf)
+        # anyio's threads (trio) are bounded by the first limiter, which a job leaves when
+        # it is given up; the threads themselves are unbounded (the second), so an
+        # abandoned one holds nothing. Made on trio's first job: asyncio never imports anyio
+        # for them.
+        self._limiters: tuple[anyio.CapacityLimiter, anyio.CapacityLimiter] | None = None
 
     def _refuse_locked(self, fn: Callable[[Any], Any]) -> tuple[AbandonedThreadsError, bool] | None:
         """None if ``fn`` may run now; else the refusal (counted), and whether to log it.
@@ -406,8 +406,16 @@ class WorkerPool:
             AbandonedThreadsError: too many abandoned threads (``fn``'s own, or the
                 pool's); ``fn`` did not run.
         """
+        import anyio.to_thread
+
         if self._hung:
             self._check(fn, arg)
+        if self._limiters is None:
+            self._limiters = (
+                anyio.CapacityLimiter(self._max_workers),
+                anyio.CapacityLimiter(math.inf),
+            )
+        limiter, unbounded = self._limiters
         job = _Job()
         cond = self._cond
 
@@ -428,12 +436,12 @@ class WorkerPool:
                 if lines:
                     self._recovered(lines)
 
-        async with self._limiter:
+        async with limiter:
             if self._hung:
                 self._check(fn, arg)  # a limit reached while this job waited for a thread
             try:
                 return await anyio.to_thread.run_sync(
-                    call, abandon_on_cancel=True, limiter=self._unbounded
+                    call, abandon_on_cancel=True, limiter=unbounded
                 )
             except BaseException:
                 with cond:

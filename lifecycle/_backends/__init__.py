@@ -16,7 +16,8 @@ from ._inline import run_inline_group
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
+    from contextlib import AbstractContextManager
 
     from .._event import Event
     from .._plan import Group, TimeoutBuckets
@@ -25,7 +26,14 @@ if TYPE_CHECKING:
     from .._threads import WorkerPool
     from ._background import Waitable
 
-__all__ = ["Backend", "Background", "backend_for", "run_inline_group", "running_loop"]
+__all__ = [
+    "Backend",
+    "Background",
+    "backend_for",
+    "run_inline_group",
+    "running_loop",
+    "wait_for_here",
+]
 
 
 class Backend(Protocol):
@@ -42,10 +50,25 @@ class Backend(Protocol):
     async def run_group(self, group: Group, event: Event, results: list[ResultPart]) -> None:
         """Run one group of blocking handlers; append their results in order."""
 
+    async def wait_for(self, wait: Callable[[], Awaitable[object]], timeout: float | None) -> bool:
+        """Await ``wait()`` for at most ``timeout`` seconds (``None``: no limit); did it end?"""
+
+    def shielded(self) -> AbstractContextManager[object]:
+        """A block that cancellation from outside waits for."""
+
     def start_background(
         self, subs: tuple[Subscription, ...], timeouts: TimeoutBuckets, event: Event
     ) -> None:
         """Start background handlers and enter them in the bus's :class:`Background`."""
+
+
+def wait_for_here() -> Callable[[Callable[[], Awaitable[object]], float | None], Awaitable[bool]]:
+    """The running loop's bounded wait (see :meth:`Backend.wait_for`)."""
+    if running_loop() is not None:
+        from ._asyncio import wait_for
+    else:
+        from ._trio import wait_for
+    return wait_for
 
 
 def backend_for(

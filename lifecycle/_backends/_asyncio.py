@@ -9,9 +9,11 @@ leaves no cyclic garbage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import math
 import sys
+from contextlib import AbstractContextManager
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,8 @@ from .._results import HandlerResult, Status
 from ._inline import run_inline
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from .._event import Event
     from .._plan import Group, TimeoutBuckets
     from .._results import ResultPart
@@ -26,7 +30,7 @@ if TYPE_CHECKING:
     from .._threads import WorkerPool
     from ._background import Background
 
-__all__ = ["AsyncioBackend", "Deadlines"]
+__all__ = ["AsyncioBackend", "Deadlines", "wait_for"]
 
 EAGER = sys.version_info >= (3, 12)
 """Tasks start eagerly: a handler that never suspends is done when its task is made."""
@@ -268,6 +272,18 @@ def _finished(
     return still
 
 
+async def wait_for(wait: Callable[[], Awaitable[object]], timeout: float | None) -> bool:
+    """Await ``wait()`` for at most ``timeout`` seconds (``None``: no limit); did it end?"""
+    if timeout is None:
+        await wait()
+        return True
+    try:
+        await asyncio.wait_for(wait(), max(timeout, 0.0))
+    except asyncio.TimeoutError:  # TimeoutError itself from 3.11 on
+        return False
+    return True
+
+
 class AsyncioBackend:
     """How one bus runs handlers on one asyncio loop.
 
@@ -288,6 +304,21 @@ class AsyncioBackend:
         self.pool = pool
         self.background = background
         self.deadlines = Deadlines(loop)
+
+    wait_for = staticmethod(wait_for)
+
+    @staticmethod
+    def shielded() -> AbstractContextManager[object]:
+        """Shield the block from anyio's cancellation, where anyio is in use at all.
+
+        Without anyio imported there is no anyio cancel scope to shield from, and a
+        wrapped command's start-up (``lifecycle run``) does not import it for this.
+        """
+        if "anyio" not in sys.modules:
+            return contextlib.nullcontext()
+        import anyio
+
+        return anyio.CancelScope(shield=True)
 
     async def run_group(self, group: Group, event: Event, results: list[ResultPart]) -> None:
         """Run one group of blocking handlers concurrently and append their results in order.

@@ -8,17 +8,14 @@ table when the bus drains is cancelled and reported here.
 
 from __future__ import annotations
 
-import math
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
-
-import anyio
 
 from .._logging import logger
 from .._results import CloseReport, HandlerResult, Status
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from .._event import Event
     from .._subscription import Subscription
@@ -86,12 +83,23 @@ class Background:
         if self._idle is not None and not self.table:
             self._idle.set()
 
-    async def drain(self, grace: float | None, new_event: Callable[[], Waitable]) -> CloseReport:
-        """Wait up to ``grace`` seconds for the table to empty; cancel and report the rest."""
-        with anyio.move_on_after(math.inf if grace is None else grace):
-            while self.table:
-                self._idle = new_event()
-                await self._idle.wait()
+    async def drain(
+        self,
+        grace: float | None,
+        new_event: Callable[[], Waitable],
+        wait_for: Callable[[Callable[[], Awaitable[object]], float | None], Awaitable[bool]],
+    ) -> CloseReport:
+        """Wait up to ``grace`` seconds for the table to empty; cancel and report the rest.
+
+        ``wait_for`` is the loop's bounded wait (:meth:`Backend.wait_for`).
+        """
+        until = None if grace is None else perf_counter() + grace
+        while self.table:
+            self._idle = new_event()
+            if not await wait_for(
+                self._idle.wait, None if until is None else until - perf_counter()
+            ):
+                break
         self._idle = None
         cancelled: list[HandlerResult] = []
         while self.table:

@@ -19,7 +19,7 @@ from .._results import HandlerResult, Status
 from ._inline import run_inline
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from .._event import Event
     from .._plan import Group, TimeoutBuckets
@@ -98,6 +98,14 @@ async def _run_until(
             )
 
 
+async def wait_for(wait: Callable[[], Awaitable[object]], timeout: float | None) -> bool:  # noqa: ASYNC109 - the loop-free code waits here
+    """Await ``wait()`` for at most ``timeout`` seconds (``None``: no limit); did it end?"""
+    with trio.move_on_after(math.inf if timeout is None else max(timeout, 0.0)):
+        await wait()
+        return True
+    return False
+
+
 class TrioBackend:
     """How one bus runs handlers on trio.
 
@@ -114,6 +122,13 @@ class TrioBackend:
     def __init__(self, pool: WorkerPool, background: Background) -> None:
         self.pool = pool
         self.background = background
+
+    wait_for = staticmethod(wait_for)
+
+    @staticmethod
+    def shielded() -> trio.CancelScope:
+        """Shield the block from cancellation."""
+        return trio.CancelScope(shield=True)
 
     async def run_group(self, group: Group, event: Event, results: list[ResultPart]) -> None:
         """Run one group of blocking handlers concurrently and append their results in order."""
