@@ -299,22 +299,23 @@ def _run(args: argparse.Namespace) -> int:
         _say(f"error: {exc}")
         return STATUS_WRAPPER_FAILED
     _log_to_stderr()
-    import anyio
+    # asyncio's own run, and the command run without anyio (see _command_asyncio): the
+    # job starts sooner. Adapters that use anyio run on this loop all the same.
+    import asyncio
 
     if not (args.quiet or (config is not None and config.quiet)):
-        status: int = anyio.run(_run_async, args, command, config)
-        return status
+        return asyncio.run(_run_async(args, command, config))
     from ._quiet import Quiet
 
     with Quiet() as quiet:
-        status = anyio.run(_run_async, args, command, config, quiet)
-    return status
+        return asyncio.run(_run_async(args, command, config, quiet))
 
 
 async def _run_async(
     args: argparse.Namespace, command: list[str], config: Config | None, quiet: Quiet | None = None
 ) -> int:
     from ._bus import EventBus
+    from ._command_asyncio import execute
     from ._exceptions import StartAborted
     from ._subprocess import SubprocessEnvironment
 
@@ -337,7 +338,7 @@ async def _run_async(
             output="inherit" if args.inherit_output else "forward",
         )
         try:
-            result = await environment.execute(args.run_id)
+            result = await execute(environment, args.run_id)
         except StartAborted as exc:
             _say(f"error: {exc}")
             return STATUS_WRAPPER_FAILED

@@ -178,45 +178,10 @@ def _backend_takes_preexec_fn(backend: Any) -> bool:
     return _forwards_options
 
 
-def _shim(command: Sequence[str], report: int) -> list[str]:
+def shim_command(command: Sequence[str], report: int) -> list[str]:
     """The shim's command line: it reports a failed exec of ``command`` on fd ``report``."""
     shim = [sys.executable, "-I", "-S", "-c", _SHIM, str(os.getpid())]
     return [*shim, str(report), str(int(DEATH_SIGNAL)), *command]
-
-
-async def create_subprocess(command: Sequence[str], **options: Any) -> asyncio.subprocess.Process:
-    """``asyncio.create_subprocess_exec(*command, **options)``, with the death signal.
-
-    What ``lifecycle run`` starts its command with: asyncio's own, so that its start-up
-    does not import anyio. The same errors as :func:`open_process`.
-    """
-    if alone():
-        setup = child_setup(os.getpid())
-        if setup is not None:
-            return await asyncio.create_subprocess_exec(*command, preexec_fn=setup, **options)
-    read_end, write_end = os.pipe()
-    try:
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *_shim(command, write_end), pass_fds=(write_end,), **options
-            )
-        finally:
-            os.close(write_end)
-        try:
-            # As in open_process: empty at exec, else the errno of a failed exec.
-            loop = asyncio.get_running_loop()
-            report = await loop.run_in_executor(None, os.read, read_end, 32)
-        except BaseException:
-            process.kill()
-            await asyncio.shield(process.wait())
-            raise
-    finally:
-        os.close(read_end)
-    if report:
-        await process.wait()  # the shim has exited, or is about to
-        errno = int(report)
-        raise OSError(errno, os.strerror(errno), command[0])
-    return process
 
 
 async def open_process(command: Sequence[str], **options: Any) -> Process:
@@ -251,7 +216,7 @@ async def _open_through_shim(command: Sequence[str], **options: Any) -> Process:
     try:
         try:
             process = await anyio.open_process(
-                _shim(command, write_end), pass_fds=(write_end,), **options
+                shim_command(command, write_end), pass_fds=(write_end,), **options
             )
         finally:
             os.close(write_end)

@@ -28,39 +28,50 @@ _DEATH_SIGNAL = (
 )
 _REPORT = f"grep SigIgn /proc/$$/status; exec {sys.executable} -c '{_DEATH_SIGNAL}'"
 
+# Starts the command as SubprocessEnvironment does (anyio) or as lifecycle run does (asyncio),
+# and says whether it went through the shim.
 _WRAPPER = """
 import asyncio, signal, subprocess, sys, threading
-from lifecycle import _deathsig
+from lifecycle import SubprocessEnvironment, _deathsig
+from lifecycle._command_asyncio import _spawn
 
 through_shim = []
-shim = _deathsig._open_through_shim
+shim_command = _deathsig.shim_command
 
-async def spy(command, **options):
+def spy(command, report):
     through_shim.append(command)
-    return await shim(command, **options)
+    return shim_command(command, report)
 
-_deathsig._open_through_shim = spy
+_deathsig.shim_command = spy
 
 async def main():
     if sys.argv[1] == "thread":
         threading.Thread(target=threading.Event().wait, daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in the background of a shell
-    process = await _deathsig.open_process(
-        ["sh", "-c", sys.argv[2]], stdin=None, stdout=subprocess.PIPE, stderr=None
-    )
-    out = b""
-    async for chunk in process.stdout:
-        out += chunk
-    await process.wait()
+    command = ["sh", "-c", sys.argv[2]]
+    options = dict(stdin=None, stdout=subprocess.PIPE, stderr=None)
+    if sys.argv[3] == "anyio":
+        process = await _deathsig.open_process(command, **options)
+        out = b""
+        async for chunk in process.stdout:
+            out += chunk
+        await process.wait()
+    else:
+        child = await _spawn(SubprocessEnvironment(command), options)
+        out = await child.stdout.read()
+        await child.wait()
+        child.close()
     print(bool(through_shim), out.decode().strip())
 
 asyncio.run(main())
 """
 
+RUNNERS = pytest.mark.parametrize("runner", ["anyio", "lifecycle run"])
 
-def _wrap(threads: str) -> tuple[bool, int, int]:
+
+def _wrap(threads: str, runner: str) -> tuple[bool, int, int]:
     done = subprocess.run(
-        [sys.executable, "-c", _WRAPPER, threads, _REPORT],
+        [sys.executable, "-c", _WRAPPER, threads, _REPORT, runner.split()[0]],
         capture_output=True,
         text=True,
         timeout=30,
@@ -75,15 +86,17 @@ def _bit(signum: int) -> int:
     return 1 << (signum - 1)
 
 
-def test_a_wrapper_with_one_thread_sets_the_death_signal_without_the_shim() -> None:
-    shim, death, ignored = _wrap("alone")
+@RUNNERS
+def test_a_wrapper_with_one_thread_sets_the_death_signal_without_the_shim(runner: str) -> None:
+    shim, death, ignored = _wrap("alone", runner)
     assert not shim
     assert death == signal.SIGKILL
     assert ignored & (_bit(signal.SIGPIPE) | _bit(signal.SIGINT)) == 0
 
 
-def test_a_wrapper_with_other_threads_sets_the_death_signal_through_the_shim() -> None:
-    shim, death, ignored = _wrap("thread")
+@RUNNERS
+def test_a_wrapper_with_other_threads_sets_the_death_signal_through_the_shim(runner: str) -> None:
+    shim, death, ignored = _wrap("thread", runner)
     assert shim
     assert death == signal.SIGKILL
     assert ignored & (_bit(signal.SIGPIPE) | _bit(signal.SIGINT)) == 0

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -15,6 +16,7 @@ import anyio.to_thread
 import pytest
 from lifecycle_testing import Recorder
 
+import lifecycle._command_asyncio
 import lifecycle._subprocess
 from lifecycle import (
     EXITED,
@@ -72,13 +74,34 @@ async def bus() -> AsyncIterator[EventBus]:
         yield bus
 
 
-async def execute(env: SubprocessEnvironment) -> CommandResult:
-    with anyio.fail_after(WIDE):
-        return await env.execute()
+Execute = Callable[..., Awaitable[CommandResult]]
+
+# Each run on asyncio is tested twice: through ``SubprocessEnvironment.execute`` (anyio's
+# processes and cancel scopes), and through the asyncio runner ``lifecycle run`` uses,
+# which must behave the same.
+RUNNERS = pytest.mark.parametrize(
+    ("anyio_backend", "runner"),
+    [("asyncio", "execute"), ("asyncio", "lifecycle run"), ("trio", "execute")],
+    scope="module",
+)
 
 
+@pytest.fixture
+def execute(runner: str) -> Execute:
+    """Runs an environment's command once (in at most ``WIDE`` seconds) with ``runner``."""
+
+    async def run(env: SubprocessEnvironment, run_id: str | None = None) -> CommandResult:
+        with anyio.fail_after(WIDE):
+            if runner == "lifecycle run":
+                return await lifecycle._command_asyncio.execute(env, run_id)
+            return await env.execute(run_id)
+
+    return run
+
+
+@RUNNERS
 async def test_a_command_that_succeeds_is_succeeded_with_its_output_passed_through(
-    bus: EventBus,
+    bus: EventBus, execute: Execute
 ) -> None:
     events = Recorder(bus)
     out, err = Sink(), Sink()
@@ -105,8 +128,9 @@ async def test_a_command_that_succeeds_is_succeeded_with_its_output_passed_throu
     assert sorted(exited.attributes["output_tail"].splitlines()) == ["hello", "oops"]
 
 
+@RUNNERS
 async def test_a_non_zero_exit_is_failed_with_its_status_and_the_tail_of_its_output(
-    bus: EventBus,
+    bus: EventBus, execute: Execute
 ) -> None:
     events = Recorder(bus)
     code = "import sys\nfor i in range(50): print('line', i)\nsys.exit(3)"
@@ -119,7 +143,10 @@ async def test_a_non_zero_exit_is_failed_with_its_status_and_the_tail_of_its_out
     assert result.output_tail == exited.attributes["output_tail"]
 
 
-async def test_a_child_killed_by_sigkill_is_killed_with_the_signal_name(bus: EventBus) -> None:
+@RUNNERS
+async def test_a_child_killed_by_sigkill_is_killed_with_the_signal_name(
+    bus: EventBus, execute: Execute
+) -> None:
     events = Recorder(bus)
     code = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
     result = await execute(SubprocessEnvironment(py(code), bus=bus, stdout=Sink()))
@@ -129,7 +156,10 @@ async def test_a_child_killed_by_sigkill_is_killed_with_the_signal_name(bus: Eve
     assert exited.attributes["signal"] == "SIGKILL"
 
 
-async def test_a_command_past_its_time_limit_is_stopped_as_timeout(bus: EventBus) -> None:
+@RUNNERS
+async def test_a_command_past_its_time_limit_is_stopped_as_timeout(
+    bus: EventBus, execute: Execute
+) -> None:
     events = Recorder(bus)
     env = SubprocessEnvironment(
         py(READY_THEN_WAIT.format(setup="")), bus=bus, timeout=0.2, stdout=Sink()
@@ -151,8 +181,9 @@ async def test_a_command_past_its_time_limit_is_stopped_as_timeout(bus: EventBus
         (["lifecycle-test-command-that-is-not-on-path"], 127, "FileNotFoundError"),
     ],
 )
+@RUNNERS
 async def test_a_command_that_does_not_exist_fails_with_127(
-    bus: EventBus, command: list[str], status: int, error: str
+    bus: EventBus, command: list[str], status: int, error: str, execute: Execute
 ) -> None:
     events = Recorder(bus)
     result = await execute(SubprocessEnvironment(command, bus=bus))
@@ -167,7 +198,10 @@ async def test_a_command_that_does_not_exist_fails_with_127(
     assert events.names() == [STARTING, EXITED]
 
 
-async def test_a_file_that_is_not_executable_fails_with_126(bus: EventBus, tmp_path: Path) -> None:
+@RUNNERS
+async def test_a_file_that_is_not_executable_fails_with_126(
+    bus: EventBus, tmp_path: Path, execute: Execute
+) -> None:
     script = tmp_path / "job.sh"
     script.write_text("#!/bin/sh\necho never\n")
     script.chmod(0o644)
@@ -178,15 +212,16 @@ async def test_a_file_that_is_not_executable_fails_with_126(bus: EventBus, tmp_p
     assert events.only_exit.exit_code == 126
 
 
+@RUNNERS
 async def test_sigterm_to_the_wrapper_is_forwarded_and_the_run_is_terminated(
-    bus: EventBus,
+    bus: EventBus, execute: Execute
 ) -> None:
     events = Recorder(bus)
     out = Sink()
     env = SubprocessEnvironment(py(READY_THEN_WAIT.format(setup="")), bus=bus, stdout=out)
     results: list[CommandResult] = []
     async with anyio.create_task_group() as group:
-        group.start_soon(lambda: _collect(env, results))
+        group.start_soon(_collect, execute, env, results)
         await out.wait()
         os.kill(os.getpid(), signal.SIGTERM)
     (result,) = results
@@ -200,7 +235,10 @@ async def test_sigterm_to_the_wrapper_is_forwarded_and_the_run_is_terminated(
     assert "killed_after_grace" not in exited.attributes
 
 
-async def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(bus: EventBus) -> None:
+@RUNNERS
+async def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(
+    bus: EventBus, execute: Execute
+) -> None:
     events = Recorder(bus)
     out = Sink()
     setup = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)"
@@ -209,7 +247,7 @@ async def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(bus: Event
     )
     results: list[CommandResult] = []
     async with anyio.create_task_group() as group:
-        group.start_soon(lambda: _collect(env, results))
+        group.start_soon(_collect, execute, env, results)
         await out.wait()
         os.kill(os.getpid(), signal.SIGTERM)
     (result,) = results
@@ -221,7 +259,10 @@ async def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(bus: Event
     assert events.only_exit.attributes["killed_after_grace"] is True
 
 
-async def test_a_signal_during_starting_means_the_run_ends_terminated(bus: EventBus) -> None:
+@RUNNERS
+async def test_a_signal_during_starting_means_the_run_ends_terminated(
+    bus: EventBus, execute: Execute
+) -> None:
     events = Recorder(bus)
 
     @bus.on(STARTING)
@@ -236,8 +277,9 @@ async def test_a_signal_during_starting_means_the_run_ends_terminated(bus: Event
     assert events.only_exit.outcome is Outcome.TERMINATED
 
 
+@RUNNERS
 async def test_a_signal_cancels_a_starting_handler_that_would_never_return(
-    bus: EventBus, tmp_path: Path
+    bus: EventBus, tmp_path: Path, execute: Execute
 ) -> None:
     """No waiting for the handler's timeout: the run is terminated and the command never runs."""
     events = Recorder(bus)
@@ -256,7 +298,7 @@ async def test_a_signal_cancels_a_starting_handler_that_would_never_return(
     env = SubprocessEnvironment(["touch", str(marker)], bus=bus)
     results: list[CommandResult] = []
     async with anyio.create_task_group() as group:
-        group.start_soon(lambda: _collect(env, results))
+        group.start_soon(_collect, execute, env, results)
         await entered.wait()
         os.kill(os.getpid(), signal.SIGTERM)
     (result,) = results
@@ -270,8 +312,9 @@ async def test_a_signal_cancels_a_starting_handler_that_would_never_return(
     assert not marker.exists()
 
 
+@RUNNERS
 async def test_heartbeats_carry_the_run_id_and_cancelling_stops_the_child(
-    bus: EventBus,
+    bus: EventBus, execute: Execute
 ) -> None:
     events = Recorder(bus)
     beats: list[Event] = []
@@ -288,7 +331,7 @@ async def test_heartbeats_carry_the_run_id_and_cancelling_stops_the_child(
     )
     with anyio.fail_after(WIDE):
         async with anyio.create_task_group() as group:
-            group.start_soon(lambda: env.execute(run_id="job-7"))
+            group.start_soon(execute, env, "job-7")
             await two_beats.wait()
             group.cancel_scope.cancel()
     assert [beat.run_id for beat in beats[:2]] == ["job-7", "job-7"]
@@ -304,13 +347,16 @@ async def test_heartbeats_carry_the_run_id_and_cancelling_stops_the_child(
         os.kill(pid, 0)  # stopped and reaped
 
 
-async def test_output_is_passed_through_while_the_command_still_runs(bus: EventBus) -> None:
+@RUNNERS
+async def test_output_is_passed_through_while_the_command_still_runs(
+    bus: EventBus, execute: Execute
+) -> None:
     events = Recorder(bus)
     out = Sink()
     env = SubprocessEnvironment(py(READY_THEN_WAIT.format(setup="")), bus=bus, stdout=out)
     with anyio.fail_after(WIDE):
         async with anyio.create_task_group() as group:
-            group.start_soon(env.execute)
+            group.start_soon(execute, env)
             await out.wait()  # the child is still sleeping: nothing waited for its end
             assert [e.name for e in events.events] == [STARTING]
             group.cancel_scope.cancel()
@@ -319,8 +365,9 @@ async def test_output_is_passed_through_while_the_command_still_runs(bus: EventB
     assert exited.attributes["output_tail"] == "ready"
 
 
+@RUNNERS
 async def test_a_grandchild_holding_the_output_open_does_not_hold_the_run(
-    bus: EventBus, monkeypatch: pytest.MonkeyPatch
+    bus: EventBus, monkeypatch: pytest.MonkeyPatch, execute: Execute
 ) -> None:
     """The child exits; a background grandchild keeps its pipes; the run ends anyway."""
     monkeypatch.setattr(lifecycle._subprocess, "_OUTPUT_DRAIN_SECONDS", 0.1)
@@ -337,7 +384,10 @@ async def test_a_grandchild_holding_the_output_open_does_not_hold_the_run(
     assert result.output_tail == "started"
 
 
-async def test_a_python_child_writes_unbuffered_so_its_output_is_live(bus: EventBus) -> None:
+@RUNNERS
+async def test_a_python_child_writes_unbuffered_so_its_output_is_live(
+    bus: EventBus, execute: Execute
+) -> None:
     # No flush: without PYTHONUNBUFFERED the line would wait in the child's buffer.
     out = Sink()
     code = "import os, time\nprint(os.environ['PYTHONUNBUFFERED'])\ntime.sleep(60)"
@@ -345,12 +395,13 @@ async def test_a_python_child_writes_unbuffered_so_its_output_is_live(bus: Event
     out.line = b"1\n"
     with anyio.fail_after(WIDE):
         async with anyio.create_task_group() as group:
-            group.start_soon(env.execute)
+            group.start_soon(execute, env)
             await out.wait()
             group.cancel_scope.cancel()
 
 
-async def test_inherited_output_keeps_no_tail(bus: EventBus) -> None:
+@RUNNERS
+async def test_inherited_output_keeps_no_tail(bus: EventBus, execute: Execute) -> None:
     events = Recorder(bus)
     env = SubprocessEnvironment(py("pass"), bus=bus, output="inherit")
     result = await execute(env)
@@ -358,9 +409,10 @@ async def test_inherited_output_keeps_no_tail(bus: EventBus) -> None:
     assert "output_tail" not in events.only_exit.attributes
 
 
-async def _collect(env: SubprocessEnvironment, results: list[CommandResult]) -> None:
-    with anyio.fail_after(WIDE):
-        results.append(await env.execute())
+async def _collect(
+    execute: Execute, env: SubprocessEnvironment, results: list[CommandResult]
+) -> None:
+    results.append(await execute(env))
 
 
 def test_the_command_must_be_a_list_not_a_string() -> None:

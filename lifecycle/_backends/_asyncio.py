@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .._threads import WorkerPool
     from ._background import Background
 
-__all__ = ["AsyncioBackend", "Deadlines", "wait_for"]
+__all__ = ["AsyncioBackend", "Deadlines", "shielded", "wait_for"]
 
 EAGER = sys.version_info >= (3, 12)
 """Tasks start eagerly: a handler that never suspends is done when its task is made."""
@@ -284,6 +284,19 @@ async def wait_for(wait: Callable[[], Awaitable[object]], timeout: float | None)
     return True
 
 
+def shielded() -> AbstractContextManager[object]:
+    """Shield the block from anyio's cancellation, where anyio is in use at all.
+
+    Without anyio imported there is no anyio cancel scope to shield from, and a
+    wrapped command's start-up (``lifecycle run``) does not import it for this.
+    """
+    if "anyio" not in sys.modules:
+        return contextlib.nullcontext()
+    import anyio
+
+    return anyio.CancelScope(shield=True)
+
+
 class AsyncioBackend:
     """How one bus runs handlers on one asyncio loop.
 
@@ -307,18 +320,7 @@ class AsyncioBackend:
 
     wait_for = staticmethod(wait_for)
 
-    @staticmethod
-    def shielded() -> AbstractContextManager[object]:
-        """Shield the block from anyio's cancellation, where anyio is in use at all.
-
-        Without anyio imported there is no anyio cancel scope to shield from, and a
-        wrapped command's start-up (``lifecycle run``) does not import it for this.
-        """
-        if "anyio" not in sys.modules:
-            return contextlib.nullcontext()
-        import anyio
-
-        return anyio.CancelScope(shield=True)
+    shielded = staticmethod(shielded)
 
     async def run_group(self, group: Group, event: Event, results: list[ResultPart]) -> None:
         """Run one group of blocking handlers concurrently and append their results in order.
