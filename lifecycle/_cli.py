@@ -29,7 +29,6 @@ import argparse
 import math
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._console import escape, log_to_stderr, render, write_line
@@ -50,6 +49,7 @@ from .plugins import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from importlib.metadata import EntryPoint
+    from pathlib import Path
 
     from ._bus import EventBus
     from ._config import Config
@@ -79,10 +79,44 @@ later.
 """
 
 
+def _columns() -> int:
+    """The terminal's width, as ``shutil.get_terminal_size`` tells it, without its import."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help layout. Its own formatter imports ``shutil`` (and with it ``bz2``,
+    ``lzma`` and ``zlib``) for the terminal's width, and argparse makes one per option
+    added: a wrapped job's start-up would pay for a help it never prints."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width or _columns() - 2)
+
+
+class _RawDescriptionFormatter(_Formatter, argparse.RawDescriptionHelpFormatter):
+    """The description and epilog as written (examples keep their lines)."""
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors exit with a chosen status, escaped."""
 
     def __init__(self, *args: Any, error_status: int = 2, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
         self.error_status = error_status
 
@@ -100,6 +134,12 @@ def _seconds(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
     return value
+
+
+def _path(text: str) -> Path:
+    from pathlib import Path  # only when a path is given: argparse would import it always
+
+    return Path(text)
 
 
 def _limit(text: str) -> float:
@@ -134,10 +174,10 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
         "environment.heartbeat and environment.exited on a bus with the configured adapters.",
         usage="%(prog)s [options] -- CMD [ARGS ...]",
         epilog=_RUN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawDescriptionFormatter,
         error_status=STATUS_WRAPPER_FAILED,
     )
-    run.add_argument("--config", metavar="FILE", type=Path, help="the configuration file")
+    run.add_argument("--config", metavar="FILE", type=_path, help="the configuration file")
     run.add_argument(
         "--name", help="the environment's name (default: the command's, or its script's, name)"
     )
@@ -192,7 +232,7 @@ def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, d
         epilog="exit status: 0 when the configuration is valid (or there is none); 1 when it "
         "has a mistake (the message names the file, key and value); 2 on a usage mistake.",
     )
-    check.add_argument("--config", metavar="FILE", type=Path, help="the configuration file")
+    check.add_argument("--config", metavar="FILE", type=_path, help="the configuration file")
     check.set_defaults(handler=_check)
 
     adapters = commands.add_parser(
@@ -362,7 +402,7 @@ def _import_from_cwd() -> None:
 
 def _load_config(path: Path | None) -> Config | None:
     """The given configuration, or the one found in the working directory, or ``None``."""
-    if path is None and not _may_have_config(Path.cwd()):
+    if path is None and not _may_have_config(os.getcwd()):
         return None  # without importing the configuration module at all
     from ._config import find_config, load_config
 
@@ -374,13 +414,20 @@ def _load_config(path: Path | None) -> Config | None:
     return load_config(path)
 
 
-def _may_have_config(directory: Path) -> bool:
-    """False when :func:`~lifecycle.find_config` would surely find nothing from ``directory``."""
-    if os.environ.get("LIFECYCLE_CONFIG") or (directory / "lifecycle.toml").is_file():
+def _may_have_config(directory: str) -> bool:
+    """False when :func:`~lifecycle.find_config` would surely find nothing from ``directory``.
+
+    With ``os.path``: ``pathlib`` (with ``urllib.parse`` and ``ipaddress``) would be a good
+    part of a short run's start-up.
+    """
+    if os.environ.get("LIFECYCLE_CONFIG") or os.path.isfile(
+        os.path.join(directory, "lifecycle.toml")
+    ):
         return True
     try:
-        if "lifecycle" in (directory / "pyproject.toml").read_text(encoding="utf-8"):
-            return True
+        with open(os.path.join(directory, "pyproject.toml"), encoding="utf-8") as pyproject:
+            if "lifecycle" in pyproject.read():
+                return True
     except (OSError, UnicodeDecodeError):
         pass
     if sys.platform != "linux":
@@ -481,7 +528,7 @@ def _check(args: argparse.Namespace) -> int:
                 # Not a mistake: ``lifecycle run`` works here too, with its default logging.
                 looked = ", ".join(str(d / "lifecycle.toml") for d in config_dirs())
                 _print(
-                    f"no configuration in {Path.cwd()} (looked for lifecycle.toml, and a "
+                    f"no configuration in {os.getcwd()} (looked for lifecycle.toml, and a "
                     "[tool.lifecycle] table in pyproject.toml), none named by "
                     f"$LIFECYCLE_CONFIG, and no {looked}; lifecycle run would attach the "
                     "default console logger (one line per starting and exited event, on stderr)"

@@ -596,6 +596,14 @@ def test_a_run_without_configuration_imports_no_metadata_toml_or_structlog(
         assert module not in imported
 
 
+def test_a_run_without_configuration_imports_no_anyio_pathlib_or_shutil(tmp_path: Path) -> None:
+    """Issue 19: the command runs on asyncio alone, and argparse's help costs nothing."""
+    imported = imports_of(tmp_path, "run", "--timeout", "5", "--", "true")
+    assert "lifecycle._command_asyncio" in imported  # it did run, the asyncio way
+    for module in ("anyio", "typing_extensions", "pathlib", "shutil", "trio"):
+        assert module not in imported
+
+
 def test_version_imports_no_event_loop(tmp_path: Path) -> None:
     imported = imports_of(tmp_path, "--version")
     for module in ("asyncio", "anyio", "importlib.metadata", "structlog", "lifecycle._bus"):
