@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -44,6 +43,29 @@ if TYPE_CHECKING:
 
     import anyio
     import anyio.abc
+
+    # Protocols for the type checker alone: making their classes costs start-up time.
+    class Child(Protocol):
+        """A started child process: anyio's, or asyncio's (``lifecycle run``'s)."""
+
+        @property
+        def pid(self) -> int: ...
+
+        @property
+        def returncode(self) -> int | None: ...
+
+        def send_signal(self, signal: signal.Signals) -> None: ...
+
+        async def wait(self) -> int: ...
+
+    class Flag(Protocol):
+        """An event of the running loop."""
+
+        def set(self) -> None: ...
+
+        def is_set(self) -> bool: ...
+
+        async def wait(self) -> object: ...
 
     from ._bus import EventBus
     from ._environment import Callback
@@ -74,9 +96,31 @@ def signal_name(signum: int) -> str:
 
 
 # Programs that run a script given as their first argument: the script names the job.
-_INTERPRETER = re.compile(
-    r"(python|pypy|ruby|perl|node|php|Rscript|sh|bash|dash|zsh|ksh|mksh|fish)[\d.]*(\.exe)?"
+# With a version after the name (``python3.12``, ``bash5``), and ``.exe`` after that.
+_INTERPRETERS = frozenset(
+    [
+        "python",
+        "pypy",
+        "ruby",
+        "perl",
+        "node",
+        "php",
+        "Rscript",
+        "sh",
+        "bash",
+        "dash",
+        "zsh",
+        "ksh",
+        "mksh",
+        "fish",
+    ]
 )
+
+
+def _is_interpreter(program: str) -> bool:
+    # Not a regular expression: compiling one is a good part of a short run's start-up.
+    name = program.removesuffix(".exe").rstrip("0123456789.")
+    return name in _INTERPRETERS
 
 
 def default_name(command: Sequence[str]) -> str:
@@ -85,7 +129,7 @@ def default_name(command: Sequence[str]) -> str:
     ``["/usr/bin/backup", "-v"]`` is ``backup``; ``["python3", "jobs/etl.py"]`` is ``etl.py``.
     """
     program = os.path.basename(command[0]) or command[0]
-    if len(command) > 1 and _INTERPRETER.fullmatch(program) and not command[1].startswith("-"):
+    if len(command) > 1 and _is_interpreter(program) and not command[1].startswith("-"):
         return os.path.basename(command[1]) or program
     return program
 
@@ -183,30 +227,6 @@ class OutputTail:
             size -= len(lines.pop(0)) + 1
             self.truncated = True
         return "\n".join(line.decode("utf-8", "replace").rstrip("\r") for line in lines)
-
-
-class Child(Protocol):
-    """A started child process: anyio's, or asyncio's (``lifecycle run``'s)."""
-
-    @property
-    def pid(self) -> int: ...
-
-    @property
-    def returncode(self) -> int | None: ...
-
-    def send_signal(self, signal: signal.Signals) -> None: ...
-
-    async def wait(self) -> int: ...
-
-
-class Flag(Protocol):
-    """An event of the running loop."""
-
-    def set(self) -> None: ...
-
-    def is_set(self) -> bool: ...
-
-    async def wait(self) -> object: ...
 
 
 WaitFor: TypeAlias = "Callable[[Callable[[], Awaitable[object]], float | None], Awaitable[bool]]"
