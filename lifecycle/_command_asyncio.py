@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _deathsig, _subprocess
 from ._backends._asyncio import shielded, wait_for
-from ._environment import Environment, Run, _classify
+from ._environment import Run, _classify
 from ._event import Outcome, new_id
 from ._exceptions import StartAborted
 from ._heartbeat import send_heartbeats
@@ -66,9 +66,13 @@ async def execute(environment: SubprocessEnvironment, run_id: str | None = None)
                 await _supervise(environment, run, supervision)
             except BaseException as exc:
                 outcome, exit_code = _classify(exc)
-                await _exited(environment, run, outcome, error=exc, exit_code=exit_code)
+                await environment._exited(
+                    run, outcome, error=exc, exit_code=exit_code, within=_shielded
+                )
                 raise
-            await _exited(environment, run, run.outcome or Outcome.SUCCEEDED, error=run.error)
+            await environment._exited(
+                run, run.outcome or Outcome.SUCCEEDED, error=run.error, within=_shielded
+            )
     return environment._result(run, supervision, perf_counter() - started)
 
 
@@ -106,7 +110,7 @@ async def _start(environment: SubprocessEnvironment, run: Run, supervision: Supe
         run.start_report = await emit
     except asyncio.CancelledError:
         if not stopped or _cancelling():
-            await _exited(environment, run, Outcome.CANCELLED)
+            await environment._exited(run, Outcome.CANCELLED, within=_shielded)
             raise
         # A signal stopped the emit (and said so): the run goes on to end at once, without
         # a start report, as in Environment._running.
@@ -114,7 +118,7 @@ async def _start(environment: SubprocessEnvironment, run: Run, supervision: Supe
         supervision.cancel_starting = _nothing
     if run.start_report is not None and run.start_report.critical_failures:
         aborted = StartAborted(environment.name, run.start_report)
-        await _exited(environment, run, Outcome.ABORTED, error=aborted)
+        await environment._exited(run, Outcome.ABORTED, error=aborted, within=_shielded)
         raise aborted
 
 
@@ -311,25 +315,6 @@ async def _reap(task: asyncio.Future[Any]) -> None:
     await asyncio.wait((task,))
     if not task.cancelled():
         task.result()
-
-
-async def _exited(
-    environment: Environment,
-    run: Run,
-    outcome: Outcome,
-    *,
-    error: BaseException | None = None,
-    exit_code: int | None = None,
-) -> None:
-    """``Environment._exited`` with asyncio's shield and time limit for its two steps."""
-    outcome, exit_code = environment._final(run, outcome, exit_code)
-    grace = environment.exit_grace
-    collects = type(environment).collect is not Environment.collect
-    if collects and not await _shielded(environment._collect_safely(run, outcome), grace):
-        environment._cut_off(run, "collect", outcome)
-    event = environment._exit_event(run, outcome, error, exit_code)
-    if not await _shielded(environment._deliver_exited(run, event), grace):
-        environment._cut_off(run, "exited handlers", outcome)
 
 
 async def _shielded(step: Awaitable[object], timeout: float | None = None) -> bool:

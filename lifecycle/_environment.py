@@ -280,22 +280,21 @@ class Environment:
         *,
         error: BaseException | None = None,
         exit_code: int | None = None,
+        within: Within | None = None,
     ) -> None:
-        import anyio
+        """Collect and emit ``exited``, each step shielded and bounded by ``exit_grace``.
 
+        ``within(step, seconds)`` runs a step so, and says whether it ended in time
+        (default: with anyio's cancel scopes; ``lifecycle run``'s runner gives asyncio's).
+        """
+        within = within or _within
         outcome, exit_code = self._final(run, outcome, exit_code)
-        if type(self).collect is not Environment.collect:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self.exit_grace) as scope:
-                await self._collect_safely(run, outcome)
-            if scope.cancelled_caught:
-                self._cut_off(run, "collect", outcome)
+        collects = type(self).collect is not Environment.collect
+        if collects and not await within(self._collect_safely(run, outcome), self.exit_grace):
+            self._cut_off(run, "collect", outcome)
         event = self._exit_event(run, outcome, error, exit_code)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.exit_grace) as scope:
-            await self._deliver_exited(run, event)
-        if scope.cancelled_caught:
+        if not await within(self._deliver_exited(run, event), self.exit_grace):
             self._cut_off(run, "exited handlers", outcome)
-
-    # The steps of ``_exited``, shared with ``lifecycle run``'s own asyncio runner.
 
     def _final(
         self, run: Run, outcome: Outcome, exit_code: int | None
@@ -406,6 +405,18 @@ class Environment:
         from ._runner import run_blocking
 
         return run_blocking(self, fn, args, run_id=run_id, backend=backend)
+
+
+Within = Callable[[Awaitable[object], float], Awaitable[bool]]
+"""Runs a step shielded from cancellation for at most so many seconds; did it end?"""
+
+
+async def _within(step: Awaitable[object], seconds: float) -> bool:
+    import anyio
+
+    with anyio.CancelScope(shield=True), anyio.move_on_after(seconds) as scope:
+        await step
+    return not scope.cancelled_caught
 
 
 def is_cancellation(exc: BaseException) -> bool:
