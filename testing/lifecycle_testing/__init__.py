@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from ._http import QuietHandler, StandIn, serve_http
 from ._nats import NatsServer, nats_server_binary
+from ._otlp import OtlpReceiver, ReceivedSpan, serve_otlp
 from ._poll import poll, poll_blocking
 from ._recorder import RECORD_FILE, Recorder, record_handlers, record_to_file
 
 __all__ = [
     "RECORD_FILE",
     "NatsServer",
+    "OtlpReceiver",
     "QuietHandler",
+    "ReceivedSpan",
     "Recorder",
     "StandIn",
     "nats_server_binary",
@@ -19,4 +22,5 @@ __all__ = [
     "record_handlers",
     "record_to_file",
     "serve_http",
+    "serve_otlp",
 ]

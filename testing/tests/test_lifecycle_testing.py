@@ -1,13 +1,27 @@
-"""The test-support package itself: the backends a test runs on, the NATS server harness."""
+"""The test-support package itself: the backends a test runs on, the NATS server harness,
+the pollers and the OTLP receiver."""
 
 from __future__ import annotations
 
 import signal
+import urllib.error
+import urllib.request
 from typing import TYPE_CHECKING
 
 import nats
 import pytest
-from lifecycle_testing import NatsServer, poll, poll_blocking
+from lifecycle_testing import NatsServer, poll, poll_blocking, serve_otlp
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric, ResourceMetrics, ScopeMetrics
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -104,3 +118,59 @@ async def test_an_async_wait_returns_what_it_waited_for_or_fails_naming_it() -> 
     assert await poll(lambda: "here", "a value") == "here"
     with pytest.raises(AssertionError, match=r"gave up waiting for the moon after 0\.05 s"):
         await poll(lambda: 0, "the moon", limit=0.05)
+
+
+def _post(url: str, body: bytes) -> bytes:
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/x-protobuf"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer: bytes = response.read()
+        return answer
+
+
+def _resource(service: str) -> Resource:
+    return Resource(attributes=[KeyValue(key="service.name", value=AnyValue(string_value=service))])
+
+
+def test_the_otlp_receiver_keeps_each_span_with_its_service_and_each_metric_name() -> None:
+    traces = ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(
+                resource=_resource("job"),
+                scope_spans=[ScopeSpans(spans=[Span(name="extract"), Span(name="load")])],
+            ),
+            ResourceSpans(resource=Resource(), scope_spans=[ScopeSpans(spans=[Span(name="x")])]),
+        ]
+    )
+    metrics = ExportMetricsServiceRequest(
+        resource_metrics=[
+            ResourceMetrics(scope_metrics=[ScopeMetrics(metrics=[Metric(name="runs")])])
+        ]
+    )
+    with serve_otlp() as receiver:
+        answer = _post(f"{receiver.url}/v1/traces", traces.SerializeToString())
+        _post(f"{receiver.url}/v1/metrics", metrics.SerializeToString())
+    ExportTraceServiceResponse.FromString(answer)  # what an exporter expects back
+    assert [(service, span.name) for service, span in receiver.spans()] == [
+        ("job", "extract"),
+        ("job", "load"),
+        ("", "x"),
+    ]
+    assert receiver.named("load").name == "load"
+    assert receiver.services() == {"job", ""}
+    assert receiver.metric_names() == {"runs"}
+
+
+def test_the_otlp_receiver_names_what_it_got_when_a_span_is_not_there_once() -> None:
+    with serve_otlp() as receiver:
+        assert receiver.spans() == []
+        with pytest.raises(AssertionError, match=r"0 spans named 'run'; received: \[\]"):
+            receiver.named("run")
+
+
+def test_the_otlp_receiver_refuses_a_signal_it_does_not_serve() -> None:
+    with serve_otlp() as receiver, pytest.raises(urllib.error.HTTPError) as refused:
+        _post(f"{receiver.url}/v1/logs", b"")
+    assert refused.value.code == 404
+    refused.value.close()
