@@ -4,12 +4,13 @@
     uv run python -m benchmarks.otel_trace_picture --out x.png
 
 Everything in it is real and on loopback: an OTLP/HTTP receiver (lifecycle-testing's
-``serve_otlp``, as in the adapter's tests), a ``nats-server`` with JetStream on a free port, a "CI
-pipeline" span in this process, ``lifecycle run --config ... -- python job.py`` with the
-otel and nats adapters and two handlers, a job that makes spans of its own with the OTel
-SDK, and ``lifecycle listen`` with the otel adapter and two handlers of its own. The
-picture is drawn from the spans the receiver was sent: one trace id from the pipeline
-through the wrapper and its handlers into the job, and across NATS into the listener.
+``serve_otlp``, as in the adapter's tests), a ``nats-server`` with JetStream on a port it
+picks, a "CI pipeline" span in this process, ``lifecycle run --config ... -- python
+job.py`` with the otel and nats adapters and two handlers, a job that makes spans of its
+own with the OTel SDK, and ``lifecycle listen`` with the otel adapter and two handlers of
+its own. The picture is drawn from the spans the receiver was sent: one trace id from the
+pipeline through the wrapper and its handlers into the job, and across NATS into the
+listener.
 Without a ``nats-server`` binary the listener's part is left out (said on stderr).
 """
 
