@@ -12,33 +12,21 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from lifecycle_testing import poll_blocking
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Iterable, Iterator
 
     from celery import Celery
 
 BROKER = os.environ.get("LIFECYCLE_CELERY_TEST_BROKER", "redis://127.0.0.1:6379/13")
 HERE = Path(__file__).parent
 APP = "lifecycle_celery_testapp"
-
-
-def wait_for(
-    condition: Callable[[], Any], what: str, context: Any = None, limit: float = 20
-) -> Any:
-    """Poll a condition another process makes true, up to ``limit`` seconds; its value."""
-    deadline = time.monotonic() + limit
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}: {context!r}")
-        time.sleep(0.02)
-    return value
 
 
 def require_redis() -> None:
@@ -120,7 +108,9 @@ class Worker:
                 self.args, cwd=self.directory, env=self.env, stdout=log, stderr=log,
                 start_new_session=True,
             )  # fmt: skip
-        wait_for(lambda: b" ready." in self.log.read_bytes() or self.exited(), "ready", self)
+        poll_blocking(
+            lambda: b" ready." in self.log.read_bytes() or self.exited(), "ready", context=self
+        )
         assert not self.exited(), self
         return self
 
@@ -158,8 +148,8 @@ class Worker:
         ]
 
     def wait_event(self, name: str, run_id: str, limit: float = 20) -> dict[str, Any]:
-        found: list[dict[str, Any]] = wait_for(
-            lambda: self.events(name, run_id), f"{name} of {run_id}", self, limit
+        found = poll_blocking(
+            lambda: self.events(name, run_id), f"{name} of {run_id}", limit=limit, context=self
         )
         return found[0]
 
