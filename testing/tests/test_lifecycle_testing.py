@@ -1,16 +1,28 @@
 """The test-support package itself: the backends a test runs on, the NATS server harness,
-the pollers and the OTLP receiver."""
+the pollers, the OTLP receiver and the helpers for other daemons."""
 
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nats
 import pytest
-from lifecycle_testing import NatsServer, poll, poll_blocking, serve_otlp
+from lifecycle_testing import (
+    NatsServer,
+    QuietHandler,
+    poll,
+    poll_blocking,
+    recorded,
+    serve_http,
+    serve_otlp,
+    stop_process,
+    wait_serving,
+)
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -174,3 +186,57 @@ def test_the_otlp_receiver_refuses_a_signal_it_does_not_serve() -> None:
         _post(f"{receiver.url}/v1/logs", b"")
     assert refused.value.code == 404
     refused.value.close()
+
+
+class _Ready(QuietHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def _python(code: str, **options: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", code], **options)
+
+
+def test_wait_serving_returns_once_the_url_answers() -> None:
+    daemon = _python("import time; time.sleep(60)")
+    try:
+        with serve_http(_Ready, lambda port: f"http://127.0.0.1:{port}/-/ready") as url:
+            wait_serving(url, daemon)
+    finally:
+        stop_process(daemon)
+    assert daemon.returncode == -signal.SIGTERM
+
+
+def test_wait_serving_fails_with_the_end_of_the_log_when_the_daemon_exits(
+    tmp_path: Path, nowhere: str
+) -> None:
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        daemon = _python("print('bad flag'); raise SystemExit(3)", stdout=out)
+    url = nowhere.replace("nats://", "http://")
+    with pytest.raises(pytest.fail.Exception, match=r"exited with 3: .*daemon\.log:\nbad flag"):
+        wait_serving(url, daemon, log=log)
+
+
+def test_stop_process_kills_a_process_that_ignores_sigterm_after_the_grace() -> None:
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ignoring', flush=True); time.sleep(60)"
+    )
+    daemon = _python(code, stdout=subprocess.PIPE)
+    assert daemon.stdout is not None
+    assert daemon.stdout.readline() == b"ignoring\n"  # SIGTERM is ignored from here on
+    stop_process(daemon, grace=0.1)
+    daemon.stdout.close()
+    assert daemon.returncode == -signal.SIGKILL
+
+
+def test_recorded_reads_whole_lines_only_and_nothing_before_the_file_exists(
+    tmp_path: Path,
+) -> None:
+    record = tmp_path / "events.jsonl"
+    assert recorded(record) == []
+    record.write_text('{"name": "environment.starting"}\n{"name": "environment.ex')
+    assert recorded(record) == [{"name": "environment.starting"}]  # the second is half-written

@@ -7,7 +7,6 @@ tests; every worker consumes a queue of its own, so tests never take each other'
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from lifecycle_testing import poll_blocking
+from lifecycle_testing import RECORD_FILE, poll_blocking, record_handlers, recorded
+
+from lifecycle import EXITED, STARTING
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -57,12 +58,7 @@ def celery_client() -> Iterator[Celery]:
 
 def handlers_toml(*extra: str) -> str:
     """The recorder on starting and exited (inline), plus ``extra`` TOML tables."""
-    recorder = "".join(
-        f'[[handlers]]\ntarget = "lifecycle_celery_handlers:record"\nsignal = "{signal}"\n'
-        "inline = true\n\n"
-        for signal in ("environment.starting", "environment.exited")
-    )
-    return recorder + "\n".join(extra)
+    return record_handlers(STARTING, EXITED) + "\n" + "\n".join(extra)
 
 
 class Worker:
@@ -97,7 +93,7 @@ class Worker:
             "LC_BROKER": BROKER,
             "LC_CONFIG": str(self.config),
             "LC_HEARTBEAT": str(heartbeat),
-            "RECORD_FILE": str(self.record),
+            RECORD_FILE: str(self.record),
             **(extra_env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
@@ -137,12 +133,9 @@ class Worker:
         process.wait(timeout=20)
 
     def events(self, name: str | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
-        if not self.record.exists():
-            return []
-        events = [json.loads(line) for line in self.record.read_text().splitlines() if line]
         return [
             event
-            for event in events
+            for event in recorded(self.record)
             if (name is None or event["name"] == name)
             and (run_id is None or event["run_id"] == run_id)
         ]

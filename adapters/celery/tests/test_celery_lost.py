@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from celery_harness import APP, Worker, celery_client, handlers_toml
-from lifecycle_testing import poll_blocking
+from lifecycle_testing import RECORD_FILE, poll_blocking, record_handlers, recorded
+
+from lifecycle import EXITED
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -44,12 +46,11 @@ class Watch:
         config = directory / "watch.toml"
         config.write_text(
             f'[watch]\nservers = ["{servers}"]\ntick = 0.05\nmisses = {MISSES}\n\n'
-            '[[handlers]]\ntarget = "lifecycle_celery_handlers:record"\n'
-            'signal = "environment.exited"\ninline = true\n'
+            + record_handlers(EXITED)
         )
         env = {
             **os.environ,
-            "RECORD_FILE": str(self.notes),
+            RECORD_FILE: str(self.notes),
             "PYTHONPATH": str(Path(__file__).parent),
         }
         self.process = subprocess.Popen(
@@ -76,12 +77,9 @@ class Watch:
         poll_blocking(live, f"heartbeats of {run_ids} in the run table", context=self)
 
     def lost(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        if not self.notes.exists():
-            return []
-        events = [json.loads(line) for line in self.notes.read_text().splitlines() if line]
         return [
             event
-            for event in events
+            for event in recorded(self.notes)
             if event["outcome"] == "lost" and (run_id is None or event["run_id"] == run_id)
         ]
 

@@ -47,9 +47,9 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def stack(free_tcp_port_factory: Callable[[], int]) -> Iterator[Stack]:
     """One set of servers for the module: each test uses environment names of its own."""
-    with running_stack() as running:
+    with running_stack(free_tcp_port_factory) as running:
         yield running
 
 
