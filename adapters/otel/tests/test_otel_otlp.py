@@ -109,24 +109,16 @@ def silent_collector() -> socket.socket:
     return server
 
 
-def refusing_endpoint() -> str:
-    """The URL of a port nothing listens on: every connection is refused."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
 @pytest.mark.parametrize("collector", ["silent", "refusing"])
 def test_a_dead_collector_holds_the_wrapper_no_longer_than_the_flush_bound(
-    tmp_path: Path, collector: str
+    tmp_path: Path, collector: str, closed_port: int
 ) -> None:
     bound = 1.0
     if collector == "silent":
         server = silent_collector()
         endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
     else:
-        server, endpoint = None, refusing_endpoint()
+        server, endpoint = None, f"http://127.0.0.1:{closed_port}"
     try:
         done, elapsed = lifecycle_run(
             tmp_path, endpoint, sys.executable, "-c", "pass", flush_timeout=bound
