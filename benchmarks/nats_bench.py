@@ -4,9 +4,10 @@
     uv run python -m benchmarks.nats_bench --quick    # smoke run, seconds
     uv run python -m benchmarks.nats_bench --scale    # also 10,000 runs heartbeating, 30 s
 
-It starts its own ``nats-server -js`` (file storage) on a free port in a temporary
-directory, so nothing else on the machine's NATS is touched. Every comparison runs in one
-process and one asyncio loop, the alternatives alternating round by round:
+It starts its own ``nats-server -js`` (file storage) in a temporary directory with the
+tests' harness (``lifecycle_testing.NatsServer``: the server picks its port), so nothing
+else on the machine's NATS is touched. Every comparison runs in one process and one
+asyncio loop, the alternatives alternating round by round:
 
 - publish throughput (events/s, each acknowledged by JetStream): ``bus.emit`` with the
   ``nats`` adapter attached, until every event is acknowledged; against raw nats-py
@@ -45,10 +46,8 @@ import contextlib
 import json
 import os
 import resource
-import shutil
-import socket
+import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +61,7 @@ if __package__ in (None, ""):  # run as a script
 import anyio
 import nats
 import structlog
+from lifecycle_testing import NatsServer, poll
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from lifecycle import EXITED, HEARTBEAT, EnvironmentInfo, Event, EventBus
@@ -72,40 +72,16 @@ if TYPE_CHECKING:
 WINDOW = 256
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_server(port: int, directory: str) -> subprocess.Popen[bytes]:
-    """``nats-server -js`` on ``port`` with its store in ``directory``, once it is ready."""
-    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-    log = Path(directory) / "nats.log"
-    offset = log.stat().st_size if log.exists() else 0
-    process = subprocess.Popen(
-        [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", directory, "-l", str(log)]
-    )
-    deadline = time.monotonic() + 20
-    while not (log.exists() and b"Server is ready" in log.read_bytes()[offset:]):
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            raise RuntimeError(f"nats-server did not start: {log}")
-        time.sleep(0.01)
-    return process
-
-
 @contextlib.contextmanager
-def nats_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
+def nats_server() -> Iterator[NatsServer]:
+    """The tests' harness: ``nats-server -js`` on a port it picks, in a temporary directory."""
     with tempfile.TemporaryDirectory() as directory:
-        process = start_server(port, directory)
+        server = NatsServer(Path(directory))
+        server.start()
         try:
-            yield f"nats://127.0.0.1:{port}", process
+            yield server
         finally:
-            process.terminate()
-            process.wait(timeout=20)
+            server.stop(signal.SIGTERM)
 
 
 def events(count: int, env: str = "bench") -> list[Event]:
@@ -361,10 +337,12 @@ async def hanging_lag(url: str, concurrency: int, spool: Path, state: Path) -> d
             for event in sent:
                 sent_at[event.event_id] = time.perf_counter()
                 await publisher.publish(event)
-        with anyio.fail_after(HANG_EVENTS * HANG_TIMEOUT * 3):
-            # The source's counter, raised after each emit: nothing else to wait on.
-            while source.handled < HANG_EVENTS:  # noqa: ASYNC110
-                await anyio.sleep(0.005)
+        # The source's counter, raised after each emit: nothing else to wait on.
+        await poll(
+            lambda: source.handled >= HANG_EVENTS,
+            "the listener to handle every event",
+            limit=HANG_EVENTS * HANG_TIMEOUT * 3,
+        )
         done = time.perf_counter()
         source.stop()
     await bus.aclose()
@@ -399,10 +377,9 @@ async def reconnect_burst(count: int, jitter: bool, down: float, work: Path) -> 
     jittered = _publisher.reconnect_waits
     if not jitter:
         _publisher.reconnect_waits = _lock_step_waits
-    port = free_port()
-    directory = tempfile.mkdtemp(dir=work)
-    server = start_server(port, directory)
-    url = f"nats://127.0.0.1:{port}"
+    server = NatsServer(Path(tempfile.mkdtemp(dir=work)))
+    server.start()
+    url = server.url
     publishers = [
         lifecycle_nats.Publisher(
             servers=url, stream="BURST", subject_prefix="burst", spool_dir=work / "spool-burst"
@@ -413,8 +390,7 @@ async def reconnect_burst(count: int, jitter: bool, down: float, work: Path) -> 
         for publisher in publishers:
             publisher.start()
         await asyncio.gather(*(p.publish(events(1, "burst")[0]) for p in publishers))
-        server.kill()
-        server.wait()
+        server.stop()  # SIGKILL, as a crash would
         stored: list[float] = []
         entries = []
         for publisher in publishers:
@@ -423,15 +399,14 @@ async def reconnect_burst(count: int, jitter: bool, down: float, work: Path) -> 
             publisher.waiter(entry).add_done_callback(lambda _: stored.append(time.perf_counter()))
             entries.append((publisher, entry))
         await asyncio.sleep(down)
-        server = await asyncio.to_thread(start_server, port, directory)
+        await asyncio.to_thread(server.start)  # the same port and store
         back = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(p.wait(entry) for p, entry in entries)), down + 30)
     finally:
         _publisher.reconnect_waits = jittered
         for publisher in publishers:
             await publisher.aclose()
-        server.kill()
-        server.wait()
+        server.stop()
     after = sorted(t - back for t in stored)
     busiest = max(sum(1 for u in after if t <= u < t + 0.1) for t in after)
     return {
@@ -694,8 +669,9 @@ def main(argv: list[str] | None = None) -> int:
         wrapper_class=structlog.make_filtering_bound_logger(40),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
-    with nats_server() as (url, process), tempfile.TemporaryDirectory() as work:
-        results = asyncio.run(run(args, url, process.pid, Path(work)))
+    with nats_server() as server, tempfile.TemporaryDirectory() as work:
+        assert server.process is not None
+        results = asyncio.run(run(args, server.url, server.process.pid, Path(work)))
     results["python"] = sys.version.split()[0]
     results["cpus"] = os.cpu_count()
     text = json.dumps(results, indent=2)

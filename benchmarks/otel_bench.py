@@ -23,14 +23,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import lifecycle_otel
+from lifecycle_testing import QuietHandler, serve_http
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -96,7 +95,10 @@ async def dispatch(rounds: int, per_round: int) -> dict[str, float]:
     return {label: statistics.median(values) for label, values in times.items()}
 
 
-class _Ok(BaseHTTPRequestHandler):
+class _Ok(QuietHandler):
+    """A collector that reads and drops what it is sent: decoding it (as ``serve_otlp`` does)
+    would take CPU from the processes being timed."""
+
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         self.send_response(200)
@@ -104,22 +106,19 @@ class _Ok(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
 
 def command(rounds: int) -> dict[str, float]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
     true = shutil.which("true") or "true"
     script = Path(sys.executable).parent / "lifecycle"
     lifecycle = (
         [sys.executable, str(script)] if script.exists() else [sys.executable, "-m", "lifecycle"]
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{server.server_port}"
-    with tempfile.TemporaryDirectory() as work:
+    with (
+        serve_http(_Ok, lambda port: f"http://127.0.0.1:{port}") as endpoint,
+        tempfile.TemporaryDirectory() as work,
+    ):
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
         bare, otel = Path(work, "bare"), Path(work, "otel")
         bare.mkdir()
         otel.mkdir()
@@ -137,8 +136,6 @@ def command(rounds: int) -> dict[str, float]:
                 )  # fmt: skip
                 if index >= 2:  # the first two compile bytecode
                     times[label].append(perf_counter() - start)
-    server.shutdown()
-    server.server_close()
     return {label: statistics.median(values) for label, values in times.items()}
 
 

@@ -3,13 +3,14 @@
     uv run python -m benchmarks.otel_trace_picture               # writes adapters/otel/trace.png
     uv run python -m benchmarks.otel_trace_picture --out x.png
 
-Everything in it is real and on loopback: an OTLP/HTTP receiver (``opentelemetry-proto``,
-as in the adapter's tests), a ``nats-server`` with JetStream on a free port, a "CI
-pipeline" span in this process, ``lifecycle run --config ... -- python job.py`` with the
-otel and nats adapters and two handlers, a job that makes spans of its own with the OTel
-SDK, and ``lifecycle listen`` with the otel adapter and two handlers of its own. The
-picture is drawn from the spans the receiver was sent: one trace id from the pipeline
-through the wrapper and its handlers into the job, and across NATS into the listener.
+Everything in it is real and on loopback: an OTLP/HTTP receiver (lifecycle-testing's
+``serve_otlp``, as in the adapter's tests), a ``nats-server`` with JetStream on a port it
+picks, a "CI pipeline" span in this process, ``lifecycle run --config ... -- python
+job.py`` with the otel and nats adapters and two handlers, a job that makes spans of its
+own with the OTel SDK, and ``lifecycle listen`` with the otel adapter and two handlers of
+its own. The picture is drawn from the spans the receiver was sent: one trace id from the
+pipeline through the wrapper and its handlers into the job, and across NATS into the
+listener.
 Without a ``nats-server`` binary the listener's part is left out (said on stderr).
 """
 
@@ -23,17 +24,11 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from lifecycle_testing import NatsServer, poll_blocking
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from lifecycle_testing import NatsServer, OtlpReceiver, ReceivedSpan, poll_blocking, serve_otlp
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "adapters" / "otel" / "trace.png"
@@ -78,51 +73,6 @@ JOB = textwrap.dedent(
 )
 
 
-class Receiver:
-    """OTLP/HTTP on 127.0.0.1: keeps every span it is sent, with its service name."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[str, Any]] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.path == "/v1/traces":
-                    request = ExportTraceServiceRequest.FromString(body)
-                    with receiver.lock:
-                        for resource in request.resource_spans:
-                            service = next(
-                                (
-                                    a.value.string_value
-                                    for a in resource.resource.attributes
-                                    if a.key == "service.name"
-                                ),
-                                "?",
-                            )
-                            for scope in resource.scope_spans:
-                                receiver.spans.extend((service, s) for s in scope.spans)
-                answer = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def start_nats(directory: Path) -> NatsServer | None:
     """The tests' own harness (a nats-server that picks its port), or None without one."""
     if not (shutil.which("nats-server") or os.access("/usr/sbin/nats-server", os.X_OK)):
@@ -133,15 +83,19 @@ def start_nats(directory: Path) -> NatsServer | None:
     return server
 
 
-def record_trace(directory: Path) -> list[tuple[str, Any]]:
+def record_trace(directory: Path) -> list[ReceivedSpan]:
     """Run it all; return (service, span) for the spans of the pipeline's trace."""
+    with serve_otlp() as receiver:
+        return _record_trace(directory, receiver)
+
+
+def _record_trace(directory: Path, receiver: OtlpReceiver) -> list[ReceivedSpan]:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    receiver = Receiver()
     (directory / "hooks.py").write_text(HOOKS)
     (directory / "job.py").write_text(JOB)
     env = {
@@ -206,17 +160,13 @@ def record_trace(directory: Path) -> list[tuple[str, Any]]:
             listener.wait(timeout=20)
             listener = None
         trace_id = pipeline.get_span_context().trace_id.to_bytes(16, "big")
-        with receiver.lock:
-            return [
-                (service, span) for service, span in receiver.spans if span.trace_id == trace_id
-            ]
+        return [received for received in receiver.spans() if received.span.trace_id == trace_id]
     finally:
         if listener is not None:
             listener.kill()
             listener.wait()
         if nats is not None:
             nats.stop(signal.SIGTERM)
-        receiver.close()
 
 
 COLOURS = {
@@ -234,7 +184,7 @@ def _signal(span: Any) -> str:
     return ""
 
 
-def draw(spans: list[tuple[str, Any]], out: Path) -> None:
+def draw(spans: list[ReceivedSpan], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import lifecycle_prefect
+from lifecycle_testing import poll_blocking
 from prefect import flow
 
 # The harness's server would try to send telemetry (a DNS look-up that fails here).
@@ -99,14 +100,6 @@ def measure_overhead(rounds: int, directory: Path) -> dict[str, float]:
 def _get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as answer:
         return json.load(answer)
-
-
-def _wait(what: str, condition: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"gave up waiting for {what}")
-        time.sleep(0.02)
 
 
 def zombies(api: str, kills: int, lingering: int, directory: Path) -> dict[str, Any]:
@@ -176,10 +169,10 @@ def _kill_one(api: str, env: dict[str, str]) -> float:
     killed = time.monotonic()
     child.send_signal(signal.SIGKILL)
     child.wait()
-    _wait(
-        "Crashed",
+    poll_blocking(
         lambda: _get(f"{api}/flow_runs/{run_id}")["state"]["name"] == "Crashed",
-        60,
+        f"flow run {run_id} marked Crashed",
+        limit=60,
     )
     return round(time.monotonic() - killed, 2)
 

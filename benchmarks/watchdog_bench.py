@@ -3,12 +3,12 @@
     uv run python -m benchmarks.watchdog_bench                 # 10,000 runs, 1 % killed
     uv run python -m benchmarks.watchdog_bench --runs 1000 --seconds 20
 
-Starts its own ``nats-server -js`` (free port, temporary store) and a real
-``lifecycle watch`` process. This process plays the runs: each publishes ``starting``,
-then a heartbeat every ``--interval`` seconds (phases spread evenly over the interval, so
-the server sees a steady N / interval events per second, each stored with an ack). A
-random ``--kill`` fraction stops beating at random times in the middle of the run, as a
-SIGKILLed wrapper would. It then reads every ``lost`` verdict from the stream and checks:
+Starts its own ``nats-server -js`` (the tests' ``lifecycle_testing.NatsServer``: a port it
+picks, a temporary store) and a real ``lifecycle watch`` process. This process plays the
+runs: each publishes ``starting``, then a heartbeat every ``--interval`` seconds (phases
+spread evenly over the interval, so the server sees a steady N / interval events per
+second, each stored with an ack). A random ``--kill`` fraction stops beating at random
+times in the middle of the run, as a SIGKILLed wrapper would. It then reads every ``lost`` verdict from the stream and checks:
 every killed run reported lost exactly once, within ``misses x interval + 1 s`` of its last
 heartbeat; no live run reported. It reports the watchdog's CPU (share of one core) and
 memory (peak RSS) from ``/proc``, and the simulator's own achieved rate and lateness (a
@@ -26,7 +26,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,17 +38,10 @@ from typing import Any
 
 import nats
 from lifecycle_nats import subject_for
+from lifecycle_testing import NatsServer, poll
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -196,22 +188,13 @@ async def _lost_verdicts(url: str) -> list[tuple[dict[str, Any], float]]:
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="watchdog-bench-"))
-    port = _free_port()
-    url = f"nats://127.0.0.1:{port}"
-    server = subprocess.Popen(  # noqa: ASYNC220  # once, before anything is measured
-        [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(workdir / "js")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = NatsServer(workdir / "nats")
     watch_log = (workdir / "watch.log").open("w")
     watcher: subprocess.Popen[bytes] | None = None
     try:
-        for _ in range(500):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                await asyncio.sleep(0.02)
+        server.start()  # blocks the loop: once, before anything runs on it or is measured
+        assert server.process is not None
+        url = server.url
         nc = await nats.connect(url, max_reconnect_attempts=-1)
         js = nc.jetstream(publish_async_max_pending=8000)
         await js.add_stream(
@@ -241,10 +224,14 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             stdout=subprocess.DEVNULL,
             stderr=watch_log,
         )
-        while "watching stream" not in (workdir / "watch.log").read_text():
+
+        def watching() -> bool:
+            log = (workdir / "watch.log").read_text()
             if watcher.poll() is not None:
-                raise RuntimeError((workdir / "watch.log").read_text())
-            await asyncio.sleep(0.05)
+                raise RuntimeError(f"the watchdog exited: {log}")
+            return "watching stream" in log
+
+        await poll(watching, "the watchdog to watch the stream")
 
         rng = random.Random(args.seed)
         runs = [
@@ -267,12 +254,12 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         sim = Simulation(runs, args.interval)
 
         cpu0 = _cpu_seconds(watcher.pid)
-        server_cpu0 = _cpu_seconds(server.pid)
+        server_cpu0 = _cpu_seconds(server.process.pid)
         self_cpu0 = time.process_time()
         await _simulate(nc, sim, t0, until)
         elapsed = time.time() - t0
         cpu = _cpu_seconds(watcher.pid) - cpu0
-        server_cpu = _cpu_seconds(server.pid) - server_cpu0
+        server_cpu = _cpu_seconds(server.process.pid) - server_cpu0
         self_cpu = time.process_time() - self_cpu0
         peak = _memory_mb(watcher.pid, "VmHWM")
         rss = _memory_mb(watcher.pid, "VmRSS")
@@ -353,8 +340,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             watcher.kill()
             watcher.wait()
         watch_log.close()
-        server.terminate()
-        server.wait(10)
+        server.stop(signal.SIGTERM)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         else:

@@ -88,9 +88,15 @@ def no_jetstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServe
 
 
 @pytest.fixture
-def nowhere() -> Iterator[str]:
-    """The URL of a port where nothing listens: held bound (never listening) for the test,
+def closed_port() -> Iterator[int]:
+    """A loopback port where nothing listens: held bound (never listening) for the test,
     so that connections to it are refused and no other server can take it meanwhile."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        yield f"nats://127.0.0.1:{sock.getsockname()[1]}"
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def nowhere(closed_port: int) -> str:
+    """The NATS URL of :func:`closed_port`: every connection to it is refused."""
+    return f"nats://127.0.0.1:{closed_port}"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -12,10 +13,11 @@ from lifecycle import EXITED, HEARTBEAT, STARTING
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from pathlib import Path
 
     from lifecycle import Event, EventBus, Outcome
 
-__all__ = ["RECORD_FILE", "Recorder", "record_handlers", "record_to_file"]
+__all__ = ["RECORD_FILE", "Recorder", "record_handlers", "record_to_file", "recorded"]
 
 RECORD_FILE = "RECORD_FILE"
 """The environment variable naming the file :func:`record_to_file` appends to."""
@@ -81,3 +83,17 @@ def record_handlers(*names: str) -> str:
         "inline = true\n"
         for name in names or (STARTING, HEARTBEAT, EXITED)
     )
+
+
+def recorded(path: Path) -> list[dict[str, Any]]:
+    """The events appended to ``path`` (by :func:`record_to_file`), as JSON objects, oldest first.
+
+    None before the first is written; a last line still being written (no newline yet) is
+    left for the next look, so a test polling the file never reads half an event.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    *complete, _unfinished = text.split("\n")
+    return [json.loads(line) for line in complete if line]

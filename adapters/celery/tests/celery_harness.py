@@ -7,38 +7,27 @@ tests; every worker consumes a queue of its own, so tests never take each other'
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from lifecycle_testing import RECORD_FILE, poll_blocking, record_handlers, recorded
+
+from lifecycle import EXITED, STARTING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Iterable, Iterator
 
     from celery import Celery
 
 BROKER = os.environ.get("LIFECYCLE_CELERY_TEST_BROKER", "redis://127.0.0.1:6379/13")
 HERE = Path(__file__).parent
 APP = "lifecycle_celery_testapp"
-
-
-def wait_for(
-    condition: Callable[[], Any], what: str, context: Any = None, limit: float = 20
-) -> Any:
-    """Poll a condition another process makes true, up to ``limit`` seconds; its value."""
-    deadline = time.monotonic() + limit
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}: {context!r}")
-        time.sleep(0.02)
-    return value
 
 
 def require_redis() -> None:
@@ -69,12 +58,7 @@ def celery_client() -> Iterator[Celery]:
 
 def handlers_toml(*extra: str) -> str:
     """The recorder on starting and exited (inline), plus ``extra`` TOML tables."""
-    recorder = "".join(
-        f'[[handlers]]\ntarget = "lifecycle_celery_handlers:record"\nsignal = "{signal}"\n'
-        "inline = true\n\n"
-        for signal in ("environment.starting", "environment.exited")
-    )
-    return recorder + "\n".join(extra)
+    return record_handlers(STARTING, EXITED) + "\n" + "\n".join(extra)
 
 
 class Worker:
@@ -109,7 +93,7 @@ class Worker:
             "LC_BROKER": BROKER,
             "LC_CONFIG": str(self.config),
             "LC_HEARTBEAT": str(heartbeat),
-            "RECORD_FILE": str(self.record),
+            RECORD_FILE: str(self.record),
             **(extra_env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
@@ -120,7 +104,9 @@ class Worker:
                 self.args, cwd=self.directory, env=self.env, stdout=log, stderr=log,
                 start_new_session=True,
             )  # fmt: skip
-        wait_for(lambda: b" ready." in self.log.read_bytes() or self.exited(), "ready", self)
+        poll_blocking(
+            lambda: b" ready." in self.log.read_bytes() or self.exited(), "ready", context=self
+        )
         assert not self.exited(), self
         return self
 
@@ -147,19 +133,16 @@ class Worker:
         process.wait(timeout=20)
 
     def events(self, name: str | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
-        if not self.record.exists():
-            return []
-        events = [json.loads(line) for line in self.record.read_text().splitlines() if line]
         return [
             event
-            for event in events
+            for event in recorded(self.record)
             if (name is None or event["name"] == name)
             and (run_id is None or event["run_id"] == run_id)
         ]
 
     def wait_event(self, name: str, run_id: str, limit: float = 20) -> dict[str, Any]:
-        found: list[dict[str, Any]] = wait_for(
-            lambda: self.events(name, run_id), f"{name} of {run_id}", self, limit
+        found = poll_blocking(
+            lambda: self.events(name, run_id), f"{name} of {run_id}", limit=limit, context=self
         )
         return found[0]
 

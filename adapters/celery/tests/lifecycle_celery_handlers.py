@@ -1,8 +1,10 @@
-"""Handlers the tests' worker configurations name: a recorder, a hanging one, a failing one."""
+"""Handlers the tests' worker configurations name: a hanging one, a failing one.
+
+The recorder is lifecycle-testing's ``record_to_file`` (``record_handlers``).
+"""
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING
 
@@ -10,12 +12,6 @@ if TYPE_CHECKING:
     from lifecycle import Event
 
 HANGING_TASK = "lifecycle_celery_testapp.handler_hangs"
-
-
-def record(event: Event) -> None:
-    """Append the event's JSON to ``RECORD_FILE`` (one line, one write: processes share it)."""
-    with open(os.environ["RECORD_FILE"], "a", encoding="utf-8") as file:
-        file.write(event.to_json() + "\n")
 
 
 def hang(event: Event) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery
 from celery.exceptions import Retry
 from lifecycle_celery import outcome_of, run_id_for
+from lifecycle_testing import recorded
 
 from lifecycle import ConfigError, Outcome
 
@@ -122,7 +122,7 @@ def test_a_process_that_ends_with_a_run_in_flight_exits_it_terminated(
     runtime.start()
     runtime.begin(TaskRun("run-1", "jobs.long", frozenset({"celery"}), {"celery_attempt": 1}))
     runtime.close()
-    events = [json.loads(line) for line in record.read_text().splitlines()]
+    events = recorded(record)
     assert [(event["name"], event["outcome"]) for event in events] == [
         ("environment.starting", None),
         ("environment.exited", "terminated"),
@@ -166,7 +166,7 @@ def test_a_process_that_ends_without_a_worker_signal_still_hands_its_events_over
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout == "3\n"
-    events = [json.loads(line) for line in record.read_text().splitlines()]
+    events = recorded(record)
     assert sorted(event["name"] for event in events) == [
         "environment.exited",
         "environment.starting",

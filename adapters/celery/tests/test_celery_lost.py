@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from celery_harness import APP, Worker, celery_client, handlers_toml, wait_for
+from celery_harness import APP, Worker, celery_client, handlers_toml
+from lifecycle_testing import RECORD_FILE, poll_blocking, record_handlers, recorded
+
+from lifecycle import EXITED
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -43,12 +46,11 @@ class Watch:
         config = directory / "watch.toml"
         config.write_text(
             f'[watch]\nservers = ["{servers}"]\ntick = 0.05\nmisses = {MISSES}\n\n'
-            '[[handlers]]\ntarget = "lifecycle_celery_handlers:record"\n'
-            'signal = "environment.exited"\ninline = true\n'
+            + record_handlers(EXITED)
         )
         env = {
             **os.environ,
-            "RECORD_FILE": str(self.notes),
+            RECORD_FILE: str(self.notes),
             "PYTHONPATH": str(Path(__file__).parent),
         }
         self.process = subprocess.Popen(
@@ -72,15 +74,12 @@ class Watch:
             beating = {row["run_id"] for row in json.loads(listed.stdout) if row["last_heartbeat"]}
             return beating >= set(run_ids)
 
-        wait_for(live, f"heartbeats of {run_ids} in the run table", self)
+        poll_blocking(live, f"heartbeats of {run_ids} in the run table", context=self)
 
     def lost(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        if not self.notes.exists():
-            return []
-        events = [json.loads(line) for line in self.notes.read_text().splitlines() if line]
         return [
             event
-            for event in events
+            for event in recorded(self.notes)
             if event["outcome"] == "lost" and (run_id is None or event["run_id"] == run_id)
         ]
 
@@ -147,7 +146,7 @@ def finished_task(client: Celery, worker: Worker) -> str:
 
 
 def assert_lost_once(watch: Watch, run_id: str, killed_at: float, task: str = "sleepy") -> None:
-    [lost] = wait_for(lambda: watch.lost(run_id), f"lost of {run_id}", watch, limit=15)
+    [lost] = poll_blocking(lambda: watch.lost(run_id), f"lost of {run_id}", context=watch, limit=15)
     # When the watchdog said it, not when this test looked (it may have waited on others).
     said_at = datetime.datetime.fromisoformat(lost["timestamp"]).timestamp()
     assert said_at - killed_at <= ALLOWANCE
@@ -208,14 +207,14 @@ def test_a_task_requeued_after_its_child_was_killed_is_a_new_run_naming_the_lost
     task = client.send_task(f"{APP}.sleepy_once", (30,), queue=worker.queue)
     killed_at = kill_child(worker, watch, task.id)
     assert task.get(timeout=20) == "ran again"
-    [again] = wait_for(
+    [again] = poll_blocking(
         lambda: [
             event
             for event in worker.events("environment.starting")
             if event["attributes"].get("celery_previous_run") == task.id
         ],
         "the second run's starting",
-        worker,
+        context=worker,
     )
     assert again["run_id"].startswith(f"{task.id}.redelivered-")
     assert again["attributes"]["celery_redelivered"] is True

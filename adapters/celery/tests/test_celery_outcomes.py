@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from celery_harness import APP, Worker, celery_client, handlers_toml, run_ids, wait_for
+from celery_harness import APP, Worker, celery_client, handlers_toml, run_ids
+from lifecycle_testing import poll_blocking
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -171,7 +172,9 @@ def test_solo_and_threads_pools_give_the_same_runs(
             bad.get(timeout=20)
         assert exited(worker, good.id)["outcome"] == "succeeded"
         assert exited(worker, bad.id)["outcome"] == "failed"
-        wait_for(lambda: len(worker.events("environment.starting")) == 2, "two starts", worker)
+        poll_blocking(
+            lambda: len(worker.events("environment.starting")) == 2, "two starts", context=worker
+        )
         assert sorted(run_ids(worker.events("environment.starting"))) == sorted([good.id, bad.id])
     finally:
         worker.stop()

@@ -26,12 +26,6 @@ if TYPE_CHECKING:
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.asyncio_only,  # distributed runs on asyncio; the module shares one loop
-    # Dask's own timing remark, not a behaviour: each scheduler, worker and nanny warns
-    # when making its scratch directory took over 1 s (distributed.core, warn_on_duration),
-    # which a loaded 2-core CI machine can cause. Everything else still fails the test.
-    pytest.mark.filterwarnings(
-        "ignore:Creating scratch directories is taking a surprisingly long time:UserWarning"
-    ),
 ]
 
 

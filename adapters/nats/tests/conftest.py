@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import structlog
-from lifecycle_testing import RECORD_FILE, NatsServer, poll_blocking, record_handlers
+from lifecycle_testing import RECORD_FILE, NatsServer, poll_blocking, record_handlers, recorded
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -85,9 +85,7 @@ class Listener:
         return process.wait(timeout=20)
 
     def events(self) -> list[dict[str, Any]]:
-        if not self.record.exists():
-            return []
-        return [json.loads(line) for line in self.record.read_text().splitlines() if line]
+        return recorded(self.record)
 
     def __repr__(self) -> str:
         return f"<Listener log:\n{self.log.read_text() if self.log.exists() else ''}>"

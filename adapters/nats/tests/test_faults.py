@@ -6,7 +6,6 @@ run handled in process, each once, in the same order.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 from lifecycle_nats import Publisher
-from lifecycle_testing import RECORD_FILE, poll_blocking, record_handlers
+from lifecycle_testing import RECORD_FILE, poll_blocking, record_handlers, recorded
 
 from lifecycle import HEARTBEAT, EnvironmentInfo, Event
 
@@ -51,9 +50,7 @@ class BackgroundRun:
             )  # fmt: skip
 
     def events(self) -> list[dict[str, Any]]:
-        if not self.record.exists():
-            return []
-        return [json.loads(line) for line in self.record.read_text().splitlines() if line]
+        return recorded(self.record)
 
     def finish(self) -> int:
         (self.directory / "go").touch()

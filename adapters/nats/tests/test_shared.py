@@ -17,7 +17,7 @@ import nats
 import pytest
 from lifecycle_nats import Publisher, StreamConfigError, source
 from lifecycle_nats._shared import record_key
-from lifecycle_testing import NatsServer
+from lifecycle_testing import NatsServer, poll
 
 from lifecycle import EXITED, HEARTBEAT, STARTING, EnvironmentInfo, Event, EventBus
 
@@ -85,13 +85,6 @@ def count_into(
         bus.subscribe(name, handler, inline=True)
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait (bounded) for a condition the consumer's own task makes true."""
-    with anyio.fail_after(20):
-        while not condition():  # noqa: ASYNC110  # a counter, nothing to wait on but itself
-            await anyio.sleep(0.01)
-
-
 @pytest.mark.parametrize(("bucket", "times"), [("lifecycle_handled", 1), (False, 2)])
 async def test_a_redelivery_to_another_listener_is_not_handled_again(
     users_nats: NatsServer, tmp_path: Path, bucket: str | bool, times: int
@@ -118,7 +111,11 @@ async def test_a_redelivery_to_another_listener_is_not_handled_again(
         # ack brings a message back to B itself, which its own record turns away, and the
         # count was reached before the first message's redelivery arrived.
         expected = {sent[0].event_id: times, sent[1].event_id: 1, sent[2].event_id: 1}
-        await until(lambda: counts == expected and other.shared_duplicates >= (1 if bucket else 0))
+        await poll(
+            lambda: counts == expected and other.shared_duplicates >= (1 if bucket else 0),
+            "listener B's deliveries and its duplicates turned away",
+            context=counts,
+        )
         other.stop()
     assert counts == expected
     assert other.shared_duplicates == (1 if bucket else 0)
@@ -138,7 +135,7 @@ async def test_when_the_shared_record_cannot_be_written_the_message_is_not_ackno
         count_into(bus, counts)
         await group.start(consumer.run)
         # Delivered again (so never acknowledged), and known to this listener's own record.
-        await until(lambda: consumer.duplicates >= 1)
+        await poll(lambda: consumer.duplicates >= 1, "a redelivery")
         consumer.stop()
     assert counts == {sent.event_id: 1}
     assert consumer.handled == 1
@@ -155,7 +152,7 @@ async def test_the_bucket_is_created_with_the_ttl_and_one_value_per_key(
             handled_ttl=90,
         )  # fmt: skip
         await group.start(consumer.run)
-        await until(lambda: consumer.handled == 1)
+        await poll(lambda: consumer.handled == 1, "the event handled")
         consumer.stop()
     client = await nats.connect(users_nats.url, user="ok", password="pw")
     try:

@@ -1,7 +1,7 @@
 """lifecycle-otel on the wire: ``lifecycle run`` exporting OTLP/HTTP to a receiver on loopback.
 
-The receiver is a few lines of ``http.server`` decoding the OTLP requests with
-``opentelemetry-proto``, as a collector would.
+The receiver is lifecycle-testing's ``serve_otlp``: ``http.server`` decoding the OTLP
+requests with ``opentelemetry-proto``, as a collector would.
 """
 
 from __future__ import annotations
@@ -11,90 +11,21 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-    ExportMetricsServiceResponse,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from lifecycle_testing import OtlpReceiver, serve_otlp
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from opentelemetry.proto.trace.v1.trace_pb2 import Span
-
-
-class Receiver:
-    """An OTLP/HTTP receiver on 127.0.0.1: the spans and metric names it was sent."""
-
-    def __init__(self) -> None:
-        self.spans: list[Span] = []
-        self.services: list[str] = []
-        self.metrics: set[str] = set()
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if self.path == "/v1/traces":
-                    request = ExportTraceServiceRequest.FromString(body)
-                    with receiver.lock:
-                        for resource in request.resource_spans:
-                            service = [
-                                a.value.string_value
-                                for a in resource.resource.attributes
-                                if a.key == "service.name"
-                            ]
-                            for scope in resource.scope_spans:
-                                receiver.spans.extend(scope.spans)
-                                receiver.services.extend(service * len(scope.spans))
-                    answer = ExportTraceServiceResponse().SerializeToString()
-                else:
-                    metrics = ExportMetricsServiceRequest.FromString(body)
-                    with receiver.lock:
-                        receiver.metrics.update(
-                            metric.name
-                            for resource in metrics.resource_metrics
-                            for scope in resource.scope_metrics
-                            for metric in scope.metrics
-                        )
-                    answer = ExportMetricsServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,))
-
-    def named(self, name: str) -> Span:
-        (span,) = [span for span in self.spans if span.name == name]
-        return span
-
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
-    receiver.thread.start()
-    yield receiver
-    receiver.server.shutdown()
-    receiver.server.server_close()
-    receiver.thread.join()
+def receiver() -> Iterator[OtlpReceiver]:
+    with serve_otlp() as receiver:
+        yield receiver
 
 
 CHILD = textwrap.dedent(
@@ -150,7 +81,7 @@ def lifecycle_run(
 
 
 def test_one_trace_from_the_caller_through_the_wrapper_into_the_job(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: OtlpReceiver
 ) -> None:
     (tmp_path / "child.py").write_text(CHILD)
     done, _ = lifecycle_run(tmp_path, receiver.url, sys.executable, "child.py")
@@ -166,8 +97,8 @@ def test_one_trace_from_the_caller_through_the_wrapper_into_the_job(
     attributes = {a.key: a.value for a in run.attributes}
     assert attributes["lifecycle.run.outcome"].string_value == "succeeded"
     assert attributes["process.exit.code"].int_value == 0
-    assert sorted(set(receiver.services)) == ["child", "nightly-host"]
-    assert {"lifecycle.run.duration", "lifecycle.handler.duration"} <= receiver.metrics
+    assert receiver.services() == {"child", "nightly-host"}
+    assert {"lifecycle.run.duration", "lifecycle.handler.duration"} <= receiver.metric_names()
 
 
 def silent_collector() -> socket.socket:
@@ -178,24 +109,16 @@ def silent_collector() -> socket.socket:
     return server
 
 
-def refusing_endpoint() -> str:
-    """The URL of a port nothing listens on: every connection is refused."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
 @pytest.mark.parametrize("collector", ["silent", "refusing"])
 def test_a_dead_collector_holds_the_wrapper_no_longer_than_the_flush_bound(
-    tmp_path: Path, collector: str
+    tmp_path: Path, collector: str, closed_port: int
 ) -> None:
     bound = 1.0
     if collector == "silent":
         server = silent_collector()
         endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
     else:
-        server, endpoint = None, refusing_endpoint()
+        server, endpoint = None, f"http://127.0.0.1:{closed_port}"
     try:
         done, elapsed = lifecycle_run(
             tmp_path, endpoint, sys.executable, "-c", "pass", flush_timeout=bound

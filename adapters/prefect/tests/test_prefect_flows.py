@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -21,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from lifecycle_testing import poll_blocking
+from lifecycle_testing import poll_blocking, recorded, stop_process, wait_serving
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from lifecycle_testing import NatsServer
 
@@ -41,18 +40,13 @@ BEAT = 0.2
 MISSES = 3
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def prefect_api(
+    tmp_path_factory: pytest.TempPathFactory, free_tcp_port_factory: Callable[[], int]
+) -> Iterator[str]:
     """A real Prefect server on a free loopback port, for this module."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
+    port = free_tcp_port_factory()
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
@@ -66,26 +60,11 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/api"
-
-    def healthy() -> bool:
-        if server.poll() is not None:
-            pytest.fail(f"prefect server exited: {(home / 'server.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as answer:
-                return bool(answer.status == 200)
-        except OSError:
-            return False
-
     try:
-        poll_blocking(healthy, "the Prefect server", limit=90)
+        wait_serving(f"{url}/health", server, log=home / "server.log", limit=90)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, grace=15)
         log.close()
 
 
@@ -132,10 +111,7 @@ class Flows:
         return out
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        if not self.notes.exists():
-            return []
-        events = [json.loads(line) for line in self.notes.read_text().splitlines()]
-        return [event for event in events if name is None or event["name"] == name]
+        return [event for event in recorded(self.notes) if name is None or event["name"] == name]
 
 
 NOTE_ALL = "".join(
@@ -357,10 +333,7 @@ def published(
 
 
 def verdicts(notes: Path, run_id: str) -> list[dict[str, Any]]:
-    if not notes.exists():
-        return []
-    events = [json.loads(line) for line in notes.read_text().splitlines()]
-    return [e for e in events if e["run_id"] == run_id and e.get("outcome") == "lost"]
+    return [e for e in recorded(notes) if e["run_id"] == run_id and e.get("outcome") == "lost"]
 
 
 def test_a_killed_flow_run_is_lost_once_and_marked_crashed_once(

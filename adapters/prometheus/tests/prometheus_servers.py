@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,10 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from lifecycle_testing import stop_process, wait_serving
 from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 ALERT = "LifecycleJobNotSucceeding"
 # The rule the adapter's README tells batch users to copy, with a threshold of one hour.
@@ -125,34 +124,15 @@ class Stack:
         return result
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{process.args!r} exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.05)  # a daemon starting up: no event to wait on
-    pytest.fail(f"{url} not ready after 30 s:\n{log.read_text()}")
-
-
 @contextmanager
-def running_stack() -> Iterator[Stack]:
-    """Start the three servers, each on a free port; stop them and clean up on exit."""
+def running_stack(free_port: Callable[[], int]) -> Iterator[Stack]:
+    """Start the three servers, each on a port from ``free_port`` (anyio's
+    ``free_tcp_port_factory``: they must be told theirs); stop them and clean up on exit."""
     root = Path(tempfile.mkdtemp(prefix="lc-prom-"))
     textfile_dir = root / "textfile"
     textfile_dir.mkdir()
-    pushgateway_port, node_port, prometheus_port = _free_port(), _free_port(), _free_port()
-    listen_port = _free_port()
+    pushgateway_port, node_port, prometheus_port = free_port(), free_port(), free_port()
+    listen_port = free_port()
     (root / "rules.yml").write_text(RULES)
     (root / "prometheus.yml").write_text(
         json.dumps(  # JSON is YAML
@@ -215,7 +195,7 @@ def running_stack() -> Iterator[Stack]:
                     subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=root)
                 )
         for (name, url), process in zip(ready.items(), processes, strict=True):
-            _wait_ready(url, process, root / f"{name}.log")
+            wait_serving(url, process, log=root / f"{name}.log", limit=30)
         yield Stack(
             prometheus=f"http://127.0.0.1:{prometheus_port}",
             pushgateway=f"http://127.0.0.1:{pushgateway_port}",
@@ -224,11 +204,7 @@ def running_stack() -> Iterator[Stack]:
         )
     finally:
         for process in processes:
-            process.terminate()
+            process.terminate()  # all at once, then wait for each
         for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
         shutil.rmtree(root, ignore_errors=True)

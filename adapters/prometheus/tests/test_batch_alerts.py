@@ -47,9 +47,9 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def stack(free_tcp_port_factory: Callable[[], int]) -> Iterator[Stack]:
     """One set of servers for the module: each test uses environment names of its own."""
-    with running_stack() as running:
+    with running_stack(free_tcp_port_factory) as running:
         yield running
 
 
@@ -86,8 +86,11 @@ async def batch_run(attach_to: Attach, name: str, outcome: Outcome, **options: A
 async def fires_then_clears(stack: Stack, attach_to: Attach, name: str) -> None:
     success = await batch_run(attach_to, name, Outcome.SUCCEEDED, ended_ago=7200)
     await batch_run(attach_to, name, Outcome.FAILED, ended_ago=3600, exit_code=3)
-    await until(lambda: stack.firing(name))
     selector = f'{{lifecycle_environment="{name}"}}'
+    failed = f'lifecycle_run_last_outcome{{lifecycle_environment="{name}",outcome="failed"}} == 1'
+    # The failed run scraped too, not only the success: the alert fires on a success 2 h
+    # old alone, and a scrape can fall between the two runs' writes (the textfile's).
+    await until(lambda: stack.firing(name) and bool(stack.query(failed)))
     (kept,) = stack.query(f"lifecycle_run_last_success_timestamp_seconds{selector}")
     assert float(kept["value"][1]) == pytest.approx(success.timestamp())
     (code,) = stack.query(f"lifecycle_run_last_exit_code{selector}")

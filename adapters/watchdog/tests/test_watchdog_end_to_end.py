@@ -28,6 +28,7 @@ from lifecycle_testing import (
     Recorder,
     poll_blocking,
     record_handlers,
+    recorded,
 )
 from lifecycle_watchdog import (
     MISSED,
@@ -401,8 +402,7 @@ def test_watch_notifies_through_the_usual_handlers_and_runs_lists_the_live_run(
             "watchdog",
         )
         run.signal(signal.SIGKILL)
-        poll_blocking(lambda: notes.exists() and notes.read_text(), "the lost run's notification")
-        [note] = [json.loads(line) for line in notes.read_text().splitlines()]
+        [note] = poll_blocking(lambda: recorded(notes), "the lost run's notification")
         assert note["outcome"] == "lost"
         assert note["run_id"] == row["run_id"]
         service.send_signal(signal.SIGTERM)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -325,15 +324,6 @@ async def test_the_total_deadline_bounds_all_attempts(webhook_server: WebhookSer
     assert len(webhook_server.requests) == 1
     assert isinstance(result.exception, WebhookDeliveryError)
     assert "no response before the deadline (0.3 s)" in str(result.exception)
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A loopback port nobody listens on: connecting is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.mark.anyio

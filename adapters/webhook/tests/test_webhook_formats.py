@@ -13,7 +13,6 @@ import json
 import logging
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ import anyio
 import httpx
 import pytest
 import structlog
-from lifecycle_testing import QuietHandler, StandIn, serve_http
+from lifecycle_testing import QuietHandler, StandIn, serve_http, stop_process, wait_serving
 from lifecycle_webhook import WebhookAdapter, attach
 
 from lifecycle import (
@@ -44,7 +43,7 @@ from lifecycle import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 
@@ -605,15 +604,10 @@ async def test_cronitor_telemetry_run_then_fail(vendors: Vendors) -> None:
 # -- Alertmanager (the real one) ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @pytest.fixture(scope="module")
-def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def alertmanager(
+    tmp_path_factory: pytest.TempPathFactory, free_tcp_port_factory: Callable[[], int]
+) -> Iterator[str]:
     """A real Alertmanager on a free loopback port, clustering off; its base URL."""
     binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
     if binary is None:
@@ -621,7 +615,7 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("alertmanager")
     config = home / "alertmanager.yml"
     config.write_text("route:\n  receiver: none\nreceivers:\n  - name: none\n")
-    port = _free_port()
+    port = free_tcp_port_factory()
     process = subprocess.Popen(
         [
             binary,
@@ -635,22 +629,10 @@ def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(timeout=1.0) as client:
-            for _ in range(200):
-                try:
-                    if client.get(f"{base}/-/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if process.poll() is not None:
-                    pytest.fail(f"Alertmanager exited with status {process.returncode}")
-                threading.Event().wait(0.05)
-            else:
-                pytest.fail("Alertmanager did not become ready in 10 s")
+        wait_serving(f"{base}/-/ready", process)
         yield base
     finally:
-        process.terminate()
-        process.wait(10)
+        stop_process(process)
 
 
 async def active_alerts(base: str, environment: str) -> list[dict[str, Any]]:
