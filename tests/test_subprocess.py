@@ -7,8 +7,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -74,7 +74,7 @@ async def bus() -> AsyncIterator[EventBus]:
         yield bus
 
 
-Execute = Callable[..., Awaitable[CommandResult]]
+Execute = Callable[..., Coroutine[Any, Any, CommandResult]]
 
 # Each run on asyncio is tested twice: through ``SubprocessEnvironment.execute`` (anyio's
 # processes and cancel scopes), and through the asyncio runner ``lifecycle run`` uses,
