@@ -25,11 +25,10 @@ On Linux, a wrapper killed outright (SIGKILL) takes the command with it.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from ._console import escape, log_to_stderr, render, write_line
 from ._exceptions import ConfigError
@@ -37,7 +36,6 @@ from .plugins import (
     ADAPTER_GROUP,
     COMMAND_GROUP,
     _command_points,
-    _commands_by_distribution,
     _install_hint,
     installed_adapters,
 )
@@ -47,7 +45,9 @@ from .plugins import (
 # entry-point scan), tomllib nor structlog. tests/test_cli.py guards this.
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    import argparse
+    import types
+    from collections.abc import Callable, Sequence
     from importlib.metadata import EntryPoint
     from pathlib import Path
 
@@ -79,172 +79,100 @@ later.
 """
 
 
-def _columns() -> int:
-    """The terminal's width, as ``shutil.get_terminal_size`` tells it, without its import."""
-    try:
-        columns = int(os.environ.get("COLUMNS", ""))
-    except ValueError:
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns or 80
+# -- the plain forms of lifecycle run's options ---------------------------------------
+#
+# argparse's module and parsers (_cli_parser) are a good part of a wrapped job's start-up.
+# A run's options in their plain forms are read here without them; anything else (--help,
+# --opt=value, an abbreviation, a mistake) goes to argparse, whose rules and messages then
+# apply. tests/test_cli.py checks both give the same for each of the run parser's options.
+
+_RUN_DEFAULTS: dict[str, Any] = {
+    "config": None,
+    "name": None,
+    "label": [],
+    "heartbeat": 30.0,
+    "timeout": None,
+    "grace": 10.0,
+    "run_id": None,
+    "inherit_output": False,
+    "quiet": False,
+}
 
 
-class _Formatter(argparse.HelpFormatter):
-    """argparse's help layout. Its own formatter imports ``shutil`` (and with it ``bz2``,
-    ``lzma`` and ``zlib``) for the terminal's width, and argparse makes one per option
-    added: a wrapped job's start-up would pay for a help it never prints."""
+def seconds(text: str) -> float:
+    """A number of seconds >= 0 given on the command line.
 
-    def __init__(
-        self,
-        prog: str,
-        indent_increment: int = 2,
-        max_help_position: int = 24,
-        width: int | None = None,
-    ) -> None:
-        super().__init__(prog, indent_increment, max_help_position, width or _columns() - 2)
-
-
-class _RawDescriptionFormatter(_Formatter, argparse.RawDescriptionHelpFormatter):
-    """The description and epilog as written (examples keep their lines)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors exit with a chosen status, escaped."""
-
-    def __init__(self, *args: Any, error_status: int = 2, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
-        self.error_status = error_status
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        # The message quotes the user's arguments, control characters and all.
-        self.exit(self.error_status, f"{self.prog}: error: {escape(message)}\n")
-
-
-def _seconds(text: str) -> float:
+    Raises:
+        ValueError: with the message argparse shows.
+    """
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+        raise ValueError(f"expected a finite number of seconds >= 0, got {text!r}")
     return value
 
 
-def _path(text: str) -> Path:
-    from pathlib import Path  # only when a path is given: argparse would import it always
+def limit(text: str) -> float:
+    """A time limit > 0 given on the command line (raises ``ValueError``, as :func:`seconds`)."""
+    value = seconds(text)
+    if value == 0:
+        # 0 meaning "no limit" would turn a typo into a job that may run forever.
+        raise ValueError("must be > 0 seconds (leave --timeout out for no limit), got '0'")
+    return value
+
+
+def path(text: str) -> Path:
+    from pathlib import Path  # only when a path is given
 
     return Path(text)
 
 
-def _limit(text: str) -> float:
-    value = _seconds(text)
-    if value == 0:
-        # 0 meaning "no limit" would turn a typo into a job that may run forever.
-        raise argparse.ArgumentTypeError(
-            "must be > 0 seconds (leave --timeout out for no limit), got '0'"
-        )
-    return value
+_RUN_VALUES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "--config": ("config", path),
+    "--name": ("name", str),
+    "--label": ("label", str),
+    "--heartbeat": ("heartbeat", seconds),
+    "--timeout": ("timeout", limit),
+    "--grace": ("grace", seconds),
+    "--run-id": ("run_id", str),
+}
+_RUN_FLAGS = {"--inherit-output": "inherit_output", "-q": "quiet", "--quiet": "quiet"}
 
 
-def _parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[_Parser, dict[str, _Parser]]:
-    """The top-level parser, and the subcommands' parsers by name."""
-    from . import __version__
+def _plain_run_args(argv: Sequence[str]) -> dict[str, Any] | None:
+    """``lifecycle run``'s options as argparse would read them, or ``None`` to ask argparse.
 
-    parser = _Parser(
-        prog="lifecycle",
-        description="Reliable lifecycle events for jobs: wrap a command, check a "
-        f"configuration. Installed packages add commands ({_commands_by_distribution()}).",
-        # A mistyped ``lifecycle rnu -- job`` in a cron line must not look like the job's 2.
-        error_status=STATUS_WRAPPER_FAILED,
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
-
-    run = commands.add_parser(
-        "run",
-        help="run a command with lifecycle events; exit with its status",
-        description="Run CMD as a child process, emitting environment.starting, "
-        "environment.heartbeat and environment.exited on a bus with the configured adapters.",
-        usage="%(prog)s [options] -- CMD [ARGS ...]",
-        epilog=_RUN_EPILOG,
-        formatter_class=_RawDescriptionFormatter,
-        error_status=STATUS_WRAPPER_FAILED,
-    )
-    run.add_argument("--config", metavar="FILE", type=_path, help="the configuration file")
-    run.add_argument(
-        "--name", help="the environment's name (default: the command's, or its script's, name)"
-    )
-    run.add_argument(
-        "--label",
-        metavar="L",
-        action="append",
-        default=[],
-        help="a label of the environment (repeat for several)",
-    )
-    run.add_argument(
-        "--heartbeat",
-        metavar="SECONDS",
-        type=_seconds,
-        default=30.0,
-        help="seconds between heartbeat events; 0 for none (default: 30)",
-    )
-    run.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=_limit,
-        help="stop the command after this long (> 0); exit status 124 (default: no limit)",
-    )
-    run.add_argument(
-        "--grace",
-        metavar="SECONDS",
-        type=_seconds,
-        default=10.0,
-        help="seconds between SIGTERM and SIGKILL when stopping the command (default: 10)",
-    )
-    run.add_argument("--run-id", metavar="ID", help="the run's id (default: a random one)")
-    run.add_argument(
-        "--inherit-output",
-        action="store_true",
-        help="let the command write straight to this terminal (no output tail on exited)",
-    )
-    run.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        help="print nothing if the run succeeds; otherwise print everything, the command's "
-        "output included (for cron; also [run] quiet = true in the configuration)",
-    )
-    run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    run.set_defaults(handler=_run)
-
-    check = commands.add_parser(
-        "check",
-        help="validate a configuration and list what it attaches",
-        description="Load a configuration file, report its mistakes, and list the adapters "
-        "and handlers it would attach.",
-        epilog="exit status: 0 when the configuration is valid (or there is none); 1 when it "
-        "has a mistake (the message names the file, key and value); 2 on a usage mistake.",
-    )
-    check.add_argument("--config", metavar="FILE", type=_path, help="the configuration file")
-    check.set_defaults(handler=_check)
-
-    adapters = commands.add_parser(
-        "adapters",
-        help="list the installed adapters",
-        description=f"List the adapters installed in the entry-point group {ADAPTER_GROUP}.",
-        epilog="exit status: 0; 2 on a usage mistake.",
-    )
-    adapters.set_defaults(handler=_adapters)
-    for name, point in sorted((plugins or {}).items()):
-        commands.add_parser(name, help=_command_help(point), add_help=False)
-    return parser, {"run": run, "check": check, "adapters": adapters}
+    Only ``run``, then options each spelled out in full with its value as the next argument,
+    then ``--`` and the command.
+    """
+    if not argv or argv[0] != "run":
+        return None
+    args = {**_RUN_DEFAULTS, "label": []}
+    at = 1
+    while at < len(argv):
+        arg = argv[at]
+        if arg == "--":
+            args["command"] = list(argv[at:])
+            return args
+        if arg in _RUN_FLAGS:
+            args[_RUN_FLAGS[arg]] = True
+            at += 1
+            continue
+        if arg not in _RUN_VALUES or at + 1 >= len(argv) or argv[at + 1].startswith("-"):
+            return None
+        dest, convert = _RUN_VALUES[arg]
+        try:
+            value = convert(argv[at + 1])
+        except ValueError:
+            return None  # argparse says what is wrong with it
+        if dest == "label":
+            args["label"].append(value)
+        else:
+            args[dest] = value
+        at += 2
+    return None  # no "--": argparse decides what the command is
 
 
 def _plugin_commands() -> dict[str, EntryPoint]:
@@ -289,7 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"package, which is not installed (pip install {provider})"
             )
             return STATUS_WRAPPER_FAILED
-    parser, subcommands = _parser(plugins)
+    plain = _plain_run_args(argv)
+    if plain is not None:
+        import types
+
+        return _run(types.SimpleNamespace(subcommand="run", **plain))
+    from ._cli_parser import parser as make_parser
+
+    parser, subcommands = make_parser(plugins)
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:
@@ -326,7 +261,7 @@ def _say(message: str) -> None:
 # -- lifecycle run -----------------------------------------------------------------
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace | types.SimpleNamespace) -> int:
     command: list[str] = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
@@ -352,7 +287,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _run_async(
-    args: argparse.Namespace, command: list[str], config: Config | None, quiet: Quiet | None = None
+    args: argparse.Namespace | types.SimpleNamespace,
+    command: list[str],
+    config: Config | None,
+    quiet: Quiet | None = None,
 ) -> int:
     from ._bus import EventBus
     from ._command_asyncio import execute

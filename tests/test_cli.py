@@ -600,8 +600,68 @@ def test_a_run_without_configuration_imports_no_anyio_pathlib_or_shutil(tmp_path
     """Issue 19: the command runs on asyncio alone, and argparse's help costs nothing."""
     imported = imports_of(tmp_path, "run", "--timeout", "5", "--", "true")
     assert "lifecycle._command_asyncio" in imported  # it did run, the asyncio way
-    for module in ("anyio", "typing_extensions", "pathlib", "shutil", "trio"):
+    for module in ("anyio", "typing_extensions", "pathlib", "shutil", "trio", "argparse"):
         assert module not in imported
+
+
+# -- lifecycle run's options read without argparse ----------------------------------------
+
+PLAIN_RUNS = [
+    ["run", "--", "true"],
+    ["run", "--name", "nightly", "--label", "a", "--label", "b", "--", "backup", "-v"],
+    ["run", "--heartbeat", "0", "--timeout", "2.5", "--grace", "1", "--", "sh", "-c", "x"],
+    ["run", "--config", "job.toml", "--run-id", "r-1", "-q", "--inherit-output", "--", "x"],
+    ["run", "--quiet", "--", "--", "x"],
+]
+
+
+@pytest.mark.parametrize("argv", PLAIN_RUNS, ids=" ".join)
+def test_plain_run_options_read_as_argparse_reads_them(argv: list[str]) -> None:
+    from lifecycle._cli import _plain_run_args
+    from lifecycle._cli_parser import parser
+
+    plain = _plain_run_args(argv)
+    assert plain is not None
+    parsed = vars(parser()[0].parse_args(argv))
+    del parsed["handler"], parsed["subcommand"]
+    assert plain == parsed
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--help"],
+        ["run", "--timeout=5", "--", "x"],
+        ["run", "--time", "5", "--", "x"],  # argparse's abbreviation
+        ["run", "--timeout", "0", "--", "x"],  # argparse says what is wrong
+        ["run", "--heartbeat", "soon", "--", "x"],
+        ["run", "--name", "-x", "--", "x"],
+        ["run", "--bogus", "--", "x"],
+        ["run", "true"],
+        ["run", "--name"],
+        ["check"],
+    ],
+    ids=" ".join,
+)
+def test_every_other_command_line_goes_to_argparse(argv: list[str]) -> None:
+    from lifecycle._cli import _plain_run_args
+
+    assert _plain_run_args(argv) is None
+
+
+def test_each_run_option_is_read_the_plain_way_with_argparses_dest_and_default() -> None:
+    """An option added to the run parser alone would send every run through argparse."""
+    from lifecycle._cli import _RUN_DEFAULTS, _RUN_FLAGS, _RUN_VALUES
+    from lifecycle._cli_parser import parser
+
+    run = parser()[1]["run"]
+    for action in run._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        for option in action.option_strings:
+            known = _RUN_FLAGS.get(option) or _RUN_VALUES.get(option, (None,))[0]
+            assert known == action.dest, option
+        assert _RUN_DEFAULTS[action.dest] == action.default, action.dest
 
 
 def test_version_imports_no_event_loop(tmp_path: Path) -> None:
