@@ -32,13 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._console import escape, log_to_stderr, render, write_line
 from ._exceptions import ConfigError
-from .plugins import (
-    ADAPTER_GROUP,
-    COMMAND_GROUP,
-    _command_points,
-    _install_hint,
-    installed_adapters,
-)
 
 # Everything else is imported where it is used: a cron wrapper's start-up is mostly imports,
 # and ``lifecycle run -- CMD`` with no configuration needs neither importlib.metadata (an
@@ -177,6 +170,8 @@ def _plain_run_args(argv: Sequence[str]) -> dict[str, Any] | None:
 
 def _plugin_commands() -> dict[str, EntryPoint]:
     """The installed commands of :data:`~lifecycle.plugins.COMMAND_GROUP`, less built-in names."""
+    from .plugins import _command_points
+
     points = _command_points()
     return {name: point for name, point in points.items() if name not in _BUILTIN_COMMANDS}
 
@@ -210,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plugins = _plugin_commands()
         if argv and argv[0] in plugins:
             return _run_plugin(argv[0], plugins[argv[0]], argv[1:])
+        from .plugins import COMMAND_GROUP, _install_hint
+
         provider = _install_hint(COMMAND_GROUP, argv[0]) if argv else None
         if provider is not None:
             _say(
@@ -541,6 +538,8 @@ async def _attach_and_detach(config: Config) -> None:
 
 
 def _adapters(args: argparse.Namespace) -> int:
+    from .plugins import ADAPTER_GROUP, installed_adapters
+
     found = installed_adapters()
     if not found:
         print(f"no adapters installed (entry-point group {ADAPTER_GROUP})")
