@@ -25,11 +25,11 @@ On Linux, a wrapper killed outright (SIGKILL) takes the command with it.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ._cli_values import STATUS_WRAPPER_FAILED, limit, path, seconds
 from ._console import escape, log_to_stderr, render, write_line
 from ._exceptions import ConfigError
 
@@ -52,24 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-STATUS_WRAPPER_FAILED = 125
-"""``lifecycle run`` could not run the command at all (options, configuration, abort)."""
-
 _BUILTIN_COMMANDS = frozenset({"run", "check", "adapters"})
-
-_RUN_EPILOG = """\
-exit status: the command's own; 124 when it outlived --timeout; 125 when lifecycle
-itself failed (bad options or configuration, or a critical starting handler aborted
-the run); 126 not executable; 127 not found; 128+n when it died of signal n.
-
-Without --config: the file $LIFECYCLE_CONFIG names, else lifecycle.toml (or
-[tool.lifecycle] in pyproject.toml) in the current directory, else lifecycle.toml in
-the user's configuration directory (~/.config/lifecycle/), else in the system's
-(/etc/xdg/lifecycle/); handler modules are imported from the current directory. With
-no configuration at all, run events are logged to stderr. SIGTERM, SIGINT and SIGHUP
-are forwarded to the command, which is killed if it is still alive --grace seconds
-later.
-"""
 
 
 # -- the plain forms of lifecycle run's options ---------------------------------------
@@ -90,36 +73,6 @@ _RUN_DEFAULTS: dict[str, Any] = {
     "inherit_output": False,
     "quiet": False,
 }
-
-
-def seconds(text: str) -> float:
-    """A number of seconds >= 0 given on the command line.
-
-    Raises:
-        ValueError: with the message argparse shows.
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"expected a finite number of seconds >= 0, got {text!r}")
-    return value
-
-
-def limit(text: str) -> float:
-    """A time limit > 0 given on the command line (raises ``ValueError``, as :func:`seconds`)."""
-    value = seconds(text)
-    if value == 0:
-        # 0 meaning "no limit" would turn a typo into a job that may run forever.
-        raise ValueError("must be > 0 seconds (leave --timeout out for no limit), got '0'")
-    return value
-
-
-def path(text: str) -> Path:
-    from pathlib import Path  # only when a path is given
-
-    return Path(text)
 
 
 _RUN_VALUES: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -176,21 +129,6 @@ def _plugin_commands() -> dict[str, EntryPoint]:
     return {name: point for name, point in points.items() if name not in _BUILTIN_COMMANDS}
 
 
-def _command_help(point: EntryPoint) -> str:
-    """A plugin command's line in ``lifecycle --help``: its ``help`` and its package."""
-    try:
-        text = getattr(point.load(), "help", None)
-    except Exception:  # a broken plugin must not break --help; running it says why
-        text = None
-    where = _distribution(point)
-    return f"{text} ({where})" if isinstance(text, str) else f"from {where}"
-
-
-def _distribution(point: EntryPoint) -> str:
-    dist = point.dist
-    return dist.name if dist is not None else point.value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``lifecycle`` command with ``argv`` (default: ``sys.argv[1:]``); return its status.
 
@@ -221,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(types.SimpleNamespace(subcommand="run", **plain))
     from ._cli_parser import parser as make_parser
 
-    parser, subcommands = make_parser(plugins)
+    handlers = {"run": _run, "check": _check, "adapters": _adapters}
+    parser, subcommands = make_parser(handlers, plugins)
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:
@@ -507,6 +446,8 @@ def _check_tables(config: Config) -> dict[str, list[str] | None]:
     """
     if not config.tables:
         return {}
+    from .plugins import _distribution
+
     commands = _plugin_commands()
     checked: dict[str, list[str] | None] = {}
     for name in sorted(config.tables):

@@ -12,19 +12,9 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from ._cli import (
-    _RUN_EPILOG,
-    STATUS_WRAPPER_FAILED,
-    _adapters,
-    _check,
-    _command_help,
-    _run,
-    limit,
-    path,
-    seconds,
-)
+from ._cli_values import STATUS_WRAPPER_FAILED, limit, path, seconds
 from ._console import escape
-from .plugins import ADAPTER_GROUP, _commands_by_distribution
+from .plugins import ADAPTER_GROUP, _commands_by_distribution, _distribution
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -33,6 +23,20 @@ if TYPE_CHECKING:
 __all__ = ["Parser", "parser"]
 
 T = TypeVar("T")
+
+_RUN_EPILOG = """\
+exit status: the command's own; 124 when it outlived --timeout; 125 when lifecycle
+itself failed (bad options or configuration, or a critical starting handler aborted
+the run); 126 not executable; 127 not found; 128+n when it died of signal n.
+
+Without --config: the file $LIFECYCLE_CONFIG names, else lifecycle.toml (or
+[tool.lifecycle] in pyproject.toml) in the current directory, else lifecycle.toml in
+the user's configuration directory (~/.config/lifecycle/), else in the system's
+(/etc/xdg/lifecycle/); handler modules are imported from the current directory. With
+no configuration at all, run events are logged to stderr. SIGTERM, SIGINT and SIGHUP
+are forwarded to the command, which is killed if it is still alive --grace seconds
+later.
+"""
 
 
 def _columns() -> int:
@@ -99,8 +103,15 @@ _seconds = _argument(seconds)
 _limit = _argument(limit)
 
 
-def parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[Parser, dict[str, Parser]]:
-    """The top-level parser, and the subcommands' parsers by name."""
+def parser(
+    handlers: Mapping[str, Callable[[Any], int]], plugins: Mapping[str, EntryPoint] | None = None
+) -> tuple[Parser, dict[str, Parser]]:
+    """The top-level parser, and the subcommands' parsers by name.
+
+    Args:
+        handlers: the function of each built-in command (``run``, ``check``, ``adapters``).
+        plugins: the installed plugin commands, listed in ``--help``.
+    """
     from . import __version__
 
     parser = Parser(
@@ -169,7 +180,7 @@ def parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[Parser, dic
         "output included (for cron; also [run] quiet = true in the configuration)",
     )
     run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=handlers["run"])
 
     check = commands.add_parser(
         "check",
@@ -180,7 +191,7 @@ def parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[Parser, dic
         "has a mistake (the message names the file, key and value); 2 on a usage mistake.",
     )
     check.add_argument("--config", metavar="FILE", type=path, help="the configuration file")
-    check.set_defaults(handler=_check)
+    check.set_defaults(handler=handlers["check"])
 
     adapters = commands.add_parser(
         "adapters",
@@ -188,7 +199,17 @@ def parser(plugins: Mapping[str, EntryPoint] | None = None) -> tuple[Parser, dic
         description=f"List the adapters installed in the entry-point group {ADAPTER_GROUP}.",
         epilog="exit status: 0; 2 on a usage mistake.",
     )
-    adapters.set_defaults(handler=_adapters)
+    adapters.set_defaults(handler=handlers["adapters"])
     for name, point in sorted((plugins or {}).items()):
         commands.add_parser(name, help=_command_help(point), add_help=False)
     return parser, {"run": run, "check": check, "adapters": adapters}
+
+
+def _command_help(point: EntryPoint) -> str:
+    """A plugin command's line in ``lifecycle --help``: its ``help`` and its package."""
+    try:
+        text = getattr(point.load(), "help", None)
+    except Exception:  # a broken plugin must not break --help; running it says why
+        text = None
+    where = _distribution(point)
+    return f"{text} ({where})" if isinstance(text, str) else f"from {where}"

@@ -313,3 +313,8 @@ def _commands_by_distribution() -> str:
     for name, distribution in _PROJECT_PLUGINS[COMMAND_GROUP].items():
         by_distribution.setdefault(distribution, []).append(name)
     return "; ".join(f"{dist}: {', '.join(names)}" for dist, names in by_distribution.items())
+
+
+def _distribution(point: EntryPoint) -> str:
+    dist = point.dist
+    return dist.name if dist is not None else point.value

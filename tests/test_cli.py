@@ -617,12 +617,12 @@ PLAIN_RUNS = [
 
 @pytest.mark.parametrize("argv", PLAIN_RUNS, ids=" ".join)
 def test_plain_run_options_read_as_argparse_reads_them(argv: list[str]) -> None:
-    from lifecycle._cli import _plain_run_args
+    from lifecycle._cli import _adapters, _check, _plain_run_args, _run
     from lifecycle._cli_parser import parser
 
     plain = _plain_run_args(argv)
     assert plain is not None
-    parsed = vars(parser()[0].parse_args(argv))
+    parsed = vars(parser({"run": _run, "check": _check, "adapters": _adapters})[0].parse_args(argv))
     del parsed["handler"], parsed["subcommand"]
     assert plain == parsed
 
@@ -651,10 +651,10 @@ def test_every_other_command_line_goes_to_argparse(argv: list[str]) -> None:
 
 def test_each_run_option_is_read_the_plain_way_with_argparses_dest_and_default() -> None:
     """An option added to the run parser alone would send every run through argparse."""
-    from lifecycle._cli import _RUN_DEFAULTS, _RUN_FLAGS, _RUN_VALUES
+    from lifecycle._cli import _RUN_DEFAULTS, _RUN_FLAGS, _RUN_VALUES, _adapters, _check, _run
     from lifecycle._cli_parser import parser
 
-    run = parser()[1]["run"]
+    run = parser({"run": _run, "check": _check, "adapters": _adapters})[1]["run"]
     for action in run._actions:
         if not action.option_strings or action.dest == "help":
             continue
