@@ -16,6 +16,7 @@ import structlog
 from lifecycle_webhook import DEFAULT_TEMPLATE, Policy, Selection, check_template, template_fields
 
 from lifecycle import EXITED, STARTING, Attachment, Outcome, redact_url
+from lifecycle.plugins import adapter
 
 from ._exceptions import AppriseDeliveryError
 
@@ -445,4 +446,4 @@ def _check(bus: EventBus, *, urls: str | Iterable[str], **options: Any) -> None:
     attach(bus, urls=url_list, **options).detach()
 
 
-attach.check = _check  # type: ignore[attr-defined]
+adapter(attach, check=_check)

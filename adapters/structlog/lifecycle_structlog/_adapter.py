@@ -22,6 +22,7 @@ from lifecycle import (
 )
 from lifecycle._console import TRACEBACK_LIMIT, VALUE_LIMIT, shorten
 from lifecycle._logging import result_fields, route
+from lifecycle.plugins import adapter
 
 from ._render import Fields, console_logger, json_logger, to_ecs
 
@@ -330,4 +331,4 @@ def _check(bus: EventBus, *, file: Any = None, **options: Any) -> None:
     attach(bus, file=file, **options).detach()
 
 
-attach.check = _check  # type: ignore[attr-defined]
+adapter(attach, check=_check)
