@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import nats
 import pytest
+import structlog
 from lifecycle_testing import NatsServer, poll, poll_blocking
 
 if TYPE_CHECKING:
@@ -104,3 +105,17 @@ async def test_an_async_wait_returns_what_it_waited_for_or_fails_naming_it() -> 
     assert await poll(lambda: "here", "a value") == "here"
     with pytest.raises(AssertionError, match=r"gave up waiting for the moon after 0\.05 s"):
         await poll(lambda: 0, "the moon", limit=0.05)
+
+
+def test_structlogs_default_renderer_prints_a_logged_traceback_plainly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    structlog.reset_defaults()  # as tests that configured structlog do afterwards
+    try:
+        raise ValueError("logged")
+    except ValueError:
+        structlog.get_logger().exception("failed")
+    out = capsys.readouterr().out
+    assert "Traceback (most recent call last):" in out
+    assert "ValueError: logged" in out
+    assert "\u256d" not in out  # the corner of rich's traceback panel
