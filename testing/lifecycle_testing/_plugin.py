@@ -7,6 +7,7 @@ import socket
 from typing import TYPE_CHECKING
 
 import pytest
+import structlog
 
 from ._nats import NatsServer
 
@@ -24,6 +25,21 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{ASYNCIO_ONLY}: run the anyio tests on asyncio alone (what they drive needs it: "
         "nats-py, dask); without it they run on asyncio and trio",
     )
+    plain_tracebacks()
+
+
+def plain_tracebacks() -> None:
+    """Have structlog's default console renderer print a logged exception's traceback plainly.
+
+    Its default is rich's traceback when rich is installed (Prefect brings it): a panel with
+    the source lines of every frame, a few tenths of a second of CPU for each exception that
+    code under test logs while structlog is unconfigured (8 s of the core tests' 33 s of
+    CPU), for output no test reads. The renderer is the one instance in structlog's built-in defaults, which
+    ``structlog.reset_defaults()`` restores, so the setting outlasts the tests that reset them.
+    """
+    for processor in structlog.get_config()["processors"]:
+        if isinstance(processor, structlog.dev.ConsoleRenderer):
+            processor.exception_formatter = structlog.dev.plain_traceback
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import nats
 import pytest
+import structlog
 from lifecycle_testing import (
     NatsServer,
     QuietHandler,
@@ -240,3 +241,17 @@ def test_recorded_reads_whole_lines_only_and_nothing_before_the_file_exists(
     assert recorded(record) == []
     record.write_text('{"name": "environment.starting"}\n{"name": "environment.ex')
     assert recorded(record) == [{"name": "environment.starting"}]  # the second is half-written
+
+
+def test_structlogs_default_renderer_prints_a_logged_traceback_plainly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    structlog.reset_defaults()  # as tests that configured structlog do afterwards
+    try:
+        raise ValueError("logged")
+    except ValueError:
+        structlog.get_logger().exception("failed")
+    out = capsys.readouterr().out
+    assert "Traceback (most recent call last):" in out
+    assert "ValueError: logged" in out
+    assert "\u256d" not in out  # the corner of rich's traceback panel

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
+import lifecycle_nats._source
 import pytest
 import structlog
 from lifecycle_testing import RECORD_FILE, NatsServer, poll_blocking, record_handlers, recorded
@@ -21,6 +22,17 @@ def _structlog_defaults() -> Iterator[None]:
     """The CLI configures structlog for stderr; undo it after each test."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _short_fetch_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pull requests open 0.1 s instead of 0.5 s, for the listeners run in this process.
+
+    A stop waits out the open request, and nats-py's fetch hands over a message that comes
+    alone during a request only when the request expires: the same handling, sooner (the
+    in-process listener tests took 13 s with 0.5 s, 7.5 s with 0.1 s).
+    """
+    monkeypatch.setattr(lifecycle_nats._source, "_FETCH_WAIT", 0.1)
 
 
 @pytest.fixture

@@ -203,6 +203,47 @@ async def test_concurrent_handling_keeps_each_runs_events_in_order(
     assert [e.environment.name for e in order] != [e.environment.name for e in sent]
 
 
+async def test_stop_gives_back_the_messages_in_hand_for_the_next_listener(
+    shared_nats: NatsServer, tmp_path: Path
+) -> None:
+    sent = [event(EXITED, f"job{i}") for i in range(6)]  # six runs: six lanes
+    async with Publisher(
+        servers=shared_nats.url, stream="GIVE", subject_prefix="give", spool_dir=tmp_path
+    ) as publisher:
+        for e in sent:
+            await publisher.publish(e)
+    entered, release = anyio.Event(), anyio.Event()
+
+    async def hold_the_first(e: Event) -> None:
+        if e.environment.name == "job0":
+            entered.set()
+            await release.wait()
+
+    # One message handled at a time: the first holds the others in hand until the stop.
+    options: dict[str, Any] = {
+        "servers": shared_nats.url, "stream": "GIVE", "subject_prefix": "give",
+        "durable": "give", "state_dir": tmp_path / "state", "ack_wait": 60, "concurrency": 1,
+    }  # fmt: skip
+    async with EventBus() as bus, anyio.create_task_group() as group:
+        first = Recorder(bus)
+        bus.subscribe(EXITED, hold_the_first, timeout=60)
+        consumer = source(bus, **options)
+        await group.start(consumer.run)
+        with anyio.fail_after(10):
+            await entered.wait()
+        consumer.stop()
+        release.set()
+    assert [e.event_id for e in first.events] == [sent[0].event_id]
+    # Given back, not left to ack_wait (a minute): the next listener handles them now.
+    async with EventBus() as bus, anyio.create_task_group() as group:
+        second = Recorder(bus)
+        consumer = source(bus, **options)
+        await group.start(consumer.run)
+        await second.wait(len(sent) - 1, limit=20)
+        consumer.stop()
+    assert sorted(e.event_id for e in second.events) == sorted(e.event_id for e in sent[1:])
+
+
 async def test_malformed_and_foreign_messages_are_terminated_and_the_listener_goes_on(
     shared_nats: NatsServer, tmp_path: Path
 ) -> None:

@@ -293,12 +293,14 @@ def watchdogs(
     }
     replicas = []
     try:
+        # Both start before either is awaited: each spends seconds importing Prefect (for
+        # mark_crashed), and neither needs the other to be up.
+        command = [sys.executable, "-m", "lifecycle", "watch", "--config", "watch.toml"]
         for _ in range(2):
-            replica = subprocess.Popen(
-                [sys.executable, "-m", "lifecycle", "watch", "--config", "watch.toml"],
-                cwd=directory, env=env, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            replicas.append(replica)
+            replicas.append(
+                subprocess.Popen(command, cwd=directory, env=env, stderr=subprocess.PIPE, text=True)
+            )
+        for replica in replicas:
             assert replica.stderr is not None
             for line in replica.stderr:  # ends if it dies: the assert below says so
                 if "watching stream" in line:
