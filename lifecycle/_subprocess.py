@@ -28,7 +28,7 @@ from collections import deque
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from time import perf_counter
-from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 from . import _deathsig
 from ._childenv import child_environment
@@ -39,10 +39,12 @@ from ._logging import logger
 from ._subscription import check_timeout
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     import anyio
     import anyio.abc
+
+    from ._backends._background import WaitFor
 
     # Protocols for the type checker alone: making their classes costs start-up time.
     class Child(Protocol):
@@ -227,9 +229,6 @@ class OutputTail:
             size -= len(lines.pop(0)) + 1
             self.truncated = True
         return "\n".join(line.decode("utf-8", "replace").rstrip("\r") for line in lines)
-
-
-WaitFor: TypeAlias = "Callable[[Callable[[], Awaitable[object]], float | None], Awaitable[bool]]"
 
 
 def _nothing() -> None:

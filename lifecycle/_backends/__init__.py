@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .._results import ResultPart
     from .._subscription import Subscription
     from .._threads import WorkerPool
-    from ._background import Waitable
+    from ._background import Waitable, WaitFor
 
 __all__ = [
     "Backend",
@@ -62,7 +62,7 @@ class Backend(Protocol):
         """Start background handlers and enter them in the bus's :class:`Background`."""
 
 
-def wait_for_here() -> Callable[[Callable[[], Awaitable[object]], float | None], Awaitable[bool]]:
+def wait_for_here() -> WaitFor:
     """The running loop's bounded wait (see :meth:`Backend.wait_for`)."""
     if running_loop() is not None:
         from ._asyncio import wait_for

@@ -9,7 +9,7 @@ table when the bus drains is cancelled and reported here.
 from __future__ import annotations
 
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from .._logging import logger
 from .._results import CloseReport, HandlerResult, Status
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .._event import Event
     from .._subscription import Subscription
 
-__all__ = ["Background", "Entry", "Waitable"]
+__all__ = ["Background", "Entry", "WaitFor", "Waitable"]
 
 
 class Waitable(Protocol):
@@ -36,6 +36,10 @@ class Releases(Protocol):
 
     def release(self) -> None: ...
 
+
+WaitFor: TypeAlias = "Callable[[Callable[[], Awaitable[object]], float | None], Awaitable[bool]]"
+"""A loop's bounded wait: ``await wait_for(wait, timeout)`` awaits ``wait()`` for at most
+``timeout`` seconds (``None``: no limit) and says whether it ended (one per backend module)."""
 
 Entry = tuple["Subscription", "Event", float, "Releases | None"]
 """A background handler in flight: its subscription, event, start and deadline."""
@@ -87,7 +91,7 @@ class Background:
         self,
         grace: float | None,
         new_event: Callable[[], Waitable],
-        wait_for: Callable[[Callable[[], Awaitable[object]], float | None], Awaitable[bool]],
+        wait_for: WaitFor,
     ) -> CloseReport:
         """Wait up to ``grace`` seconds for the table to empty; cancel and report the rest.
 
