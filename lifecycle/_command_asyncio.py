@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from . import _deathsig, _subprocess
 from ._backends._asyncio import shielded, wait_for
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
     from ._subprocess import CommandResult, SubprocessEnvironment
 
 __all__ = ["execute"]
-
-T = TypeVar("T")
 
 # What one read of a child's pipe takes at most, as anyio's streams.
 _CHUNK = 65536
